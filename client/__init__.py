@@ -1,0 +1,1 @@
+"""The Python client (SessionContext, sync and asyncio) arrives with the client issue."""

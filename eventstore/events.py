@@ -1,0 +1,70 @@
+"""Events as the log stores them: immutable, positioned, with who, when and why."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["EventType", "NewEvent", "RecordedEvent"]
+
+
+class EventType(StrEnum):
+    """The kinds of event a session's log holds."""
+
+    SESSION_CREATED = "SessionCreated"
+    SESSION_DELETED = "SessionDeleted"
+    VARIABLE_REGISTERED = "VariableRegistered"
+    VARIABLE_UPDATED = "VariableUpdated"
+    BATCH_APPLIED = "BatchApplied"
+    VARIABLE_DELETED = "VariableDeleted"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended; the recorder gives it its positions."""
+
+    type: str
+    #: JSON-ready body; its shape per type is in :mod:`varstore.eventstore.schema`.
+    payload: Mapping[str, Any]
+    #: Wall-clock time (timezone-aware, UTC) at which the change was decided.
+    recorded_at: datetime
+    #: Who made the change: a caller-given name or the caller's peer address.
+    source: str = ""
+    #: The request's metadata (a reason, for example), kept verbatim.
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    #: Version of the payload's schema for this type.
+    schema_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event in the log: ``position`` is gap-free per session starting at 1;
+    ``global_position`` orders every event of every session."""
+
+    session_id: str
+    position: int
+    global_position: int
+    type: str
+    payload: Mapping[str, Any]
+    recorded_at: datetime
+    source: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    schema_version: int = 1
+
+    @classmethod
+    def of(cls, new: NewEvent, session_id: str, position: int, global_position: int) -> RecordedEvent:
+        """``new`` as recorded at the given positions."""
+        return cls(
+            session_id=session_id,
+            position=position,
+            global_position=global_position,
+            type=new.type,
+            payload=new.payload,
+            recorded_at=new.recorded_at,
+            source=new.source,
+            metadata=new.metadata,
+            schema_version=new.schema_version,
+        )
