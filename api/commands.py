@@ -50,7 +50,6 @@ __all__ = [
     "live",
 ]
 
-R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]*")
@@ -65,11 +64,11 @@ class WriteContext:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision(Generic[R]):
+class Decision(Generic[R_co]):
     """The events a command appends, and how to answer from the state they lead to."""
 
     events: list[NewEvent]
-    respond: Callable[[SessionState | None], R]
+    respond: Callable[[SessionState | None], R_co]
 
 
 class Command(Protocol[R_co]):
@@ -95,9 +94,7 @@ def check_name(name: str, limits: Limits, what: str = "variable name") -> None:
     if not name:
         raise ValidationError(f"{what} is empty", violations={"name": f"{what} is empty"})
     if len(name) > limits.max_name_length:
-        text = (
-            f"{what} is {len(name)} characters long; the limit is {limits.max_name_length}"
-        )
+        text = f"{what} is {len(name)} characters long; the limit is {limits.max_name_length}"
         raise ValidationError(text, violations={"name": text})
     if _NAME.fullmatch(name) is None:
         text = (

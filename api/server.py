@@ -38,7 +38,7 @@ def open_recorder(db: str, sync: Literal["full", "normal"] = "full") -> Recorder
     """The recorder for a ``--db`` value: a SQLite file, or memory for ``:memory:``."""
     if db == MEMORY:
         return MemoryRecorder()
-    from varstore.eventstore.sqlite import SQLiteRecorder  # noqa: PLC0415 - only when used
+    from varstore.eventstore.sqlite import SQLiteRecorder
 
     Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return SQLiteRecorder(Path(db).expanduser(), synchronous=sync)

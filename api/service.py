@@ -18,7 +18,13 @@ from varstore.api import commands
 from varstore.api.convert import header, session_to_proto, variable_to_proto
 from varstore.api.store import Store
 from varstore.projections import SessionState
-from varstore.types import LimitExceeded, RuleViolation, ValidationError, VariableNotFound, VarstoreError
+from varstore.types import (
+    LimitExceeded,
+    RuleViolation,
+    ValidationError,
+    VariableNotFound,
+    VarstoreError,
+)
 from varstore.types import from_proto as value_from_proto
 from varstore.types.constraints import Constraints
 from varstore.types.status import status_for

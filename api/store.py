@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from varstore.api.commands import Command, Decision, ExpireSession, WriteContext, live
+from varstore.api.commands import Command, ExpireSession, WriteContext, live
 from varstore.api.limits import Limits
 from varstore.eventstore import Append, NewEvent, RecordedEvent, Recorder, RecorderError
 from varstore.projections import SessionState, apply_event
@@ -76,7 +76,9 @@ class Store:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._closed = threading.Event()
         self._rebuild()
-        self._writer = threading.Thread(target=self._write_loop, name="varstore-writer", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_loop, name="varstore-writer", daemon=True
+        )
         self._writer.start()
 
     # -- reading --------------------------------------------------------------------------
@@ -87,13 +89,14 @@ class Store:
         self._touched[session_id] = self._monotonic()
         return state
 
+    def published(self, session_id: str) -> SessionState | None:
+        """The published state of a session, deleted ones included; None if never created.
+        Does not count as a touch for TTL expiry."""
+        return self._sessions.get(session_id)
+
     def sessions(self) -> list[SessionState]:
         """Every live session, ordered by id."""
-        return [
-            state
-            for _, state in sorted(self._sessions.items())
-            if not state.deleted
-        ]
+        return [state for _, state in sorted(self._sessions.items()) if not state.deleted]
 
     def expires_in(self, state: SessionState) -> float | None:
         """Seconds until the session expires if nothing touches it; None without a TTL."""
@@ -104,7 +107,9 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def execute(self, session_id: str, command: Command[R], timeout: float | None = None) -> Written[R]:
+    def execute(
+        self, session_id: str, command: Command[R], timeout: float | None = None
+    ) -> Written[R]:
         """Run ``command`` on ``session_id``; return once its events are durable.
 
         Raises the command's VarstoreError, or Unavailable if the log cannot be written
@@ -216,7 +221,9 @@ class Store:
                 continue
             working[sid] = after
             position = base + len(decision.events)
-            accepted.append(_Accepted(job, Append(sid, base, decision.events), Written(answer, position)))
+            accepted.append(
+                _Accepted(job, Append(sid, base, decision.events), Written(answer, position))
+            )
         self._commit(accepted, working)
 
     @staticmethod
@@ -235,7 +242,9 @@ class Store:
         state = published.copy() if published is not None else None
         for item in accepted:
             if item.append.session_id == sid:
-                state = self._fold(state, sid, item.append.expected_position, list(item.append.events))
+                state = self._fold(
+                    state, sid, item.append.expected_position, list(item.append.events)
+                )
         return state
 
     def _commit(self, accepted: list[_Accepted], working: dict[str, SessionState | None]) -> None:

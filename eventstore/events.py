@@ -55,7 +55,9 @@ class RecordedEvent:
     schema_version: int = 1
 
     @classmethod
-    def of(cls, new: NewEvent, session_id: str, position: int, global_position: int) -> RecordedEvent:
+    def of(
+        cls, new: NewEvent, session_id: str, position: int, global_position: int
+    ) -> RecordedEvent:
         """``new`` as recorded at the given positions."""
         return cls(
             session_id=session_id,

@@ -47,7 +47,9 @@ def apply_event(state: SessionState | None, event: RecordedEvent) -> SessionStat
     return state
 
 
-def replay(events: Iterable[RecordedEvent], state: SessionState | None = None) -> SessionState | None:
+def replay(
+    events: Iterable[RecordedEvent], state: SessionState | None = None
+) -> SessionState | None:
     """Fold ``events`` (of one session, in order) onto ``state``."""
     for event in events:
         state = apply_event(state, event)

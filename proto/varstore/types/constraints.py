@@ -14,6 +14,9 @@ from varstore.v1 import varstore_pb2 as pb
 
 __all__ = ["MAX_PATTERN_LENGTH", "Constraints"]
 
+#: Largest min_length or max_length (the message field is a uint32).
+MAX_LENGTH = 2**32 - 1
+
 #: Longest accepted regular expression, in characters.
 MAX_PATTERN_LENGTH = 1000
 
@@ -47,14 +50,20 @@ class Constraints:
         """
         unknown = set(raw) - {"min", "max", "min_length", "max_length", "pattern", "choices"}
         if unknown:
-            raise RuleViolation(f"unknown constraint {sorted(unknown)[0]!r}")
+            raise RuleViolation(f"unknown constraint {min(unknown)!r}")
+        pattern = raw.get("pattern")
+        if pattern is not None and not isinstance(pattern, str):
+            raise RuleViolation(f"constraint 'pattern' must be a string, not {describe(pattern)}")
+        choices = raw.get("choices") or ()
+        if not isinstance(choices, list | tuple):
+            raise RuleViolation(f"constraint 'choices' must be a list, not {describe(choices)}")
         found = cls(
             min=_number(raw.get("min"), "min"),
             max=_number(raw.get("max"), "max"),
             min_length=_length(raw.get("min_length"), "min_length"),
             max_length=_length(raw.get("max_length"), "max_length"),
-            pattern=raw.get("pattern"),
-            choices=tuple(_choice(type_name, c) for c in raw.get("choices") or ()),
+            pattern=pattern,
+            choices=tuple(_choice(type_name, c) for c in choices),
         )
         found._check_sense(type_name)
         return found
@@ -126,7 +135,9 @@ class Constraints:
             try:
                 _compiled(self.pattern)
             except re.error as bad:
-                raise RuleViolation(f"pattern {self.pattern!r} is not a valid regex: {bad}") from None
+                raise RuleViolation(
+                    f"pattern {self.pattern!r} is not a valid regex: {bad}"
+                ) from None
 
     # -- checking -------------------------------------------------------------------------
 
@@ -147,13 +158,9 @@ class Constraints:
         elif isinstance(value, str):
             length = len(value)
             if self.min_length is not None and length < self.min_length:
-                raise RuleViolation(
-                    f"length {length} is below minimum length {self.min_length}"
-                )
+                raise RuleViolation(f"length {length} is below minimum length {self.min_length}")
             if self.max_length is not None and length > self.max_length:
-                raise RuleViolation(
-                    f"length {length} is above maximum length {self.max_length}"
-                )
+                raise RuleViolation(f"length {length} is above maximum length {self.max_length}")
             if self.pattern is not None and _compiled(self.pattern).fullmatch(value) is None:
                 raise RuleViolation(
                     f"value {describe(value)} does not match pattern {self.pattern!r}"
@@ -197,7 +204,10 @@ def _number(value: object, name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RuleViolation(f"constraint {name!r} must be a number, not {describe(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise RuleViolation(f"constraint {name!r} is too large: {value}") from None
     if not math.isfinite(number):
         raise RuleViolation(f"constraint {name!r} must be a finite number, not {number}")
     return number
@@ -206,6 +216,8 @@ def _number(value: object, name: str) -> float | None:
 def _length(value: object, name: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RuleViolation(f"constraint {name!r} must be a whole number >= 0, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LENGTH:
+        raise RuleViolation(
+            f"constraint {name!r} must be a whole number from 0 to {MAX_LENGTH}, not {value!r}"
+        )
     return value

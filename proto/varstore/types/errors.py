@@ -156,4 +156,9 @@ def error_class_for(code: grpc.StatusCode, reason: str = "") -> type[VarstoreErr
 
 
 def _int_or_none(text: str | None) -> int | None:
-    return int(text) if text is not None and text.lstrip("-").isdigit() else None
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None

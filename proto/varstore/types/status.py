@@ -22,8 +22,9 @@ DOMAIN = "varstore.v1"
 
 def status_for(error: VarstoreError) -> grpc.Status:
     """The gRPC status (code, message and rich details) that carries ``error``."""
-    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN,
-                                                 metadata=error.info))]
+    details = [
+        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.info))
+    ]
     if isinstance(error, ValidationError) and error.violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
@@ -35,15 +36,16 @@ def status_for(error: VarstoreError) -> grpc.Status:
     status = status_pb2.Status(
         code=error.grpc_code.value[0], message=error.message, details=details
     )
-    return rpc_status.to_status(status)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
 
 
 def error_from_rpc_error(error: grpc.RpcError) -> VarstoreError:
     """The :class:`VarstoreError` a failed call stands for (``VarstoreError`` if unknown)."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or code.name  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
     reason, info, violations = "", {}, {}
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status: status_pb2.Status | None = rpc_status.from_call(error)
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             error_info = error_details_pb2.ErrorInfo()

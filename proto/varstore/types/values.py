@@ -85,6 +85,10 @@ def _as_integer(value: object) -> int:
 def _as_string(value: object) -> str:
     if not isinstance(value, str):
         raise RuleViolation(f"expected a string, got {kind_of(value)} {describe(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RuleViolation("string is not valid Unicode (it holds a lone surrogate)") from None
     return value
 
 

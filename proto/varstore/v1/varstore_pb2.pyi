@@ -81,9 +81,13 @@ class Constraints(_message.Message):
     PATTERN_FIELD_NUMBER: _builtins.int
     CHOICES_FIELD_NUMBER: _builtins.int
     min: _builtins.float
-    """Smallest accepted value, inclusive; float and integer variables only."""
+    """Smallest accepted value, inclusive; float and integer variables only. A double:
+    exact for integer bounds up to 2**53 in magnitude.
+    """
     max: _builtins.float
-    """Largest accepted value, inclusive; float and integer variables only."""
+    """Largest accepted value, inclusive; float and integer variables only. A double:
+    exact for integer bounds up to 2**53 in magnitude.
+    """
     min_length: _builtins.int
     """Fewest accepted characters (Unicode code points); string variables only."""
     max_length: _builtins.int

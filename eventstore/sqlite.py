@@ -1,0 +1,355 @@
+"""A recorder on one SQLite file in WAL mode: the durable single-node backend.
+
+The file holds one table, ``events`` (see ``_CREATE_EVENTS``), and ``PRAGMA user_version``
+records the schema version so later versions can migrate. While a recorder is open it holds an
+exclusive ``flock`` on the side file ``<path>.lock``: one varstore process per database, which
+is also what lets the recorder hand out global positions from memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from varstore.eventstore.events import NewEvent, RecordedEvent
+from varstore.eventstore.recorder import Append, PositionConflict, Recorder, RecorderError
+
+__all__ = ["SQLiteRecorder"]
+
+_SCHEMA_VERSION = 1
+_CREATE_EVENTS = """
+CREATE TABLE events (
+    global_position INTEGER PRIMARY KEY,
+    session_id      TEXT    NOT NULL,
+    position        INTEGER NOT NULL,
+    type            TEXT    NOT NULL,
+    schema_version  INTEGER NOT NULL,
+    recorded_at_us  INTEGER NOT NULL,  -- microseconds since the Unix epoch, UTC
+    source          TEXT    NOT NULL,
+    metadata        TEXT    NOT NULL,  -- JSON object
+    payload         TEXT    NOT NULL,  -- JSON
+    UNIQUE (session_id, position)
+)
+"""
+_COLUMNS = (
+    "global_position, session_id, position, type, schema_version, recorded_at_us, source,"
+    " metadata, payload"
+)
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT = f"SELECT {_COLUMNS} FROM events"
+
+# read_all fetches this many rows per query, so a long log never sits in memory at once.
+_CHUNK = 1000
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+#: An event's columns after its positions: type, schema_version, recorded_at_us, source,
+#: metadata, payload.
+_Fields = tuple[str, int, int, str, str, str]
+#: A row of ``events``, columns in ``_COLUMNS`` order.
+_Row = tuple[int, str, int, str, int, int, str, str, str]
+
+
+class SQLiteRecorder(Recorder):
+    """A recorder on the SQLite database at ``path`` (created if missing).
+
+    ``synchronous="full"`` (the default) fsyncs every commit: an acknowledged append survives
+    power loss. ``"normal"`` fsyncs only at WAL checkpoints: still never corrupt, but a power
+    loss may drop the last commits.
+
+    One writer connection, used under a lock, runs each :meth:`append_many` call as one
+    transaction (one fsync, so a caller can group-commit concurrent writers' appends); a
+    separate read-only connection, under its own lock, serves reads, which WAL lets run
+    alongside a write.
+
+    Raises:
+        RecorderError: the database cannot be opened, has a newer schema, or is in use by
+            another varstore process.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: Literal["full", "normal"] = "full"
+    ) -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        self._path = os.fspath(path)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._closed = False
+        # Lock before touching the database, so a second process never even migrates it.
+        self._lock_fd = _lock_exclusively(self._path)
+        writer = reader = None
+        try:
+            with _translated(f"cannot open database {self._path}"):
+                writer = _connect(self._path, synchronous)
+                self._migrate(writer)
+                self._last_global = _last_global(writer)
+                reader = _connect(self._path, synchronous)
+                reader.execute("PRAGMA query_only = ON")
+        except BaseException:
+            for conn in (reader, writer):
+                if conn is not None:
+                    conn.close()
+            os.close(self._lock_fd)
+            raise
+        self._writer = writer
+        self._reader = reader
+
+    @property
+    def path(self) -> str:
+        """The database file's path."""
+        return self._path
+
+    def append_many(self, appends: Sequence[Append]) -> list[RecordedEvent]:
+        """Record every append in one transaction, all or nothing (see
+        :meth:`Recorder.append_many`)."""
+        # Encode outside the lock: JSON work for a big batch should not hold up other writers.
+        encoded = [[_encode(new, append.session_id) for new in append.events] for append in appends]
+        with self._write_lock, _translated(f"cannot append to {self._path}"):
+            self._check_open()
+            if not appends:
+                return []
+            try:
+                with _immediate_transaction(self._writer):
+                    rows = self._positioned(appends, encoded)
+                    self._writer.executemany(_INSERT, rows)
+            except BaseException:
+                # A failed COMMIT may still have reached the disk: trust the file, not memory.
+                with contextlib.suppress(sqlite3.Error):
+                    self._last_global = _last_global(self._writer)
+                raise
+            if rows:
+                self._last_global = rows[-1][0]
+        return [_decode(row) for row in rows]
+
+    def _positioned(self, appends: Sequence[Append], encoded: list[list[_Fields]]) -> list[_Row]:
+        """The rows to insert, or PositionConflict; runs inside the write transaction."""
+        rows: list[_Row] = []
+        last: dict[str, int] = {}  # chains the appends of one session within the call
+        global_position = self._last_global
+        for append, events in zip(appends, encoded, strict=True):
+            sid = append.session_id
+            actual = last.get(sid)
+            if actual is None:
+                actual = _last_position(self._writer, sid)
+            if append.expected_position != actual:
+                raise PositionConflict(sid, append.expected_position, actual)
+            for fields in events:
+                actual += 1
+                global_position += 1
+                rows.append((global_position, sid, actual, *fields))
+            last[sid] = actual
+        return rows
+
+    def read_session(
+        self, session_id: str, from_position: int = 1, to_position: int | None = None
+    ) -> list[RecordedEvent]:
+        """A session's events within the bounds (see :meth:`Recorder.read_session`)."""
+        upper = _INT64_MAX if to_position is None else _clamp(to_position)
+        with self._read_lock, _translated(f"cannot read {self._path}"):
+            self._check_open()
+            rows = self._reader.execute(
+                f"{_SELECT} WHERE session_id = ? AND position BETWEEN ? AND ? ORDER BY position",
+                (session_id, _clamp(from_position), upper),
+            ).fetchall()
+        return [_decode(row) for row in rows]
+
+    def read_all(self, after_global_position: int = 0) -> Iterator[RecordedEvent]:
+        """Every event after the given global position (see :meth:`Recorder.read_all`).
+
+        Lazy: it queries ``_CHUNK`` rows at a time and holds no lock between chunks, so appends
+        and other reads may happen while the caller consumes. It stops once caught up.
+        """
+        with self._read_lock:
+            self._check_open()  # fail at the call, not at the first next()
+        return self._read_all(_clamp(after_global_position))
+
+    def _read_all(self, after: int) -> Iterator[RecordedEvent]:
+        while True:
+            with self._read_lock, _translated(f"cannot read {self._path}"):
+                self._check_open()
+                rows = self._reader.execute(
+                    f"{_SELECT} WHERE global_position > ? ORDER BY global_position LIMIT ?",
+                    (after, _CHUNK),
+                ).fetchall()
+            for row in rows:
+                yield _decode(row)
+            if len(rows) < _CHUNK:
+                return
+            after = rows[-1][0]
+
+    def last_position(self, session_id: str) -> int:
+        """The position of a session's last event; 0 if it has none."""
+        with self._read_lock, _translated(f"cannot read {self._path}"):
+            self._check_open()
+            return _last_position(self._reader, session_id)
+
+    def close(self) -> None:
+        """Close both connections and release the database's lock file. Idempotent."""
+        with self._write_lock, self._read_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                with _translated(f"cannot close {self._path}"):
+                    self._reader.close()
+                    # The writer goes last: the last connection checkpoints and removes the WAL.
+                    self._writer.close()
+            finally:
+                os.close(self._lock_fd)  # releases the flock
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecorderError(f"recorder for {self._path} is closed")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Create the schema in a new database; refuse one from a newer varstore."""
+        with _immediate_transaction(conn):
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                conn.execute(_CREATE_EVENTS)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            elif version != _SCHEMA_VERSION:
+                raise RecorderError(
+                    f"database {self._path} has schema version {version}; this varstore"
+                    f" supports version {_SCHEMA_VERSION}"
+                )
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Re-raise sqlite3 errors as RecorderError: the one place that does."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise RecorderError(f"{action}: {e}") from e
+
+
+@contextlib.contextmanager
+def _immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction (the write lock taken up front), rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        # A failed COMMIT may have rolled back already; the original error is what matters.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _connect(path: str, synchronous: str) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; we issue BEGIN/COMMIT ourselves.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal":
+            raise RecorderError(f"database {path} cannot use WAL (journal mode is {mode})")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _lock_exclusively(db_path: str) -> int:
+    """An open descriptor of ``<db_path>.lock`` holding an exclusive flock, or RecorderError."""
+    lock_path = f"{db_path}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RecorderError(f"cannot open lock file {lock_path}: {e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        os.close(fd)
+        raise RecorderError(
+            f"database {db_path} is in use by another varstore process (lock file {lock_path})"
+        ) from e
+    except OSError as e:
+        os.close(fd)
+        raise RecorderError(f"cannot lock {lock_path}: {e}") from e
+    return fd
+
+
+def _last_global(conn: sqlite3.Connection) -> int:
+    (value,) = conn.execute("SELECT COALESCE(MAX(global_position), 0) FROM events").fetchone()
+    return int(value)
+
+
+def _last_position(conn: sqlite3.Connection, session_id: str) -> int:
+    (value,) = conn.execute(
+        "SELECT COALESCE(MAX(position), 0) FROM events WHERE session_id = ?", (session_id,)
+    ).fetchone()
+    return int(value)
+
+
+def _clamp(value: int) -> int:
+    """``value`` within SQLite's INTEGER range (a bigger Python int cannot be bound)."""
+    return max(_INT64_MIN, min(value, _INT64_MAX))
+
+
+def _encode(new: NewEvent, session_id: str) -> _Fields:
+    """``new``'s columns after its positions, or RecorderError if it cannot be stored."""
+    where = f"event {new.type!r} for session {session_id!r}"
+    if new.recorded_at.utcoffset() is None:
+        raise RecorderError(f"{where}: recorded_at must be timezone-aware")
+    if not _INT64_MIN <= new.schema_version <= _INT64_MAX:
+        raise RecorderError(f"{where}: schema_version {new.schema_version} is out of range")
+    try:
+        _check_utf8(session_id, new.type, new.source)
+        # astimezone first: an instant before year 1 in UTC could be written but not read back.
+        recorded_at_us = (new.recorded_at.astimezone(UTC) - _EPOCH) // _MICROSECOND
+        metadata = _json(new.metadata)
+        payload = _json(new.payload)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise RecorderError(f"{where} cannot be stored: {e}") from e
+    return (str(new.type), new.schema_version, recorded_at_us, str(new.source), metadata, payload)
+
+
+def _decode(row: Any) -> RecordedEvent:
+    """The event a row of ``events`` holds, or RecorderError if the row is corrupt."""
+    global_position, session_id, position, type_, schema_version, us, source, metadata, payload = (
+        row
+    )
+    try:
+        return RecordedEvent(
+            session_id=session_id,
+            position=position,
+            global_position=global_position,
+            type=type_,
+            payload=json.loads(payload),
+            recorded_at=_EPOCH + us * _MICROSECOND,
+            source=source,
+            metadata=json.loads(metadata),
+            schema_version=schema_version,
+        )
+    except (TypeError, ValueError, OverflowError) as e:
+        raise RecorderError(f"event at global position {global_position} is corrupt: {e}") from e
+
+
+def _check_utf8(*texts: str) -> None:
+    # Lone surrogates would fail only when bound, mid-transaction, as a UnicodeEncodeError.
+    for text in texts:
+        text.encode()
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
+def _json_default(value: object) -> object:
+    # json only knows dict; payloads are typed Mapping (a MappingProxyType, say).
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,37 @@
+"""Shared fixtures: real servers on free loopback ports and stubs to reach them."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from servers import in_process_server, stub_for
+
+from varstore.api.server import RunningServer
+from varstore.v1 import varstore_pb2 as pb
+from varstore.v1 import varstore_pb2_grpc as pb_grpc
+
+_session_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    """A real gRPC server in this process (memory log), shared by a test module."""
+    with in_process_server() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stub(server: RunningServer) -> Iterator[pb_grpc.VariableStoreStub]:
+    """A generated stub on a real channel to :func:`server`."""
+    with stub_for(server.address) as made:
+        yield made
+
+
+@pytest.fixture
+def session_id(stub: pb_grpc.VariableStoreStub) -> str:
+    """A new, empty session on :func:`server`."""
+    name = f"test_{next(_session_numbers)}"
+    stub.CreateSession(pb.CreateSessionRequest(session_id=name))
+    return name

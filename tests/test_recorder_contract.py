@@ -1,0 +1,567 @@
+"""The recorder contract: every backend passes every shared test here.
+
+A backend joins by adding one entry to ``BACKENDS``: a function that makes a fresh, empty
+recorder (a PostgreSQL one would create a new schema, or skip when no server is configured).
+Backend-specific tests follow the shared suite.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from varstore.eventstore import (
+    Append,
+    EventType,
+    MemoryRecorder,
+    NewEvent,
+    PositionConflict,
+    RecordedEvent,
+    Recorder,
+    RecorderError,
+    SQLiteRecorder,
+)
+
+RecorderFactory = Callable[[], Recorder]
+
+BACKENDS: dict[str, Callable[[Path], Recorder]] = {
+    "memory": lambda directory: MemoryRecorder(),
+    "sqlite": lambda directory: SQLiteRecorder(directory / "events.db"),
+}
+
+T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+# Hypothesis examples share one test's fixtures; each example makes its own recorder (or
+# session), so the function-scoped fixture is safe to reuse.
+reusing_fixtures = settings(
+    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(params=list(BACKENDS))
+def make_recorder(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecorderFactory]:
+    """Makes fresh, empty recorders of one backend, and closes them after the test."""
+    made: list[Recorder] = []
+
+    def make() -> Recorder:
+        directory = tmp_path / f"recorder-{len(made)}"
+        directory.mkdir()
+        made.append(BACKENDS[request.param](directory))
+        return made[-1]
+
+    yield make
+    for recorder in made:
+        recorder.close()
+
+
+@pytest.fixture
+def recorder(make_recorder: RecorderFactory) -> Recorder:
+    return make_recorder()
+
+
+def new(n: int = 0, **fields: Any) -> NewEvent:
+    """A distinguishable event: ``n`` is in its payload and its time."""
+    fields.setdefault("payload", {"n": n})
+    fields.setdefault("recorded_at", T0 + timedelta(seconds=n))
+    return NewEvent(type=EventType.VARIABLE_UPDATED, **fields)
+
+
+def news(count: int, start: int = 0) -> list[NewEvent]:
+    return [new(n) for n in range(start, start + count)]
+
+
+def positions(events: list[RecordedEvent]) -> list[tuple[str, int, int]]:
+    return [(e.session_id, e.position, e.global_position) for e in events]
+
+
+def exactly(value: object) -> str:
+    """``value`` as canonical JSON: unlike ==, this tells 1 from 1.0 and 1 from True."""
+    return json.dumps(value, sort_keys=True)
+
+
+# -- appending -------------------------------------------------------------------------------
+
+
+def test_appending_nothing_records_nothing(recorder: Recorder) -> None:
+    assert recorder.append_many([]) == []
+    assert recorder.append("s", 0, []) == []
+    assert list(recorder.read_all()) == []
+    assert recorder.last_position("s") == 0
+
+
+def test_reading_an_unknown_session_gives_no_events(recorder: Recorder) -> None:
+    recorder.append("known", 0, news(2))
+    assert recorder.read_session("unknown") == []
+    assert recorder.last_position("unknown") == 0
+
+
+def test_append_to_new_session_starts_at_position_one(recorder: Recorder) -> None:
+    [event] = recorder.append("s", 0, [new()])
+    assert (event.session_id, event.position, event.global_position) == ("s", 1, 1)
+
+
+def test_session_positions_are_gap_free_from_one_across_appends(recorder: Recorder) -> None:
+    recorder.append("s", 0, news(2))
+    recorder.append("s", 2, news(3, start=2))
+    assert [e.position for e in recorder.read_session("s")] == [1, 2, 3, 4, 5]
+    assert [e.payload["n"] for e in recorder.read_session("s")] == [0, 1, 2, 3, 4]
+
+
+def test_global_positions_increase_across_sessions_in_append_order(recorder: Recorder) -> None:
+    recorder.append("a", 0, news(2))
+    recorder.append("b", 0, news(1))
+    recorder.append("a", 2, news(1))
+    assert positions(list(recorder.read_all())) == [
+        ("a", 1, 1),
+        ("a", 2, 2),
+        ("b", 1, 3),
+        ("a", 3, 4),
+    ]
+
+
+def test_append_returns_the_events_as_they_are_read_back(recorder: Recorder) -> None:
+    returned = recorder.append_many([Append("a", 0, news(2)), Append("b", 0, news(1))])
+    assert returned == list(recorder.read_all())
+    assert returned[:2] == recorder.read_session("a")
+
+
+def test_appends_to_one_session_in_one_call_chain_their_expected_positions(
+    recorder: Recorder,
+) -> None:
+    returned = recorder.append_many(
+        [Append("s", 0, news(2)), Append("t", 0, news(1)), Append("s", 2, news(1, start=2))]
+    )
+    assert positions(returned) == [("s", 1, 1), ("s", 2, 2), ("t", 1, 3), ("s", 3, 4)]
+    assert recorder.last_position("s") == 3
+
+
+@pytest.mark.parametrize("expected", [0, 1, 3, 10, -1])
+def test_a_wrong_expected_position_raises_position_conflict(
+    recorder: Recorder, expected: int
+) -> None:
+    recorder.append("s", 0, news(2))
+    with pytest.raises(PositionConflict) as conflict:
+        recorder.append("s", expected, [new()])
+    assert (conflict.value.session_id, conflict.value.expected, conflict.value.actual) == (
+        "s",
+        expected,
+        2,
+    )
+    assert recorder.last_position("s") == 2
+
+
+def test_a_conflicting_call_writes_nothing_at_all(recorder: Recorder) -> None:
+    recorder.append("a", 0, news(1))
+    with pytest.raises(PositionConflict) as conflict:
+        recorder.append_many(
+            [
+                Append("new", 0, news(3)),
+                Append("a", 1, news(1)),
+                Append("a", 1, news(1)),  # stale: the append before moved "a" to 2
+            ]
+        )
+    assert (conflict.value.session_id, conflict.value.expected, conflict.value.actual) == (
+        "a",
+        1,
+        2,
+    )
+    assert positions(list(recorder.read_all())) == [("a", 1, 1)]
+    assert recorder.read_session("new") == []
+    # The failed call used up no global positions either.
+    assert positions(recorder.append("new", 0, news(1))) == [("new", 1, 2)]
+
+
+def test_an_append_without_events_still_checks_its_expected_position(recorder: Recorder) -> None:
+    recorder.append("s", 0, news(1))
+    assert recorder.append("s", 1, []) == []
+    with pytest.raises(PositionConflict):
+        recorder.append_many([Append("t", 0, news(1)), Append("s", 0, [])])
+    assert recorder.read_session("t") == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"bad": float("nan")}, {"bad": {1, 2}}, {"bad": object()}],
+    ids=["nan", "set", "object"],
+)
+def test_an_unstorable_payload_raises_recorder_error_and_writes_nothing(
+    recorder: Recorder, payload: dict[str, Any]
+) -> None:
+    with pytest.raises(RecorderError):
+        recorder.append_many([Append("a", 0, news(1)), Append("b", 0, [new(payload=payload)])])
+    assert list(recorder.read_all()) == []
+
+
+def test_a_naive_recorded_at_raises_recorder_error_and_writes_nothing(recorder: Recorder) -> None:
+    naive = new(recorded_at=datetime(2024, 1, 1))
+    with pytest.raises(RecorderError, match="timezone-aware"):
+        recorder.append_many([Append("a", 0, news(1)), Append("a", 1, [naive])])
+    assert list(recorder.read_all()) == []
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("from_position", "to_position", "expected"),
+    [
+        (1, None, [1, 2, 3, 4, 5]),
+        (3, None, [3, 4, 5]),
+        (2, 4, [2, 3, 4]),
+        (4, 4, [4]),
+        (4, 3, []),
+        (6, None, []),
+        (0, 2, [1, 2]),
+        (-5, -1, []),
+        (1, 10**30, [1, 2, 3, 4, 5]),
+    ],
+)
+def test_read_session_returns_the_events_within_its_bounds(
+    recorder: Recorder, from_position: int, to_position: int | None, expected: list[int]
+) -> None:
+    recorder.append_many([Append("s", 0, news(5)), Append("other", 0, news(2))])
+    events = recorder.read_session("s", from_position, to_position)
+    assert [e.position for e in events] == expected
+    assert {e.session_id for e in events} <= {"s"}
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"), [(0, [1, 2, 3, 4]), (2, [3, 4]), (4, []), (9, []), (-3, [1, 2, 3, 4])]
+)
+def test_read_all_returns_the_events_after_a_global_position(
+    recorder: Recorder, after: int, expected: list[int]
+) -> None:
+    recorder.append_many([Append("a", 0, news(2)), Append("b", 0, news(2))])
+    assert [e.global_position for e in recorder.read_all(after)] == expected
+
+
+def test_read_all_streams_a_log_longer_than_one_chunk(recorder: Recorder) -> None:
+    recorder.append_many([Append(f"s{i}", 0, news(5)) for i in range(500)])
+    assert [e.global_position for e in recorder.read_all(1)] == list(range(2, 2501))
+
+
+def test_read_all_keeps_working_while_events_are_appended_midway(recorder: Recorder) -> None:
+    recorder.append("s", 0, news(2500))
+    before = list(recorder.read_all())
+    seen = []
+    for i, event in enumerate(recorder.read_all()):
+        seen.append(event)
+        if i % 700 == 0:  # other calls between two next()s: nothing is held across a yield
+            recorder.append(f"t{i}", 0, news(3))
+            assert recorder.read_session("s", 1, 1) == before[:1]
+    # Whether it sees the midway appends is the backend's choice; order and gaps are not.
+    assert seen[: len(before)] == before
+    assert [e.global_position for e in seen] == list(range(1, len(seen) + 1))
+
+
+def test_last_position_is_the_position_of_the_sessions_last_event(recorder: Recorder) -> None:
+    recorder.append("s", 0, news(3))
+    recorder.append("t", 0, news(1))
+    recorder.append("s", 3, news(1))
+    assert (recorder.last_position("s"), recorder.last_position("t")) == (4, 1)
+
+
+# -- round trip ------------------------------------------------------------------------------
+
+PAYLOAD: dict[str, Any] = {
+    "text": "héllo wörld ✓ 日本語 🎉",
+    "escapes": 'quote" backslash\\ newline\n tab\t nul\x00',
+    "nested": {"list": [1, [2, [3, {"deep": None}]]], "empty": {}, "empty_list": []},
+    "int64": [2**63 - 1, -(2**63), 0, -1],
+    "floats": [0.1, -2.5, 1e308, 5e-324, -0.0, 1.0, 3.141592653589793],
+    "bools": [True, False],
+    "null": None,
+}
+
+
+def test_every_field_of_an_event_round_trips_exactly(recorder: Recorder) -> None:
+    sent = NewEvent(
+        type=EventType.BATCH_APPLIED,
+        payload=PAYLOAD,
+        recorded_at=datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
+        source="client-ü 127.0.0.1:5000",
+        metadata={"reason": "migración ✓", "x-request-id": "42"},
+        schema_version=2**31 + 7,
+    )
+    [returned] = recorder.append("sessión-✓", 0, [sent])
+    for event in (returned, *recorder.read_session("sessión-✓"), *recorder.read_all()):
+        assert event == RecordedEvent.of(sent, "sessión-✓", 1, 1)
+        assert exactly(event.payload) == exactly(PAYLOAD)
+        assert exactly(event.metadata) == exactly(sent.metadata)
+        assert event.type == "BatchApplied"
+        assert event.recorded_at.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "recorded_at",
+    [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2024, 6, 1, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2024, 6, 1, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=-9, minutes=-30))),
+    ],
+    ids=str,
+)
+def test_recorded_at_comes_back_as_the_same_instant_in_utc(
+    recorder: Recorder, recorded_at: datetime
+) -> None:
+    recorder.append("s", 0, [new(recorded_at=recorded_at)])
+    [event] = recorder.read_session("s")
+    assert event.recorded_at == recorded_at
+    assert event.recorded_at.tzinfo == UTC
+
+
+def test_the_log_keeps_no_reference_to_the_callers_payload(recorder: Recorder) -> None:
+    payload: dict[str, Any] = {"list": [1, 2]}
+    recorder.append("s", 0, [new(payload=payload)])
+    payload["list"].append(3)
+    payload["added"] = True
+    assert recorder.read_session("s")[0].payload == {"list": [1, 2]}
+
+
+fresh = itertools.count()
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@reusing_fixtures
+@given(
+    payload=st.dictionaries(st.text(max_size=8), json_values, max_size=5),
+    metadata=st.dictionaries(st.text(max_size=8), st.text(), max_size=3),
+    source=st.text(),
+)
+def test_any_json_payload_round_trips_exactly(
+    recorder: Recorder, payload: dict[str, Any], metadata: dict[str, str], source: str
+) -> None:
+    session = f"s{next(fresh)}"  # examples share the recorder, not sessions
+    sent = new(payload=payload, metadata=metadata, source=source)
+    [returned] = recorder.append(session, 0, [sent])
+    [read] = recorder.read_session(session)
+    assert returned == read
+    assert (read.source, exactly(read.metadata)) == (source, exactly(metadata))
+    assert exactly(read.payload) == exactly(payload)
+
+
+# -- the model -------------------------------------------------------------------------------
+
+# One planned append: its session, how far its expected position is off (0: correct), and
+# how many events it carries.
+appends_plans = st.tuples(
+    st.sampled_from(["a", "b", "c"]),
+    st.sampled_from([0, 0, 0, 0, -1, 1, 3]),
+    st.integers(0, 3),
+)
+
+
+@reusing_fixtures
+@given(calls=st.lists(st.lists(appends_plans, max_size=4), max_size=10))
+def test_the_recorder_behaves_like_a_list_per_session(
+    make_recorder: RecorderFactory, calls: list[list[tuple[str, int, int]]]
+) -> None:
+    with closing(make_recorder()) as recorder:
+        log: list[RecordedEvent] = []  # the model: every event in global order
+        for number, plans in enumerate(calls):
+            appends, recorded, conflict = [], [], None
+            last = {sid: sum(e.session_id == sid for e in log) for sid in "abc"}
+            for sid, offset, count in plans:
+                events = [new(number * 10 + i, source=f"call {number}") for i in range(count)]
+                appends.append(Append(sid, last[sid] + offset, events))
+                if offset and conflict is None:
+                    conflict = (sid, last[sid] + offset, last[sid])
+                for event in events:
+                    last[sid] += 1
+                    recorded.append(RecordedEvent.of(event, sid, last[sid], len(log) + 1))
+                    log.append(recorded[-1])
+            if conflict is None:
+                assert recorder.append_many(appends) == recorded
+            else:
+                with pytest.raises(PositionConflict) as raised:
+                    recorder.append_many(appends)
+                assert (raised.value.session_id, raised.value.expected, raised.value.actual) == (
+                    conflict
+                )
+                del log[len(log) - len(recorded) :]
+
+        assert list(recorder.read_all()) == log
+        assert list(recorder.read_all(len(log) // 2)) == log[len(log) // 2 :]
+        for sid in "abc":
+            session = [e for e in log if e.session_id == sid]
+            assert recorder.read_session(sid) == session
+            assert recorder.read_session(sid, 2, 3) == session[1:3]
+            assert recorder.last_position(sid) == len(session)
+
+
+# -- threads and closing ---------------------------------------------------------------------
+
+
+def test_concurrent_appends_from_eight_threads_all_land_gap_free(recorder: Recorder) -> None:
+    threads, appends_each = 8, 25
+    start = threading.Barrier(threads)
+
+    def write(session: str) -> None:
+        start.wait()
+        for i in range(appends_each):
+            recorder.append(session, 2 * i, news(2, start=2 * i))
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(write, f"s{t}") for t in range(threads)]:
+            future.result()  # re-raises a thread's exception
+
+    log = list(recorder.read_all())
+    assert [e.global_position for e in log] == list(range(1, threads * appends_each * 2 + 1))
+    for t in range(threads):
+        session = recorder.read_session(f"s{t}")
+        assert [e.position for e in session] == list(range(1, appends_each * 2 + 1))
+        assert [e.payload["n"] for e in session] == list(range(appends_each * 2))
+
+
+def test_every_method_of_a_closed_recorder_raises_recorder_error(recorder: Recorder) -> None:
+    recorder.append("s", 0, news(1))
+    recorder.close()
+    with pytest.raises(RecorderError):
+        recorder.append_many([])
+    with pytest.raises(RecorderError):
+        recorder.append("s", 1, news(1))
+    with pytest.raises(RecorderError):
+        recorder.read_session("s")
+    with pytest.raises(RecorderError):
+        list(recorder.read_all())
+    with pytest.raises(RecorderError):
+        recorder.last_position("s")
+
+
+def test_closing_twice_is_harmless(recorder: Recorder) -> None:
+    recorder.close()
+    recorder.close()
+
+
+def test_read_all_raises_recorder_error_once_the_recorder_closes_midway(
+    recorder: Recorder,
+) -> None:
+    recorder.append("s", 0, news(2500))
+    events = recorder.read_all()
+    next(events)
+    recorder.close()
+    with pytest.raises(RecorderError):
+        for _ in events:
+            pass
+
+
+# -- SQLite only -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "events.db"
+
+
+def test_sqlite_events_survive_close_and_reopen(db_path: Path) -> None:
+    with closing(SQLiteRecorder(db_path)) as recorder:
+        written = recorder.append_many(
+            [Append("a", 0, news(2)), Append("b", 0, [new(payload=PAYLOAD)])]
+        )
+    with closing(SQLiteRecorder(db_path)) as recorder:
+        assert list(recorder.read_all()) == written
+        # Global positions carry on from the file, not from 1.
+        assert positions(recorder.append("a", 2, news(1))) == [("a", 3, 4)]
+
+
+@pytest.mark.parametrize(("synchronous", "pragma"), [("full", 2), ("normal", 1)])
+def test_sqlite_applies_the_synchronous_setting(
+    db_path: Path, synchronous: Any, pragma: int
+) -> None:
+    with closing(SQLiteRecorder(db_path, synchronous=synchronous)) as recorder:
+        # synchronous is per connection: only the recorder's own writer can tell.
+        assert recorder._writer.execute("PRAGMA synchronous").fetchone() == (pragma,)
+
+
+def test_sqlite_defaults_to_synchronous_full_in_wal_mode(db_path: Path) -> None:
+    with closing(SQLiteRecorder(db_path)) as recorder:
+        assert recorder._writer.execute("PRAGMA synchronous").fetchone() == (2,)
+        with closing(sqlite3.connect(db_path)) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_sqlite_rejects_an_unknown_synchronous_setting(db_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteRecorder(db_path, synchronous="off")  # type: ignore[arg-type]
+
+
+def test_a_second_sqlite_recorder_on_one_database_fails_until_the_first_closes(
+    db_path: Path,
+) -> None:
+    first = SQLiteRecorder(db_path)
+    first.append("s", 0, news(1))
+    with pytest.raises(RecorderError, match="in use by another varstore process"):
+        SQLiteRecorder(db_path)
+    first.close()
+    with closing(SQLiteRecorder(db_path)) as second:
+        assert second.last_position("s") == 1
+
+
+def test_a_second_process_cannot_open_a_database_in_use(db_path: Path) -> None:
+    with closing(SQLiteRecorder(db_path)):
+        opener = "import sys; from varstore.eventstore import SQLiteRecorder as R; R(sys.argv[1])"
+        result = subprocess.run(
+            [sys.executable, "-c", opener, str(db_path)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    assert "in use by another varstore process" in result.stderr
+
+
+def test_sqlite_refuses_a_database_with_a_newer_schema(db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    for _ in range(2):  # the second attempt proves the failed one released the lock file
+        with pytest.raises(RecorderError, match="schema version 99"):
+            SQLiteRecorder(db_path)
+
+
+def test_sqlite_stores_microseconds_since_the_epoch_and_compact_json(db_path: Path) -> None:
+    recorded_at = datetime(2001, 9, 9, 1, 46, 40, 5, tzinfo=UTC)  # 1e9 seconds after the epoch
+    with closing(SQLiteRecorder(db_path)) as recorder:
+        recorder.append("s", 0, [new(recorded_at=recorded_at, payload={"a": [1, 2]})])
+    with closing(sqlite3.connect(db_path)) as conn:
+        row = conn.execute("SELECT recorded_at_us, payload, metadata FROM events").fetchone()
+        assert row == (1_000_000_000_000_005, '{"a":[1,2]}', "{}")
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+
+
+def test_sqlite_errors_surface_as_recorder_error_with_their_cause(db_path: Path) -> None:
+    with closing(SQLiteRecorder(db_path)) as recorder:
+        with closing(sqlite3.connect(db_path)) as saboteur:
+            saboteur.execute("DROP TABLE events")
+        with pytest.raises(RecorderError) as raised:
+            recorder.append("s", 0, news(1))
+        assert isinstance(raised.value.__cause__, sqlite3.Error)
+        with pytest.raises(RecorderError):
+            recorder.read_session("s")
