@@ -31,6 +31,7 @@ from varstore.types import (
     VariableNotFound,
     VersionConflict,
     coerce,
+    describe,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "WriteContext",
     "check_metadata",
     "check_name",
+    "find_variable",
     "live",
 ]
 
@@ -85,7 +87,9 @@ class Command(Protocol[R_co]):
 def live(state: SessionState | None, session_id: str) -> SessionState:
     """``state`` if the session is live, else SessionNotFound."""
     if state is None or state.deleted:
-        raise SessionNotFound(f"session {session_id!r} not found", info={"session_id": session_id})
+        raise SessionNotFound(
+            f"session {describe(session_id)} not found", info={"session_id": session_id[:200]}
+        )
     return state
 
 
@@ -147,12 +151,13 @@ def _accepted_value(
     return accepted
 
 
-def _find(state: SessionState, identifier: str) -> VariableState:
+def find_variable(state: SessionState, identifier: str) -> VariableState:
+    """The live variable with this id or name, else VariableNotFound."""
     found = state.find(identifier)
     if found is None:
         raise VariableNotFound(
-            f"variable {identifier!r} not found in session {state.session_id!r}",
-            info={"session_id": state.session_id, "variable": identifier},
+            f"variable {describe(identifier)} not found in session {describe(state.session_id)}",
+            info={"session_id": state.session_id, "variable": identifier[:200]},
         )
     return found
 
@@ -313,7 +318,7 @@ class SetVariable:
     def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[VariableState]:
         session = live(state, self.session_id)
         check_metadata(self.metadata, ctx.limits)
-        variable = _find(session, self.identifier)
+        variable = find_variable(session, self.identifier)
         _check_version(variable, self.expected_version)
         value = _accepted_value(
             variable.name, variable.type, variable.constraints, self.value, ctx.limits
@@ -365,8 +370,8 @@ class SetVariables:
         claimed: dict[str, str] = {}  # variable id -> the identifier that named it first
         for identifier, raw in self.updates.items():
             try:
-                variable = _find(session, identifier)
-                if self.atomic and variable.id in claimed:
+                variable = find_variable(session, identifier)
+                if variable.id in claimed:  # by name and by id: which came first is undefined
                     raise ValidationError(
                         f"variable {variable.name!r} is named twice in one batch "
                         f"({claimed[variable.id]!r} and {identifier!r})"
@@ -375,7 +380,7 @@ class SetVariables:
                 value = _accepted_value(
                     variable.name, variable.type, variable.constraints, raw, ctx.limits
                 )
-            except (ValidationError, VariableNotFound, LimitExceeded) as problem:
+            except (ValidationError, VariableNotFound) as problem:  # LimitExceeded: whole call
                 errors[identifier] = problem.message
             else:
                 accepted[identifier] = (variable, value)
@@ -430,7 +435,7 @@ class DeleteVariable:
     def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[None]:
         session = live(state, self.session_id)
         check_metadata(self.metadata, ctx.limits)
-        variable = _find(session, self.identifier)
+        variable = find_variable(session, self.identifier)
         _check_version(variable, self.expected_version)
         payload = schema.VariableDeleted(variable_id=variable.id)
         event = _event(EventType.VARIABLE_DELETED, payload, ctx, self.source, self.metadata)

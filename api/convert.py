@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from datetime import datetime
 
+from cachetools import LRUCache
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from varstore.projections import SessionState, VariableState
-from varstore.types import to_proto
+from varstore.types import Constraints, to_proto
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = ["header", "session_to_proto", "timestamp", "variable_to_proto"]
 
 
 def timestamp(moment: datetime) -> Timestamp:
-    """A protobuf Timestamp for an aware datetime."""
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    """A protobuf Timestamp for an aware datetime (microsecond precision, as stored).
+
+    Built from the parts: ``Timestamp.FromDatetime`` costs several times more, and every
+    variable in a response carries two of these.
+    """
+    whole = moment.replace(microsecond=0)
+    return Timestamp(seconds=int(whole.timestamp()), nanos=moment.microsecond * 1000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _constraints_message(constraints: Constraints) -> pb.Constraints:
+    # Constraints are immutable and shared by every version of a variable; message
+    # constructors copy sub-messages, so one cached message can serve every response.
+    return constraints.to_proto()
 
 
 def header(session_id: str, position: int) -> pb.ResponseHeader:
@@ -25,14 +38,35 @@ def header(session_id: str, position: int) -> pb.ResponseHeader:
     return pb.ResponseHeader(session_id=session_id, position=position)
 
 
+#: Messages already built for variable states, keyed by the state's identity. Each entry
+#: holds its state, so the id cannot be reused while the entry lives.
+_messages: LRUCache[int, tuple[VariableState, pb.Variable]] = LRUCache(maxsize=20_000)
+_messages_lock = threading.Lock()
+
+
 def variable_to_proto(variable: VariableState) -> pb.Variable:
-    """A ``Variable`` message for one variable's state."""
+    """A ``Variable`` message for one variable's state.
+
+    States are immutable and read far more often than they change, so the message is built
+    once per state and reused (callers copy it into their response; never mutate it).
+    """
+    with _messages_lock:
+        cached = _messages.get(id(variable))
+    if cached is not None and cached[0] is variable:
+        return cached[1]
+    message = _build_variable(variable)
+    with _messages_lock:
+        _messages[id(variable)] = (variable, message)
+    return message
+
+
+def _build_variable(variable: VariableState) -> pb.Variable:
     return pb.Variable(
         id=variable.id,
         name=variable.name,
         type=variable.type,
         value=to_proto(variable.value),
-        constraints=variable.constraints.to_proto(),
+        constraints=_constraints_message(variable.constraints),
         metadata=variable.metadata,
         source=variable.source,
         version=variable.version,

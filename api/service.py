@@ -20,9 +20,7 @@ from varstore.api.store import Store
 from varstore.projections import SessionState
 from varstore.types import (
     LimitExceeded,
-    RuleViolation,
     ValidationError,
-    VariableNotFound,
     VarstoreError,
 )
 from varstore.types import from_proto as value_from_proto
@@ -59,13 +57,6 @@ def map_errors(handler: Handler[Request, Response]) -> Handler[Request, Response
 
 def _source(given: str, context: grpc.ServicerContext) -> str:
     return given or context.peer()
-
-
-def _constraints_data(message: pb.Constraints, name: str) -> dict[str, Any]:
-    try:
-        return Constraints.data_from_proto(message)
-    except RuleViolation as problem:
-        raise ValidationError(f"variable {name!r}: {problem}") from None
 
 
 class VariableStoreService(pb_grpc.VariableStoreServicer):
@@ -147,7 +138,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             name=request.name,
             type=request.type,
             initial_value=value_from_proto(request.initial_value),
-            constraints=_constraints_data(request.constraints, request.name),
+            constraints=Constraints.data_from_proto(request.constraints),
             metadata=dict(request.metadata),
             source=_source(request.source, context),
         )
@@ -163,13 +154,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
         self, request: pb.GetVariableRequest, context: grpc.ServicerContext
     ) -> pb.GetVariableResponse:
         state = self._store.session(request.session_id)
-        variable = state.find(request.variable_identifier)
-        if variable is None:
-            raise VariableNotFound(
-                f"variable {request.variable_identifier!r} not found "
-                f"in session {request.session_id!r}",
-                info={"session_id": request.session_id, "variable": request.variable_identifier},
-            )
+        variable = commands.find_variable(state, request.variable_identifier)
         return pb.GetVariableResponse(
             header=header(state.session_id, state.position), variable=variable_to_proto(variable)
         )

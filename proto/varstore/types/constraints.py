@@ -71,18 +71,15 @@ class Constraints:
     @staticmethod
     def data_from_proto(message: pb.Constraints) -> dict[str, Any]:
         """The plain data a ``Constraints`` message holds (unset fields left out), ready for
-        :meth:`for_type`. Raises :class:`RuleViolation` for a choice with no value."""
+        :meth:`for_type` (which refuses a choice with no value)."""
         raw: dict[str, Any] = {
             field: getattr(message, field)
             for field in ("min", "max", "min_length", "max_length", "pattern")
             if message.HasField(field)
         }
-        choices = []
-        for choice in message.choices:
-            value = from_proto(choice)
-            if value is None:
-                raise RuleViolation("a choice has no value set")
-            choices.append(value)
+        # A choice with no value stays None here, so for_type refuses it with the other
+        # rules (after the caller has checked, say, that the session exists).
+        choices = [from_proto(choice) for choice in message.choices]
         if choices:
             raw["choices"] = choices
         return raw
@@ -190,6 +187,8 @@ class Constraints:
 
 
 def _choice(type_name: str, value: object) -> PyValue:
+    if value is None:
+        raise RuleViolation("a choice is not valid: it has no value set")
     try:
         return coerce(type_name, value)
     except RuleViolation as problem:

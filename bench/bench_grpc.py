@@ -1,0 +1,839 @@
+"""varstore's RPCs against an empty gRPC call, measured in the same run.
+
+What it measures
+----------------
+Two servers run as child processes on loopback, each with its own GIL:
+
+* **echo**: a grpcio sync server (``ThreadPoolExecutor(max_workers=32)``, as varstore's)
+  with ONE generic unary method ``/bench.Echo/Echo`` whose handler returns its request;
+  request and response are ``b""`` with identity (de)serializers. It is the floor: a
+  Python gRPC server cannot answer anything faster than this call.
+* **varstore**: ``python -m varstore.api.cli serve --db <tmp>/bench.db --listen
+  127.0.0.1:0`` with the default ``--sync full`` (every acknowledged write is fsynced).
+  One session holds 100 integer variables ``v0..v99`` and one float variable ``f``.
+
+Operations: echo; GetVariable; SetVariable; GetVariables of 10 and of 100 names;
+atomic SetVariables of 10 and of 100 variables. All go through the generated stubs (no
+client cache, so every read is answered by the server: "uncached"); writes cycle through
+prebuilt requests so each call writes a new value. Each is measured two ways:
+
+* **sequential**: one client thread on one channel in this process; warm-up calls, then
+  timed calls one after the other. p50/p99 are per-call latencies; calls/s is calls over
+  the time they took (about 1 / mean latency).
+* **16 clients**: closed loop (each client sends its next call as soon as the previous
+  one returns) for a fixed window after a warm-up. The 16 clients are spread over 4
+  spawned client processes x 4 threads, one channel per thread, so that one client GIL
+  does not cap the rate; echo and varstore are driven exactly the same way. Only calls
+  that complete inside the window count.
+
+The full run has 3 rounds; each round measures echo and then every operation (sequential
+phases, then 16-client phases), and the figures pool the rounds, so load that comes and
+goes on the machine spreads over echo and varstore alike. The drift line shows echo round
+by round: if those numbers differ a lot, the machine was busy and the run is noisy.
+
+"server CPU µs/call" is the server process's user+system time (all threads, from
+``/proc/PID/stat``, 10 ms ticks) over the timed calls, divided by the calls: it says how
+much of a call is the server's own work, as opposed to waiting (fsync) or client time.
+
+How to read it
+--------------
+Absolute numbers drift between machines and runs; the ratio columns do not (much):
+``p50 / echo`` is the operation's sequential p50 over echo's (1.0 = as fast as an empty
+call), ``16c / echo`` is its 16-client throughput over echo's (1.0 = the server does the
+operation as often as it can answer an empty call). On a small machine the client
+processes and the server share the cores, so 16-client figures are what the whole box
+does, the same for both sides. The targets printed after the table are checked against
+these ratios.
+
+Usage: ``.venv/bin/python bench/bench_grpc.py [--quick] [--json]`` from the repository
+root. ``--quick`` is a smoke run (one round, 300 calls, 1 s windows; about 15 s); the
+default run takes about 1.5 minutes. ``--json`` prints the results as JSON instead of
+the markdown report; progress goes to stderr. Exit status 1 if any call failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from varstore.v1 import varstore_pb2 as pb
+from varstore.v1 import varstore_pb2_grpc
+
+ECHO_METHOD = "/bench.Echo/Echo"
+MAX_WORKERS = 32  # varstore's start_server default
+SESSION_ID = "bench"
+VARIABLES = 100
+CALL_TIMEOUT = 10.0  # seconds; a hung server fails the call instead of the run
+LISTENING = re.compile(r"listening on (\S+)$")
+
+#: (key, label) of every operation, in table order.
+OPERATIONS: tuple[tuple[str, str], ...] = (
+    ("echo", "echo (empty call)"),
+    ("get", "GetVariable"),
+    ("set", "SetVariable"),
+    ("get10", "GetVariables(10)"),
+    ("get100", "GetVariables(100)"),
+    ("set10", "SetVariables(10, atomic)"),
+    ("set100", "SetVariables(100, atomic)"),
+)
+
+Call = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how hard each phase runs; every figure is per operation, split
+    evenly over ``rounds`` (each round measures echo and every operation in turn)."""
+
+    rounds: int
+    warmup_calls: int  # per round
+    calls: int  # in total
+    max_sequential_seconds: float  # in total; a slow operation stops before ``calls``
+    concurrent_warmup: float  # per round
+    concurrent_seconds: float  # in total
+    clients: int
+    processes: int
+
+
+FULL = Settings(3, 100, 2000, 9.0, 0.5, 4.5, 16, 4)
+QUICK = Settings(1, 30, 300, 2.0, 0.25, 1.0, 16, 4)
+
+
+# -- echo server (child process) ----------------------------------------------------------
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def run_echo_server() -> int:
+    """Serve ``/bench.Echo/Echo`` on a free loopback port until SIGTERM."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="echo-rpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    handler = grpc.unary_unary_rpc_method_handler(
+        lambda request, context: request,
+        request_deserializer=_identity,
+        response_serializer=_identity,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    if port == 0:
+        print("echo: cannot listen", file=sys.stderr)
+        return 2
+    server.start()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
+    print(f"echo listening on 127.0.0.1:{port}", flush=True)
+    stopping.wait()
+    server.stop(1.0).wait()
+    return 0
+
+
+# -- child servers ------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A server child process and the address from its ``listening on`` line."""
+
+    name: str
+    process: subprocess.Popen[str]
+    address: str
+    output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=50))
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_child(name: str, command: Sequence[str], timeout: float = 30.0) -> Child:
+    """Run ``command`` and wait for its ``listening on HOST:PORT`` line (address last)."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    output: collections.deque[str] = collections.deque(maxlen=50)
+    found: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:  # drains the pipe for the child's whole life
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line.rstrip("\n"))
+            match = LISTENING.search(line.strip())
+            if match and not found:
+                found.append(match.group(1))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, name=f"{name}-output", daemon=True).start()
+    if not ready.wait(timeout) or not found:
+        process.kill()
+        process.wait(timeout=5)
+        raise RuntimeError(f"{name} server did not start:\n" + "\n".join(output))
+    return Child(name, process, found[0], output)
+
+
+@contextmanager
+def servers(db_dir: Path) -> Iterator[tuple[Child, Child]]:
+    """The echo and varstore servers, stopped with SIGTERM on the way out."""
+    echo = start_child("echo", [sys.executable, str(Path(__file__).resolve()), "--echo-server"])
+    try:
+        varstore = start_child(
+            "varstore",
+            [
+                sys.executable,
+                "-m",
+                "varstore.api.cli",
+                "serve",
+                "--db",
+                str(db_dir / "bench.db"),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        )
+    except BaseException:
+        echo.stop()
+        raise
+    try:
+        yield echo, varstore
+    finally:
+        varstore.stop()
+        echo.stop()
+
+
+# -- calls --------------------------------------------------------------------------------
+
+
+def open_channel(address: str) -> grpc.Channel:
+    """A fresh channel, connected."""
+    channel = grpc.insecure_channel(address)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    return channel
+
+
+def names(start: int, count: int) -> list[str]:
+    """``count`` variable names from ``v{start}`` on, wrapping at ``v99``."""
+    return [f"v{(start + i) % VARIABLES}" for i in range(count)]
+
+
+def make_call(operation: str, channel: grpc.Channel, client: int) -> Call:
+    """One call of ``operation`` on ``channel``; ``client`` spreads clients over variables.
+
+    Requests are built up front; writes cycle through a ring of prebuilt requests so
+    every call changes the value it writes.
+    """
+    if operation == "echo":
+        echo: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(ECHO_METHOD)
+        return lambda: echo(b"", timeout=CALL_TIMEOUT)
+    stub = varstore_pb2_grpc.VariableStoreStub(channel)
+    ring = 16
+    counter = iter(range(1 << 62))
+
+    def nth(requests: Sequence[Any]) -> Any:
+        return requests[next(counter) % ring]
+
+    if operation == "get":
+        get = pb.GetVariableRequest(session_id=SESSION_ID, variable_identifier=names(client, 1)[0])
+        return lambda: stub.GetVariable(get, timeout=CALL_TIMEOUT)
+    if operation in ("get10", "get100"):
+        size = 10 if operation == "get10" else 100
+        many = pb.GetVariablesRequest(
+            session_id=SESSION_ID, variable_identifiers=names(client * size, size)
+        )
+        return lambda: stub.GetVariables(many, timeout=CALL_TIMEOUT)
+    base = client * 1_000_000
+    if operation == "set":
+        name = names(client, 1)[0]
+        sets = [
+            pb.SetVariableRequest(
+                session_id=SESSION_ID,
+                variable_identifier=name,
+                value=pb.Value(integer_value=base + i),
+            )
+            for i in range(ring)
+        ]
+        return lambda: stub.SetVariable(nth(sets), timeout=CALL_TIMEOUT)
+    if operation in ("set10", "set100"):
+        size = 10 if operation == "set10" else 100
+        batches = [
+            pb.SetVariablesRequest(
+                session_id=SESSION_ID,
+                updates={n: pb.Value(integer_value=base + i) for n in names(client * size, size)},
+                atomic=True,
+            )
+            for i in range(ring)
+        ]
+        return lambda: stub.SetVariables(nth(batches), timeout=CALL_TIMEOUT)
+    raise ValueError(f"unknown operation {operation!r}")
+
+
+def set_up_session(address: str) -> None:
+    """Create the session and register ``v0..v99`` (integer) and ``f`` (float)."""
+    channel = open_channel(address)
+    try:
+        stub = varstore_pb2_grpc.VariableStoreStub(channel)
+        stub.CreateSession(pb.CreateSessionRequest(session_id=SESSION_ID), timeout=CALL_TIMEOUT)
+        for name in names(0, VARIABLES):
+            stub.RegisterVariable(
+                pb.RegisterVariableRequest(
+                    session_id=SESSION_ID,
+                    name=name,
+                    type="integer",
+                    initial_value=pb.Value(integer_value=0),
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+        stub.RegisterVariable(
+            pb.RegisterVariableRequest(
+                session_id=SESSION_ID,
+                name="f",
+                type="float",
+                initial_value=pb.Value(float_value=0.5),
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+    finally:
+        channel.close()
+
+
+# -- sequential phase ---------------------------------------------------------------------
+
+
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND  # utime, stime
+
+
+@dataclass
+class SequentialRun:
+    """Latencies of sequential calls, pooled over rounds, and the server CPU they cost."""
+
+    latencies_ns: list[int] = field(default_factory=list)
+    elapsed_ns: int = 0
+    server_cpu_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """One client thread, one call at a time."""
+
+    calls: int
+    p50_us: float
+    p99_us: float
+    calls_per_s: float
+    server_cpu_us_per_call: float
+
+    @classmethod
+    def of(cls, run: SequentialRun) -> Sequential:
+        """The summary of a pooled run."""
+        ordered = sorted(run.latencies_ns)
+        calls = len(ordered)
+        return cls(
+            calls=calls,
+            p50_us=percentile(ordered, 0.50) / 1e3,
+            p99_us=percentile(ordered, 0.99) / 1e3,
+            calls_per_s=calls / (run.elapsed_ns / 1e9),
+            server_cpu_us_per_call=run.server_cpu_s * 1e6 / calls,
+        )
+
+
+def percentile(ordered: Sequence[int], q: float) -> int:
+    """The nearest-rank ``q`` quantile of an ascending sequence."""
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def measure_sequential(
+    operation: str,
+    address: str,
+    server_pid: int,
+    settings: Settings,
+    round_: int,
+    into: SequentialRun,
+) -> None:
+    """Round ``round_`` (from 0): warm up, then time its share of calls one after the other."""
+    calls = settings.calls // settings.rounds + (round_ < settings.calls % settings.rounds)
+    budget_ns = int(settings.max_sequential_seconds / settings.rounds * 1e9)
+    channel = open_channel(address)
+    try:
+        call = make_call(operation, channel, 0)
+        for _ in range(settings.warmup_calls):
+            call()
+        latencies = into.latencies_ns
+        clock = time.perf_counter_ns
+        cpu_before = cpu_seconds(server_pid)
+        began = clock()
+        deadline = began + budget_ns
+        for _ in range(calls):
+            start = clock()
+            call()
+            end = clock()
+            latencies.append(end - start)
+            if end >= deadline:
+                break
+        into.elapsed_ns += clock() - began
+        into.server_cpu_s += cpu_seconds(server_pid) - cpu_before
+    finally:
+        channel.close()
+
+
+# -- concurrent phase (client worker processes) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a client process runs: ``threads`` closed-loop clients, one channel each."""
+
+    operation: str
+    address: str
+    first_client: int
+    threads: int
+    start_at: float  # time.monotonic() values (CLOCK_MONOTONIC is system-wide on Linux)
+    measure_from: float
+    measure_until: float
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Calls a client process completed inside the window, and its failures."""
+
+    completed: int
+    errors: int
+    first_error: str
+
+
+def run_client(job: Job, client: int, tallies: list[Tally]) -> None:
+    """One closed-loop client: call until ``measure_until``, count calls in the window."""
+    completed = errors = 0
+    first_error = ""
+    channel = open_channel(job.address)
+    try:
+        call = make_call(job.operation, channel, client)
+        wait = job.start_at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        now = time.monotonic()
+        while now < job.measure_until:  # bounded: every call has a deadline
+            try:
+                call()
+                ok = True
+            except grpc.RpcError as failure:
+                ok = False
+                errors += 1
+                first_error = first_error or f"{failure.code()}: {failure.details()}"
+            now = time.monotonic()
+            if ok and job.measure_from <= now < job.measure_until:
+                completed += 1
+    finally:
+        channel.close()
+    tallies.append(Tally(completed, errors, first_error))
+
+
+def client_process(connection: multiprocessing.connection.Connection) -> None:
+    """A client worker: run each job it is sent, answer with its tally; stop on None."""
+    while True:
+        job = connection.recv()
+        if job is None:
+            return
+        tallies: list[Tally] = []
+        threads = [
+            threading.Thread(target=run_client, args=(job, job.first_client + i, tallies))
+            for i in range(job.threads)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        connection.send(
+            Tally(
+                sum(t.completed for t in tallies),
+                sum(t.errors for t in tallies) + job.threads - len(tallies),
+                next((t.first_error for t in tallies if t.first_error), ""),
+            )
+        )
+
+
+@dataclass
+class ConcurrentRun:
+    """Calls completed by all clients inside the windows of every round, and their cost."""
+
+    completed: int = 0
+    errors: int = 0
+    first_error: str = ""
+    seconds: float = 0.0
+    server_cpu_s: float = 0.0
+
+    @property
+    def calls_per_s(self) -> float:
+        """Completed calls per second of window."""
+        return self.completed / self.seconds if self.seconds else 0.0
+
+    @property
+    def server_cpu_us_per_call(self) -> float:
+        """Server CPU time per completed call."""
+        return self.server_cpu_s * 1e6 / self.completed if self.completed else 0.0
+
+
+class ClientPool:
+    """Long-lived spawned client processes (spawned once, before any phase runs)."""
+
+    def __init__(self, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._links: list[multiprocessing.connection.Connection] = []
+        self._processes: list[multiprocessing.process.BaseProcess] = []
+        for index in range(processes):
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=client_process, args=(theirs,), name=f"bench-client-{index}", daemon=True
+            )
+            process.start()
+            theirs.close()
+            self._links.append(ours)
+            self._processes.append(process)
+
+    def run(
+        self,
+        operation: str,
+        address: str,
+        server_pid: int,
+        settings: Settings,
+        into: ConcurrentRun,
+    ) -> None:
+        """One round: every client for a warm-up plus this round's share of the window."""
+        per_process = settings.clients // len(self._links)
+        window = settings.concurrent_seconds / settings.rounds
+        start_at = time.monotonic() + 0.3  # time for every client to connect
+        measure_from = start_at + settings.concurrent_warmup
+        measure_until = measure_from + window
+        for index, link in enumerate(self._links):
+            link.send(
+                Job(
+                    operation,
+                    address,
+                    index * per_process,
+                    per_process,
+                    start_at,
+                    measure_from,
+                    measure_until,
+                )
+            )
+        time.sleep(max(0.0, measure_from - time.monotonic()))
+        cpu_before = cpu_seconds(server_pid)
+        time.sleep(max(0.0, measure_until - time.monotonic()))
+        into.server_cpu_s += cpu_seconds(server_pid) - cpu_before
+        into.seconds += window
+        limit = measure_until + CALL_TIMEOUT + 15
+        for link in self._links:
+            if not link.poll(max(0.0, limit - time.monotonic())):
+                raise RuntimeError("a client process did not report back")
+            tally: Tally = link.recv()
+            into.completed += tally.completed
+            into.errors += tally.errors
+            into.first_error = into.first_error or tally.first_error
+
+    def close(self) -> None:
+        """Tell every client process to stop, and wait for it."""
+        for link in self._links:
+            with suppress(OSError):
+                link.send(None)
+        for process in self._processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One operation's results and its ratios to echo."""
+
+    operation: str
+    label: str
+    sequential: Sequential
+    concurrent_per_s: float
+    concurrent_server_cpu_us_per_call: float
+    concurrent_errors: int
+    p50_vs_echo: float
+    concurrent_vs_echo: float
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal the numbers are held to."""
+
+    name: str
+    value: float
+    limit: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class EchoRound:
+    """Echo as measured in one round (the drift check)."""
+
+    p50_us: float
+    concurrent_per_s: float
+
+
+def machine() -> dict[str, str]:
+    """Where the run happened."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from google.protobuf import __version__ as protobuf_version
+    from google.protobuf.internal import api_implementation
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "protobuf": f"{protobuf_version} ({api_implementation.Type()})",
+        "load_average_at_start": load,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def method_text(settings: Settings) -> str:
+    """How the numbers were taken, in words."""
+    per = settings.clients // settings.processes
+    rounds = settings.rounds
+    return (
+        f"{rounds} round{'s' if rounds > 1 else ''}, each measuring echo then every varstore "
+        f"operation, sequential phases first; figures pool all rounds. Sequential: one client "
+        f"thread, one channel, {settings.warmup_calls} warm-up calls per round, then "
+        f"{settings.calls} timed calls in all (fewer if an operation uses up its "
+        f"{settings.max_sequential_seconds:g} s); calls/s = calls / elapsed. 16 clients: "
+        f"{settings.processes} client processes x {per} threads, one channel per thread, "
+        f"closed loop, {settings.concurrent_warmup:g} s warm-up per round, "
+        f"{settings.concurrent_seconds:g} s of window in all; calls/s = calls completed in the "
+        f"windows / window. Server CPU = user+system time of the server process (all threads, "
+        f"/proc/PID/stat) over the timed calls, per call. Servers are separate processes "
+        f"(grpcio sync, ThreadPoolExecutor max_workers={MAX_WORKERS}) on 127.0.0.1, sharing "
+        f"the machine's cores with the client processes; varstore runs --sync full (fsync per "
+        f"write, shared by group commit). Reads go through the generated stubs (uncached)."
+    )
+
+
+def markdown(
+    rows: list[Row],
+    targets: list[Target],
+    info: dict[str, str],
+    settings: Settings,
+    echo_rounds: list[EchoRound],
+) -> str:
+    """The report: table, method, targets, drift check and machine."""
+    lines = [
+        (
+            "| operation | calls | p50 µs | p99 µs | seq calls/s | 16-client calls/s "
+            "| p50 / echo | 16c / echo | server CPU µs/call seq | server CPU µs/call 16c |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        s = row.sequential
+        errors = f" ({row.concurrent_errors} errors)" if row.concurrent_errors else ""
+        lines.append(
+            f"| {row.label} | {s.calls} | {s.p50_us:,.0f} | {s.p99_us:,.0f} | "
+            f"{s.calls_per_s:,.0f} | {row.concurrent_per_s:,.0f}{errors} | "
+            f"{row.p50_vs_echo:.2f}x | {row.concurrent_vs_echo:.2f}x | "
+            f"{s.server_cpu_us_per_call:,.0f} | {row.concurrent_server_cpu_us_per_call:,.0f} |"
+        )
+    lines += ["", f"Measured: {method_text(settings)}", "", "Targets:"]
+    lines += [
+        f"- {'PASS' if t.passed else 'MISS'}: {t.name}: {t.value:.2f}x (target {t.limit})"
+        for t in targets
+    ]
+    if len(echo_rounds) > 1:
+        p50s = ", ".join(f"{r.p50_us:,.0f}" for r in echo_rounds)
+        rates = ", ".join(f"{r.concurrent_per_s:,.0f}" for r in echo_rounds)
+        lines += [
+            "",
+            f"Drift check, echo round by round: p50 {p50s} µs; 16 clients {rates} calls/s.",
+        ]
+    lines += ["", "Machine: " + "; ".join(f"{key} {value}" for key, value in info.items())]
+    return "\n".join(lines)
+
+
+def evaluate(rows: dict[str, Row]) -> list[Target]:
+    """The three targets."""
+    get_vs_echo = rows["get"].p50_vs_echo
+    set_vs_echo = rows["set"].concurrent_vs_echo
+    many_vs_one = rows["get100"].sequential.p50_us / rows["get"].sequential.p50_us
+    return [
+        Target("uncached GetVariable p50 / echo p50", get_vs_echo, "<= 1.30x", get_vs_echo <= 1.3),
+        Target(
+            "SetVariable 16-client throughput / echo 16-client throughput",
+            set_vs_echo,
+            ">= 0.70x",
+            set_vs_echo >= 0.70,
+        ),
+        Target(
+            "GetVariables(100) p50 / GetVariable p50", many_vs_one, "<= 3.00x", many_vs_one <= 3.0
+        ),
+    ]
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (stdout carries only the report)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def measure(
+    settings: Settings, pool: ClientPool, echo: Child, varstore: Child
+) -> tuple[dict[str, SequentialRun], dict[str, ConcurrentRun], list[EchoRound]]:
+    """Every round of every operation against the two running servers."""
+    server = {key: varstore for key, _ in OPERATIONS} | {"echo": echo}
+    sequential = {key: SequentialRun() for key, _ in OPERATIONS}
+    concurrent = {key: ConcurrentRun() for key, _ in OPERATIONS}
+    echo_rounds: list[EchoRound] = []
+    for round_ in range(settings.rounds):
+        echo_seq_from = len(sequential["echo"].latencies_ns)
+        for key, label in OPERATIONS:
+            child = server[key]
+            measure_sequential(
+                key, child.address, child.process.pid, settings, round_, sequential[key]
+            )
+            latest = sorted(sequential[key].latencies_ns)
+            progress(
+                f"round {round_} sequential {label}: p50 so far {percentile(latest, 0.5) / 1e3:,.0f} µs"
+            )
+        echo_completed = concurrent["echo"].completed
+        for key, label in OPERATIONS:
+            child = server[key]
+            pool.run(key, child.address, child.process.pid, settings, concurrent[key])
+            progress(
+                f"round {round_} 16 clients {label}: {concurrent[key].calls_per_s:,.0f} calls/s so far"
+            )
+        this_round = sorted(sequential["echo"].latencies_ns[echo_seq_from:])
+        echo_rounds.append(
+            EchoRound(
+                percentile(this_round, 0.5) / 1e3,
+                (concurrent["echo"].completed - echo_completed)
+                / (settings.concurrent_seconds / settings.rounds),
+            )
+        )
+    return sequential, concurrent, echo_rounds
+
+
+def run(settings: Settings, as_json: bool) -> int:
+    """Start everything, measure every operation, print the report."""
+    info = machine()
+    pool = ClientPool(settings.processes)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="varstore-bench-") as tmp,
+            servers(Path(tmp)) as (echo, varstore),
+        ):
+            progress(f"echo on {echo.address}, varstore on {varstore.address}")
+            set_up_session(varstore.address)
+            sequential_runs, concurrent, echo_rounds = measure(settings, pool, echo, varstore)
+    finally:
+        pool.close()
+    sequential = {key: Sequential.of(run) for key, run in sequential_runs.items()}
+    echo_p50 = sequential["echo"].p50_us
+    echo_per_s = concurrent["echo"].calls_per_s
+    rows = {
+        key: Row(
+            key,
+            label,
+            sequential[key],
+            concurrent[key].calls_per_s,
+            concurrent[key].server_cpu_us_per_call,
+            concurrent[key].errors,
+            sequential[key].p50_us / echo_p50,
+            concurrent[key].calls_per_s / echo_per_s if echo_per_s else 0.0,
+        )
+        for key, label in OPERATIONS
+    }
+    targets = evaluate(rows)
+    if as_json:
+        document = {
+            "machine": info,
+            "method": method_text(settings),
+            "settings": asdict(settings),
+            "rows": [asdict(row) for row in rows.values()],
+            "targets": [asdict(target) for target in targets],
+            "echo_rounds": [asdict(r) for r in echo_rounds],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(markdown(list(rows.values()), targets, info, settings, echo_rounds))
+    for key, tally in concurrent.items():
+        if tally.errors:
+            progress(f"{key}: {tally.errors} failed calls, first: {tally.first_error}")
+    return 1 if any(tally.errors for tally in concurrent.values()) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else "")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        choices=(1, 2, 4, 8, 16),
+        help="processes the 16 clients are spread over (default 4)",
+    )
+    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.echo_server:
+        return run_echo_server()
+    settings = QUICK if args.quick else FULL
+    if args.client_processes:
+        settings = replace(settings, processes=args.client_processes)
+    return run(settings, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
