@@ -1,1 +1,46 @@
-"""The Python client (SessionContext, sync and asyncio) arrives with the client issue."""
+"""The Python client: session contexts (sync and asyncio) with a read cache.
+
+from varstore.client import connect
+with connect("127.0.0.1:50051") as client:
+    ctx = client.session("demo")
+    ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
+    ctx.get_variable("temperature")          # 0.7
+"""
+
+from varstore.client._async import AsyncClient, AsyncSessionContext, aconnect
+from varstore.client._core import MISSING, SessionInfo, VariableInfo
+from varstore.client._sync import Client, SessionContext, connect
+from varstore.types.errors import (
+    AlreadyExists,
+    LimitExceeded,
+    NotFound,
+    OutOfRange,
+    SessionNotFound,
+    Unavailable,
+    ValidationError,
+    VariableNotFound,
+    VarstoreError,
+    VersionConflict,
+)
+
+__all__ = [
+    "MISSING",
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncSessionContext",
+    "Client",
+    "LimitExceeded",
+    "NotFound",
+    "OutOfRange",
+    "SessionContext",
+    "SessionInfo",
+    "SessionNotFound",
+    "Unavailable",
+    "ValidationError",
+    "VariableInfo",
+    "VariableNotFound",
+    "VarstoreError",
+    "VersionConflict",
+    "aconnect",
+    "connect",
+]

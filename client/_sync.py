@@ -1,0 +1,327 @@
+"""The synchronous client: :class:`SessionContext` on a ``grpc.Channel``, and
+:func:`connect`, which owns its channel. Mirrors :mod:`varstore.client._async` line for
+line; every decision lives in :mod:`varstore.client._core`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+
+from varstore.client._core import (
+    MISSING,
+    ContextCore,
+    SessionInfo,
+    VariableInfo,
+    session_request,
+)
+from varstore.types import AlreadyExists, SessionNotFound, VariableNotFound
+from varstore.types.status import error_from_rpc_error
+from varstore.v1 import varstore_pb2 as pb
+from varstore.v1 import varstore_pb2_grpc as pb_grpc
+
+__all__ = ["Client", "SessionContext", "connect"]
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def _call(method: Callable[..., Response], request: Any, timeout: float) -> Response:
+    """Make one call; a failure becomes its VarstoreError (the client's one mapping)."""
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as failure:
+        raise error_from_rpc_error(failure) from failure
+
+
+class SessionContext:
+    """Variables of one session, with a cache: the seed's ``SessionContext``, synchronous.
+
+    Args:
+        session_id: The session; created on first use if the server does not know it.
+        channel: A ``grpc.Channel`` (the caller keeps ownership).
+        config: ``enable_caching`` (True), ``cache_ttl`` (1.0 s), ``max_size`` (1000),
+            ``metadata`` (session metadata if it is created), ``source`` ("python", the
+            name recorded with every write), ``timeout`` (30 s per call),
+            ``create_session`` (True).
+        clock: Monotonic seconds for the cache's TTL (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        channel: grpc.Channel,
+        config: Mapping[str, Any] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session_id = session_id
+        self.channel = channel
+        self._stub = pb_grpc.VariableStoreStub(channel)
+        self._core = ContextCore(session_id, config or {}, clock)
+        self._session_known = False
+        self._owned_channel = False
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The session metadata this context creates its session with."""
+        return self._core.metadata
+
+    @property
+    def source(self) -> str:
+        """The name recorded as the source of this context's writes."""
+        return self._core.source
+
+    def _send(self, method: Callable[..., Response], request: Any) -> Response:
+        try:
+            response = _call(method, request, self._core.timeout)
+        except SessionNotFound:
+            if self._session_known or not self._core.create_session:
+                raise
+            self._create_session()
+            response = _call(method, request, self._core.timeout)
+        self._session_known = True
+        return response
+
+    def _create_session(self) -> None:
+        request = self._core.create_session_request()
+        with contextlib.suppress(AlreadyExists):  # someone else created it first: as good
+            _call(self._stub.CreateSession, request, self._core.timeout)
+        self._session_known = True
+
+    # -- variables --------------------------------------------------------------------------
+
+    def register_variable(
+        self,
+        name: str,
+        type: str,
+        initial_value: Any,
+        constraints: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Register a variable; returns its id. Does not touch the cache.
+
+        Raises:
+            ValidationError: unknown type, a value or constraint that is not acceptable.
+            AlreadyExists: the session has a variable of that name.
+        """
+        request = self._core.register_request(name, type, initial_value, constraints, metadata)
+        response = self._send(self._stub.RegisterVariable, request)
+        return response.variable_id
+
+    def get_variable(self, name: str, default: Any = MISSING, bypass_cache: bool = False) -> Any:
+        """A variable's value (by name or id), from the cache when fresh.
+
+        Returns ``default`` (even None) when the variable does not exist and one is given.
+
+        Raises:
+            VariableNotFound: no such variable and no default (also a ``KeyError``).
+            SessionNotFound, Unavailable, VarstoreError: for other failures.
+        """
+        hit, value = self._core.cached(name, bypass_cache)
+        if hit:
+            return value
+        try:
+            response = self._send(self._stub.GetVariable, self._core.get_request(name))
+        except VariableNotFound as missing:
+            return self._core.default_or_raise(missing, default)
+        return self._core.remember_read(response.variable, response.header.position)
+
+    def set_variable(
+        self,
+        name: str,
+        value: Any,
+        metadata: Mapping[str, str] | None = None,
+        expected_version: int | None = None,
+    ) -> int:
+        """Set a variable's value; returns its new version.
+
+        Raises:
+            ValidationError: the value is of the wrong type or breaks a constraint
+                (e.g. "value 150 is above maximum 100").
+            VersionConflict: ``expected_version`` is not the current version.
+            VariableNotFound: no such variable.
+        """
+        request = self._core.set_request(name, value, metadata, expected_version)
+        response = self._send(self._stub.SetVariable, request)
+        self._core.remember_write(response.variable, response.header.position)
+        return response.new_version
+
+    def get_variables(
+        self,
+        names: Iterable[str],
+        defaults: Mapping[str, Any] | None = None,
+        bypass_cache: bool = False,
+    ) -> dict[str, Any]:
+        """Values of many variables, keyed as asked; cache first, then one call for the rest.
+
+        A missing variable takes its value from ``defaults``, or is left out.
+
+        Raises:
+            SessionNotFound, LimitExceeded, Unavailable, VarstoreError.
+        """
+        results: dict[str, Any] = {}
+        wanted: list[str] = []
+        for name in names:
+            hit, value = self._core.cached(name, bypass_cache)
+            if hit:
+                results[name] = value
+            else:
+                wanted.append(name)
+        if wanted:
+            response = self._send(self._stub.GetVariables, self._core.get_many_request(wanted))
+            for name, variable in response.variables.items():
+                results[name] = self._core.remember_read(variable, response.header.position)
+            for name in response.missing_variables:
+                if defaults is not None and name in defaults:
+                    results[name] = defaults[name]
+        return results
+
+    def update_variables(
+        self,
+        updates: Mapping[str, Any],
+        metadata: Mapping[str, str] | None = None,
+        atomic: bool = True,
+    ) -> dict[str, bool | str]:
+        """Set many variables; returns, per name, True or why the server refused it.
+
+        Atomic (the default): all or nothing, as one event at one position.
+
+        Raises:
+            ValidationError: an atomic batch was refused; ``violations`` says why, per name.
+            VersionConflict, LimitExceeded, SessionNotFound, Unavailable.
+        """
+        request = self._core.set_many_request(updates, metadata, atomic)
+        response = self._send(self._stub.SetVariables, request)
+        return self._core.remember_batch(updates, response)
+
+    def list_variables(self, pattern: str | None = None) -> list[VariableInfo]:
+        """The session's variables (optionally those whose names match a glob), by name.
+
+        Raises:
+            SessionNotFound, Unavailable, VarstoreError.
+        """
+        response = self._send(self._stub.ListVariables, self._core.list_request(pattern))
+        return [VariableInfo.from_proto(variable) for variable in response.variables]
+
+    def delete_variable(self, name: str) -> None:
+        """Delete a variable (by name or id) and forget it in the cache.
+
+        Raises:
+            VariableNotFound, SessionNotFound, Unavailable.
+        """
+        response = self._send(self._stub.DeleteVariable, self._core.delete_request(name))
+        self._core.remember_delete(name, response.header.position)
+
+    # -- cache ------------------------------------------------------------------------------
+
+    def set_cache_config(
+        self, ttl: float | None = None, max_size: int | None = None, enabled: bool | None = None
+    ) -> None:
+        """Change the cache's TTL (seconds), size bound, or turn it on or off."""
+        self._core.set_cache_config(ttl, max_size, enabled)
+
+    def invalidate_cache(self, name: str | None = None) -> None:
+        """Forget one variable (by name or id), or the whole cache."""
+        self._core.invalidate(name)
+
+    def get_cache_stats(self) -> dict[str, Any]:
+        """``hits``, ``misses``, ``evictions``, ``sets``, ``size``, ``hit_rate``, ``ttl``
+        (``{"enabled": False}`` when caching is off)."""
+        return self._core.stats()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Drop the cache (and close the channel if this context owns it)."""
+        self._core.invalidate(None)
+        if self._owned_channel:
+            self.channel.close()
+
+    close = cleanup
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+class Client:
+    """A connection to a varstore server that owns its channel; opens, creates, lists and
+    deletes sessions. Use :func:`connect`."""
+
+    def __init__(self, address: str, config: Mapping[str, Any] | None = None) -> None:
+        self.address = address
+        self.config = dict(config or {})
+        self.channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.VariableStoreStub(self.channel)
+        self._timeout = float(self.config.get("timeout", 30.0))
+
+    def session(self, session_id: str, config: Mapping[str, Any] | None = None) -> SessionContext:
+        """A context on ``session_id`` (created on first use) sharing this channel."""
+        return SessionContext(session_id, self.channel, {**self.config, **(config or {})})
+
+    def create_session(
+        self,
+        session_id: str | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        ttl_seconds: int = 0,
+        config: Mapping[str, Any] | None = None,
+    ) -> SessionContext:
+        """Create a session now (an id is generated when none is given).
+
+        Raises:
+            AlreadyExists: a live session has that id.
+            ValidationError: the id or TTL is not acceptable.
+        """
+        request = session_request(session_id, metadata, ttl_seconds)
+        response = _call(self._stub.CreateSession, request, self._timeout)
+        context = self.session(response.session.id, config)
+        context._session_known = True
+        return context
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        """Describe one session. Raises SessionNotFound."""
+        request = pb.GetSessionRequest(session_id=session_id)
+        return SessionInfo.from_proto(_call(self._stub.GetSession, request, self._timeout).session)
+
+    def list_sessions(self) -> list[SessionInfo]:
+        """Every live session, by id."""
+        response = _call(self._stub.ListSessions, pb.ListSessionsRequest(), self._timeout)
+        return [SessionInfo.from_proto(session) for session in response.sessions]
+
+    def delete_session(self, session_id: str) -> None:
+        """Delete a session. Raises SessionNotFound."""
+        request = pb.DeleteSessionRequest(session_id=session_id)
+        _call(self._stub.DeleteSession, request, self._timeout)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def connect(address: str = "127.0.0.1:50051", config: Mapping[str, Any] | None = None) -> Client:
+    """A :class:`Client` on ``address`` that owns its channel (use it as a context manager)."""
+    return Client(address, config)
