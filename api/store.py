@@ -1,24 +1,26 @@
-"""The store: one writer thread that decides, appends and publishes; lock-free readers.
+"""The store: writers that commit in groups, and lock-free readers.
 
-Writes are commands (:mod:`varstore.api.commands`). Callers queue them; the writer takes
-every command waiting, decides each against a private copy of its session's state
-(folding each decision's events in before deciding the next, so commands queued
-together see each other), appends all their events in ONE recorder transaction (group
-commit: one fsync for the lot), and only then publishes the new states and answers.
-So an answer always means "durable", and a reader never sees a change that could still
-be lost. Readers take the published :class:`SessionState` of a session, which is never
+Writes are commands (:mod:`varstore.api.commands`). A writer that finds nobody
+committing becomes the leader: it takes every command waiting (its own included),
+decides each against a private copy of its session's state (folding each decision's
+events in before deciding the next, so commands grouped together see each other),
+appends all their events in ONE recorder transaction (group commit: one fsync for the
+lot), publishes the new states, answers the others, and hands the lead to the first
+command that arrived meanwhile. A lone writer therefore does its own work with no thread
+handoff, and concurrent writers share fsyncs.
+
+An answer always means "durable", and a reader never sees a change that could still be
+lost. Readers take the published :class:`SessionState` of a session, which is never
 mutated after publication: a read is one dict lookup, no lock, no database.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-#: Most commands one group commit takes; bounds the latency a burst adds to its first write.
+#: Most commands one group commit takes; bounds the latency a burst adds to its leader.
 MAX_GROUP = 512
 
 
@@ -46,11 +48,26 @@ class Written(Generic[R]):
     position: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Job:
+    """One command on its way through a group; ``signal`` is released exactly once,
+    when the job is answered or promoted to lead."""
+
     session_id: str
     command: Command[Any]
-    future: Future[Written[Any]]
+    signal: threading.Lock = field(default_factory=threading.Lock)
+    written: Written[Any] | None = None
+    error: BaseException | None = None
+    promoted: bool = False
+
+    def __post_init__(self) -> None:
+        self.signal.acquire()
+
+    def outcome(self) -> Written[Any]:
+        if self.error is not None:
+            raise self.error
+        assert self.written is not None
+        return self.written
 
 
 class Store:
@@ -73,13 +90,13 @@ class Store:
         self._sessions: dict[str, SessionState] = {}
         # Monotonic time of the last call that touched each session, for TTL expiry.
         self._touched: dict[str, float] = {}
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._closed = threading.Event()
+        # Lock order: _lock guards _pending and _leading only; nothing else is taken
+        # while holding it.
+        self._lock = threading.Lock()
+        self._pending: list[_Job] = []
+        self._leading = False
+        self._closed = False
         self._rebuild()
-        self._writer = threading.Thread(
-            target=self._write_loop, name="varstore-writer", daemon=True
-        )
-        self._writer.start()
 
     # -- reading --------------------------------------------------------------------------
 
@@ -107,23 +124,25 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def execute(
-        self, session_id: str, command: Command[R], timeout: float | None = None
-    ) -> Written[R]:
+    def execute(self, session_id: str, command: Command[R]) -> Written[R]:
         """Run ``command`` on ``session_id``; return once its events are durable.
 
         Raises the command's VarstoreError, or Unavailable if the log cannot be written
         or the store is closed.
         """
-        return self.submit(session_id, command).result(timeout)
-
-    def submit(self, session_id: str, command: Command[R]) -> Future[Written[R]]:
-        """Queue ``command``; the future resolves once its events are durable."""
-        if self._closed.is_set():
-            raise Unavailable("the store is shutting down")
-        future: Future[Written[R]] = Future()
-        self._queue.put(_Job(session_id, command, future))
-        return future
+        job = _Job(session_id, command)
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the store is shutting down")
+            self._pending.append(job)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            job.signal.acquire()  # answered, or promoted to lead the next group
+            if not job.promoted:
+                return job.outcome()
+        self._lead(job)
+        return job.outcome()
 
     def expire_idle_sessions(self) -> int:
         """Append SessionDeleted(reason="expired") for every session idle past its TTL.
@@ -140,16 +159,23 @@ class Store:
             left = self.expires_in(state)
             return left is not None and left <= 0
 
-        futures = [self.submit(sid, ExpireSession(sid, is_expired)) for sid in candidates]
-        return sum(1 for future in futures if future.result().result)
+        return sum(
+            1 for sid in candidates if self.execute(sid, ExpireSession(sid, is_expired)).result
+        )
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finish queued writes, stop the writer and close the recorder. Idempotent."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._queue.put(None)
-        self._writer.join(timeout)
+        """Refuse new writes, wait (up to ``timeout`` s) for the group being committed,
+        and close the recorder. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._leading:
+                    break
+            time.sleep(0.005)
         self.recorder.close()
 
     # -- internals ------------------------------------------------------------------------
@@ -163,37 +189,28 @@ class Store:
         self._sessions = sessions
         self._touched = dict.fromkeys(sessions, now)
 
-    def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            jobs = [first]
-            while len(jobs) < MAX_GROUP:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stopping = True
-                    break
-                jobs.append(job)
-            try:
-                self._run_group(jobs)
-            except Exception:  # a bug, not bad input: keep serving, fail the group loudly
-                log.exception("writer failed on a group of %d commands", len(jobs))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(Unavailable("internal error while writing"))
-        # Anything queued after the stop marker is refused, never dropped silently.
-        while True:
-            try:
-                late = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if late is not None:
-                late.future.set_exception(Unavailable("the store is shutting down"))
+    def _lead(self, me: _Job) -> None:
+        """Commit every waiting command as one group, then pass the lead on."""
+        with self._lock:
+            jobs, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+        try:
+            self._run_group(jobs)
+        except Exception:  # a bug, not bad input: fail the group loudly, keep serving
+            log.exception("commit failed for a group of %d commands", len(jobs))
+            for job in jobs:
+                if job.written is None and job.error is None:
+                    job.error = Unavailable("internal error while writing")
+        finally:
+            for job in jobs:
+                if job is not me:
+                    job.signal.release()
+            with self._lock:
+                if self._pending:
+                    successor = self._pending[0]
+                    successor.promoted = True
+                    successor.signal.release()
+                else:
+                    self._leading = False
 
     def _run_group(self, jobs: list[_Job]) -> None:
         ctx = WriteContext(now=self._clock(), limits=self.limits)
@@ -208,7 +225,7 @@ class Store:
             try:
                 decision = job.command.decide(state, ctx)
             except VarstoreError as refused:
-                job.future.set_exception(refused)
+                job.error = refused
                 continue
             base = state.position if state is not None else 0
             try:
@@ -216,7 +233,7 @@ class Store:
                 answer = decision.respond(after)
             except Exception:
                 log.exception("fold failed for %s on session %r", type(job.command).__name__, sid)
-                job.future.set_exception(Unavailable("internal error while applying a change"))
+                job.error = Unavailable("internal error while applying a change")
                 working[sid] = self._refold(sid, accepted)
                 continue
             working[sid] = after
@@ -256,9 +273,7 @@ class Store:
                 # Nothing was written and nothing published: the working copies are dropped.
                 log.error("append failed; %d commands refused: %s", len(accepted), failure)
                 for item in accepted:
-                    item.job.future.set_exception(
-                        Unavailable(f"the event log could not be written: {failure}")
-                    )
+                    item.job.error = Unavailable(f"the event log could not be written: {failure}")
                 return
         now = self._monotonic()
         for sid in {append.session_id for append in appends}:
@@ -267,7 +282,7 @@ class Store:
                 self._sessions[sid] = state
                 self._touched[sid] = now
         for item in accepted:
-            item.job.future.set_result(item.written)
+            item.job.written = item.written
 
 
 @dataclass(slots=True)

@@ -4,14 +4,16 @@ nothing, and a failed append that publishes nothing."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
 
 from varstore.api import commands
-from varstore.api.store import Store
+from varstore.api.store import Store, Written
 from varstore.eventstore import Append, RecordedEvent, RecorderError
 from varstore.eventstore.memory import MemoryRecorder
+from varstore.projections import VariableState
 from varstore.types import SessionNotFound, Unavailable, ValidationError
 
 
@@ -50,10 +52,19 @@ def test_concurrent_writers_share_transactions() -> None:
         for n in range(50):
             store.execute("s", commands.RegisterVariable("s", f"v{n}", "integer", 0))
         before = recorder.transactions
-        recorder.gate.clear()  # hold the writer so the next writes queue up together
-        futures = [store.submit("s", commands.SetVariable("s", f"v{n}", n + 1)) for n in range(50)]
+        recorder.gate.clear()  # hold the first leader in its commit so the rest queue up
+        written: list[Written[VariableState]] = []
+
+        def write(n: int) -> None:
+            written.append(store.execute("s", commands.SetVariable("s", f"v{n}", n + 1)))
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(50)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
         recorder.gate.set()
-        written = [future.result(timeout=10) for future in futures]
+        for thread in threads:
+            thread.join(timeout=10)
         assert sorted(w.result.value for w in written) == list(range(1, 51))
         assert recorder.transactions - before < 50 / 2
         positions = [w.position for w in written]
