@@ -8,12 +8,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from varstore.api.server import MEMORY, serve
+from varstore.client.cli import add_client_commands, run_client_command
 
 __all__ = ["main"]
 
 DEFAULT_DB = "./varstore.db"
 DEFAULT_LISTEN = "127.0.0.1:50051"
+#: The --db value for an in-memory log (as varstore.api.server.MEMORY; not imported here so
+#: that client commands do not load the server).
+MEMORY = ":memory:"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "power loss may lose the last writes (a crash of the server alone does not)",
     )
     serve_cmd.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_client_commands(commands)
     return parser
 
 
@@ -52,11 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         try:
+            from varstore.api.server import serve  # only the server command needs it
+
             return serve(args.db, args.listen, args.sync)
         except (OSError, ValueError) as problem:
             print(f"varstore: {problem}", file=sys.stderr)
             return 2
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    return run_client_command(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,499 @@
+"""The client commands of the ``varstore`` program: sessions and variables on a server.
+
+``varstore session create|list|delete``, ``varstore register``, ``get``, ``set`` and
+``list`` talk to ``--server HOST:PORT`` (default: env ``VARSTORE_SERVER``, else
+127.0.0.1:50051) through :mod:`varstore.client`. People get aligned tables or
+``key: value`` lines; ``--json`` prints JSON for scripts. A failure is one line on stderr,
+``varstore: <message>``, and exit code 1 (argparse's usage errors exit with 2).
+
+:func:`add_client_commands` adds the commands to the ``varstore`` parser and
+:func:`run_client_command` runs the one that was parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from varstore.client import (
+    Client,
+    SessionContext,
+    SessionInfo,
+    Unavailable,
+    ValidationError,
+    VariableInfo,
+    VarstoreError,
+    connect,
+)
+from varstore.types import TYPE_NAMES, PyValue
+from varstore.types.values import kind_of
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "SOURCE",
+    "add_client_commands",
+    "parse_value",
+    "run_client_command",
+]
+
+#: The server the commands talk to when neither ``--server`` nor VARSTORE_SERVER says.
+DEFAULT_SERVER: Final = "127.0.0.1:50051"
+
+#: The source recorded with every write the command line makes.
+SOURCE: Final = "cli"
+
+#: Widest value shown in a table cell (``get`` shows values whole).
+_CELL_WIDTH: Final = 60
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Output:
+    """What a command prints: ``data`` with ``--json``, else ``text`` (no final newline)."""
+
+    data: Any
+    text: str
+
+
+Handler = Callable[[argparse.Namespace, Client], Output]
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``session``, ``register``, ``get``, ``set`` and ``list`` to ``subparsers``.
+
+    Each command parser gets ``--server`` and ``--json`` and records its handler, which
+    :func:`run_client_command` calls.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=None,
+        help=f"server address (default: env VARSTORE_SERVER, else {DEFAULT_SERVER})",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds each call may take (default 30)",
+    )
+    parents = [common]
+
+    session = subparsers.add_parser("session", help="create, list or delete sessions")
+    actions = session.add_subparsers(dest="session_command", metavar="ACTION", required=True)
+    create = actions.add_parser("create", parents=parents, help="create a session")
+    create.add_argument("session_id", nargs="?", metavar="SESSION_ID", help="(default: generated)")
+    create.add_argument(
+        "--ttl",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="expire the session after this long untouched (default 0: never)",
+    )
+    _add_meta(create, "session metadata")
+    create.set_defaults(client_handler=_session_create)
+    listing = actions.add_parser("list", parents=parents, help="list live sessions")
+    listing.set_defaults(client_handler=_session_list)
+    delete = actions.add_parser("delete", parents=parents, help="delete a session")
+    delete.add_argument("session_id", metavar="SESSION_ID")
+    delete.set_defaults(client_handler=_session_delete)
+
+    register = subparsers.add_parser("register", parents=parents, help="register a variable")
+    register.add_argument("session_id", metavar="SESSION")
+    register.add_argument("name", metavar="NAME")
+    register.add_argument("type", metavar="TYPE", choices=TYPE_NAMES, help=" | ".join(TYPE_NAMES))
+    register.add_argument("value", metavar="VALUE", help="initial value (booleans: true/false)")
+    register.add_argument("--min", type=float, help="smallest allowed number")
+    register.add_argument("--max", type=float, help="largest allowed number")
+    register.add_argument("--min-length", type=int, metavar="N", help="shortest allowed string")
+    register.add_argument("--max-length", type=int, metavar="N", help="longest allowed string")
+    register.add_argument("--pattern", metavar="RE", help="regex a string must fully match")
+    register.add_argument(
+        "--choice",
+        action="append",
+        dest="choices",
+        metavar="V",
+        help="an allowed value (repeat for each)",
+    )
+    _add_meta(register, "metadata of the registration event")
+    register.set_defaults(client_handler=_register)
+
+    get = subparsers.add_parser("get", parents=parents, help="show a variable")
+    get.add_argument("session_id", metavar="SESSION")
+    get.add_argument("name", metavar="NAME", help="variable name (or id)")
+    get.set_defaults(client_handler=_get)
+
+    set_ = subparsers.add_parser("set", parents=parents, help="set a variable's value")
+    set_.add_argument("session_id", metavar="SESSION")
+    set_.add_argument("name", metavar="NAME", help="variable name (or id)")
+    set_.add_argument("value", metavar="VALUE", help="new value, read as the variable's type")
+    set_.add_argument(
+        "--expected-version",
+        type=int,
+        metavar="N",
+        help="only set if the variable is at this version",
+    )
+    _add_meta(set_, "metadata of the change event")
+    set_.set_defaults(client_handler=_set)
+
+    variables = subparsers.add_parser("list", parents=parents, help="list a session's variables")
+    variables.add_argument("session_id", metavar="SESSION")
+    variables.add_argument(
+        "pattern", nargs="?", metavar="PATTERN", help="glob on names, e.g. 'llm_*'"
+    )
+    variables.set_defaults(client_handler=_list)
+
+
+def _add_meta(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--meta",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{what} (repeat for each key)",
+    )
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return number
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Run the client command ``args`` holds; returns the exit code (0, or 1 on failure).
+
+    Prints the result on stdout, or one line ``varstore: <message>`` on stderr.
+    """
+    handler: Handler | None = getattr(args, "client_handler", None)
+    if handler is None:
+        _fail(f"unknown command {getattr(args, 'command', None)!r}")
+        return 2
+    address = args.server or os.environ.get("VARSTORE_SERVER") or DEFAULT_SERVER
+    try:
+        with connect(address, {"timeout": args.timeout}) as client:
+            output = handler(args, client)
+        if args.json:
+            print(json.dumps(output.data, indent=2, ensure_ascii=False))
+        elif output.text:
+            print(output.text)
+        sys.stdout.flush()
+    except Unavailable as problem:
+        _fail(f"server {address} is unavailable: {_message(problem)}")
+        return 1
+    except VarstoreError as problem:
+        _fail(_message(problem))
+        return 1
+    except BrokenPipeError:  # e.g. piped into `head`: nothing more to say
+        _quiet_stdout()
+        return 1
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    return 0
+
+
+def _fail(message: str) -> None:
+    print(f"varstore: {message}", file=sys.stderr)
+
+
+def _message(problem: VarstoreError) -> str:
+    """The error as one line (its violations added when the message alone is vague)."""
+    text = str(problem) or type(problem).__name__
+    if isinstance(problem, ValidationError) and problem.violations:
+        details = "; ".join(f"{field}: {why}" for field, why in problem.violations.items())
+        if details not in text:
+            text = f"{text} ({details})"
+    return " ".join(text.split())
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - nothing better to do
+        pass
+
+
+def _context(client: Client, session_id: str) -> SessionContext:
+    """A context that writes as "cli" and never creates its session behind the user's back."""
+    return client.session(session_id, {"source": SOURCE, "create_session": False})
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def _session_create(args: argparse.Namespace, client: Client) -> Output:
+    context = client.create_session(args.session_id, metadata=dict(args.meta), ttl_seconds=args.ttl)
+    return _session_output(client.get_session(context.session_id))
+
+
+def _session_list(args: argparse.Namespace, client: Client) -> Output:
+    sessions = client.list_sessions()
+    rows = [
+        [
+            s.id,
+            str(s.variable_count),
+            str(s.ttl_seconds) if s.ttl_seconds else "-",
+            _show_time(s.created_at),
+            _show_time(s.updated_at),
+            _show_time(s.expires_at),
+            _cell(_show_mapping(s.metadata)),
+        ]
+        for s in sessions
+    ]
+    headers = ["ID", "VARIABLES", "TTL", "CREATED_AT", "UPDATED_AT", "EXPIRES_AT", "METADATA"]
+    text = _table(headers, rows) if rows else "no sessions"
+    return Output([_session_data(s) for s in sessions], text)
+
+
+def _session_delete(args: argparse.Namespace, client: Client) -> Output:
+    client.delete_session(args.session_id)
+    return Output({"id": args.session_id, "deleted": True}, f"deleted session {args.session_id}")
+
+
+def _register(args: argparse.Namespace, client: Client) -> Output:
+    constraints: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("min", args.min),
+            ("max", args.max),
+            ("min_length", args.min_length),
+            ("max_length", args.max_length),
+            ("pattern", args.pattern),
+        )
+        if value is not None
+    }
+    if args.choices:
+        constraints["choices"] = [parse_value(args.type, choice) for choice in args.choices]
+    initial = parse_value(args.type, args.value)
+    with _context(client, args.session_id) as context:
+        context.register_variable(
+            args.name, args.type, initial, constraints or None, dict(args.meta)
+        )
+        return _variable_output(args.session_id, _describe(context, args.name))
+
+
+def _get(args: argparse.Namespace, client: Client) -> Output:
+    with _context(client, args.session_id) as context:
+        return _variable_output(args.session_id, _describe(context, args.name))
+
+
+def _set(args: argparse.Namespace, client: Client) -> Output:
+    with _context(client, args.session_id) as context:
+        current = context.get_variable(args.name, bypass_cache=True)
+        type_name = kind_of(current)
+        value = parse_value(type_name, args.value)
+        version = context.set_variable(
+            args.name, value, dict(args.meta) or None, args.expected_version
+        )
+    data = {
+        "session_id": args.session_id,
+        "name": args.name,
+        "type": type_name,
+        "value": value,
+        "previous_value": current,
+        "version": version,
+    }
+    text = _key_lines(
+        [
+            ("session_id", args.session_id),
+            ("name", args.name),
+            ("type", type_name),
+            ("value", _show_value(value)),
+            ("previous_value", _show_value(current)),
+            ("version", str(version)),
+        ]
+    )
+    return Output(data, text)
+
+
+def _list(args: argparse.Namespace, client: Client) -> Output:
+    with _context(client, args.session_id) as context:
+        variables = context.list_variables(args.pattern)
+    rows = [
+        [
+            v.name,
+            v.type,
+            _cell(_show_value(v.value)),
+            str(v.version),
+            v.source,
+            _show_time(v.updated_at),
+        ]
+        for v in variables
+    ]
+    headers = ["NAME", "TYPE", "VALUE", "VERSION", "SOURCE", "UPDATED_AT"]
+    text = _table(headers, rows) if rows else "no variables"
+    return Output([_variable_data(v) for v in variables], text)
+
+
+def _describe(context: SessionContext, identifier: str) -> VariableInfo:
+    """The full record of a variable named (or identified by) ``identifier``.
+
+    Raises SessionNotFound or VariableNotFound as the server words them.
+    """
+    for info in context.list_variables(_literal_glob(identifier)):
+        if info.name == identifier:
+            return info
+    # Not a name: an id, or nothing (then the server's VariableNotFound says so).
+    context.get_variable(identifier, bypass_cache=True)
+    for info in context.list_variables():
+        if info.id == identifier:
+            return info
+    # Deleted in between: ask once more for the server's own words.
+    context.get_variable(identifier, bypass_cache=True)
+    raise VarstoreError(f"variable {identifier!r} changed while it was being read; try again")
+
+
+def _literal_glob(name: str) -> str:
+    """A glob pattern that matches exactly ``name``."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+_BOOLEANS: Final = {"true": True, "false": False}
+
+
+def parse_value(type_name: str, text: str) -> PyValue:
+    """``text`` from the command line as a value of ``type_name``.
+
+    Floats and integers as Python writes them, booleans as ``true``/``false`` (any case),
+    strings as given.
+
+    Raises:
+        ValidationError: ``text`` is not a value of that type (or the type is unknown).
+    """
+    try:
+        if type_name == "float":
+            return float(text)
+        if type_name == "integer":
+            return int(text)
+    except ValueError:
+        article = "an" if type_name == "integer" else "a"
+        raise ValidationError(f"{text!r} is not {article} {type_name}") from None
+    if type_name == "boolean":
+        try:
+            return _BOOLEANS[text.strip().lower()]
+        except KeyError:
+            raise ValidationError(f"{text!r} is not a boolean; use true or false") from None
+    if type_name == "string":
+        return text
+    raise ValidationError(f"unknown type {type_name!r}; expected one of {', '.join(TYPE_NAMES)}")
+
+
+def _show_value(value: PyValue) -> str:
+    """A value as people read it: true/false, 0.7, 1.0, 3, or the string itself."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float | int):
+        return repr(value)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
+def _show_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _show_mapping(mapping: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(mapping.items())) or "-"
+
+
+def _cell(text: str) -> str:
+    return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 3] + "..."
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, headers first."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    )
+
+
+def _key_lines(pairs: Sequence[tuple[str, str]]) -> str:
+    width = max(len(key) for key, _ in pairs) + 1
+    return "\n".join(f"{key + ':':<{width}} {value}".rstrip() for key, value in pairs)
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+def _json_ready(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in data.items()
+    }
+
+
+def _variable_data(variable: VariableInfo) -> dict[str, Any]:
+    return _json_ready(dataclasses.asdict(variable))
+
+
+def _session_data(session: SessionInfo) -> dict[str, Any]:
+    return _json_ready(dataclasses.asdict(session))
+
+
+def _variable_output(session_id: str, variable: VariableInfo) -> Output:
+    text = _key_lines(
+        [
+            ("session_id", session_id),
+            ("name", variable.name),
+            ("id", variable.id),
+            ("type", variable.type),
+            ("value", _show_value(variable.value)),
+            ("version", str(variable.version)),
+            ("constraints", json.dumps(variable.constraints) if variable.constraints else "-"),
+            ("metadata", _show_mapping(variable.metadata)),
+            ("source", variable.source),
+            ("created_at", _show_time(variable.created_at)),
+            ("updated_at", _show_time(variable.updated_at)),
+        ]
+    )
+    return Output({"session_id": session_id, **_variable_data(variable)}, text)
+
+
+def _session_output(session: SessionInfo) -> Output:
+    text = _key_lines(
+        [
+            ("id", session.id),
+            ("variables", str(session.variable_count)),
+            ("ttl_seconds", str(session.ttl_seconds)),
+            ("metadata", _show_mapping(session.metadata)),
+            ("created_at", _show_time(session.created_at)),
+            ("updated_at", _show_time(session.updated_at)),
+            ("expires_at", _show_time(session.expires_at)),
+        ]
+    )
+    return Output(_session_data(session), text)
