@@ -43,6 +43,7 @@ __all__ = [
     "DeleteVariable",
     "ExpireSession",
     "RegisterVariable",
+    "RollbackVariable",
     "SetVariable",
     "SetVariables",
     "WriteContext",
@@ -420,6 +421,42 @@ class SetVariables:
             return BatchResult(versions, errors)
 
         return Decision(events, respond)
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackVariable:
+    """Give a variable (by id) the value it had at an earlier version, as a new change.
+
+    ``value`` is that version's value, looked up in the history by the caller: a
+    variable id's history never changes, so the lookup cannot go stale.
+    """
+
+    session_id: str
+    variable_id: str
+    to_version: int
+    value: PyValue
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    expected_version: int | None = None
+    source: str = ""
+
+    def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[VariableState]:
+        session = live(state, self.session_id)
+        check_metadata(self.metadata, ctx.limits)
+        variable = find_variable(session, self.variable_id)
+        _check_version(variable, self.expected_version)
+        if not 0 <= self.to_version < variable.version:
+            raise ValidationError(
+                f"variable {variable.name!r} can roll back only to an earlier version "
+                f"(0 to {variable.version - 1}), not to version {self.to_version}"
+            )
+        value = _accepted_value(
+            variable.name, variable.type, variable.constraints, self.value, ctx.limits
+        )
+        payload = schema.VariableUpdated(
+            variable_id=variable.id, value=value, rollback_to_version=self.to_version
+        )
+        event = _event(EventType.VARIABLE_UPDATED, payload, ctx, self.source, self.metadata)
+        return Decision([event], lambda after: live(after, self.session_id).variables[variable.id])
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from varstore.api.limits import Limits
 from varstore.api.service import VariableStoreService
 from varstore.api.store import Store
+from varstore.api.watch import DEFAULT_MAX_WATCHERS, WatchHub
 from varstore.eventstore import Recorder
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.v1 import varstore_pb2 as pb
@@ -54,6 +55,8 @@ class RunningServer:
     host: str
     port: int
     _sweeper_stop: threading.Event
+    #: The WatchSession fan-out; closed first on stop so open watches end promptly.
+    hub: WatchHub | None = None
 
     @property
     def address(self) -> str:
@@ -65,6 +68,8 @@ class RunningServer:
         """Refuse new calls, let in-flight ones finish (up to ``grace`` s), close the log."""
         self._sweeper_stop.set()
         self.health.enter_graceful_shutdown()
+        if self.hub is not None:
+            self.hub.close()
         self.server.stop(grace).wait()
         self.store.close()
 
@@ -77,15 +82,28 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 
 def start_server(
-    store: Store, listen: str = "127.0.0.1:0", *, max_workers: int = 32
+    store: Store,
+    listen: str = "127.0.0.1:0",
+    *,
+    max_workers: int = 32,
+    max_watchers: int = DEFAULT_MAX_WATCHERS,
+    hub: WatchHub | None = None,
 ) -> RunningServer:
-    """Start serving ``store`` on ``listen`` (port 0 picks a free port)."""
+    """Start serving ``store`` on ``listen`` (port 0 picks a free port).
+
+    Every open WatchSession stream holds a thread, so the pool has ``max_workers`` threads
+    for the other calls plus one per watch the hub admits (``max_watchers``, or the given
+    ``hub``'s own limit).
+    """
     host, port = _split_listen(listen)
+    hub = hub or WatchHub(store, max_watchers=max_watchers)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="varstore-rpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=max_workers + hub.max_watchers, thread_name_prefix="varstore-rpc"
+        ),
         options=[("grpc.so_reuseport", 0)],
     )
-    pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store), server)
+    pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -102,7 +120,7 @@ def start_server(
     threading.Thread(
         target=_sweep, args=(store, stop), name="varstore-ttl-sweeper", daemon=True
     ).start()
-    return RunningServer(server, store, health_servicer, host, bound, stop)
+    return RunningServer(server, store, health_servicer, host, bound, stop, hub)
 
 
 def _sweep(store: Store, stop: threading.Event) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -27,8 +27,16 @@ from typing import Any, Generic, TypeVar
 from varstore.api.commands import Command, ExpireSession, WriteContext, live
 from varstore.api.limits import Limits
 from varstore.eventstore import Append, NewEvent, RecordedEvent, Recorder, RecorderError
-from varstore.projections import SessionState, apply_event
-from varstore.types import Unavailable, VarstoreError
+from varstore.projections import (
+    SessionHistory,
+    SessionIndex,
+    SessionState,
+    apply_event,
+    decode_sessions,
+    encode_sessions,
+    replay,
+)
+from varstore.types import OutOfRange, SessionNotFound, Unavailable, VarstoreError
 
 __all__ = ["Store", "Written"]
 
@@ -38,6 +46,14 @@ R = TypeVar("R")
 
 #: Most commands one group commit takes; bounds the latency a burst adds to its leader.
 MAX_GROUP = 512
+#: Default distance, in events, between two snapshots of a session (see state_at).
+SNAPSHOT_EVERY = 1000
+
+#: Default number of events between two checkpoints of every session's state.
+CHECKPOINT_EVERY = 10_000
+
+#: Called after every commit with the events it recorded, in order.
+Listener = Callable[[Sequence[RecordedEvent]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +96,11 @@ class Store:
         limits: Limits | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        snapshot_every: int = SNAPSHOT_EVERY,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> None:
         self.recorder = recorder
+        self.snapshot_every = snapshot_every
         self.limits = limits or Limits()
         self._clock = clock
         self._monotonic = monotonic
@@ -96,6 +115,14 @@ class Store:
         self._pending: list[_Job] = []
         self._leading = False
         self._closed = False
+        # Indexes for reads of the past (history, event times, snapshots), built per
+        # session on first use from its log, then kept current by whoever commits.
+        self._indexes: dict[str, SessionIndex] = {}
+        self._index_lock = threading.Lock()
+        self._last_time = 0.0
+        self._listeners: list[Listener] = []
+        self.checkpoint_every = checkpoint_every
+        self._checkpointed = 0
         self._rebuild()
 
     # -- reading --------------------------------------------------------------------------
@@ -121,6 +148,78 @@ class Store:
             return None
         idle = self._monotonic() - self._touched.get(state.session_id, self._monotonic())
         return max(0.0, state.ttl_seconds - idle)
+
+    def history(self, session_id: str) -> SessionHistory:
+        """The history of a session that exists or existed, or SessionNotFound."""
+        return self._index(session_id).history
+
+    def position_at_time(self, session_id: str, moment: datetime) -> int:
+        """The position of the session's last event recorded at or before ``moment``
+        (0 if none was)."""
+        return self._index(session_id).position_at(moment)
+
+    def state_at(self, session_id: str, position: int) -> SessionState | None:
+        """The session as it stood at ``position`` (None before its first event).
+
+        Starts from the nearest snapshot at or before the position, so it folds at most
+        about ``snapshot_every`` events read from the log.
+
+        Raises:
+            SessionNotFound: the session never existed.
+            OutOfRange: the position is beyond the end of the session's log.
+        """
+        current = self._sessions.get(session_id)
+        if current is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        if position > current.position:
+            raise OutOfRange(
+                f"position {position} is beyond the end of session {session_id!r}'s log "
+                f"(position {current.position})",
+                info={"position": str(position), "last_position": str(current.position)},
+            )
+        if position == current.position:
+            return current
+        if position <= 0:
+            return None
+        base = self._index(session_id).snapshot_before(position)
+        start = base.position + 1 if base is not None else 1
+        return replay(self.recorder.read_session(session_id, start, position), base)
+
+    def drop_snapshots(self) -> None:
+        """Forget every index and the checkpoint: they are derived data, rebuilt from the
+        log on demand, so no answer may change."""
+        with self._index_lock:
+            self._indexes.clear()
+        self.recorder.drop_checkpoint()
+
+    def _index(self, session_id: str) -> SessionIndex:
+        index = self._indexes.get(session_id)
+        if index is not None:
+            return index
+        with self._index_lock:
+            index = self._indexes.get(session_id)
+            if index is None:
+                if session_id not in self._sessions:
+                    raise SessionNotFound(f"session {session_id!r} not found")
+                index = SessionIndex(self.snapshot_every)
+                state: SessionState | None = None
+                for event in self.recorder.read_session(session_id):
+                    state = apply_event(state, event)
+                    index.apply(event)
+                    index.offer_snapshot(state, copy=True)
+                self._indexes[session_id] = index
+        return index
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with the events of every commit, in order, on the committing
+        thread (so it must be quick). Returns the function that unsubscribes it."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     # -- writing --------------------------------------------------------------------------
 
@@ -181,13 +280,31 @@ class Store:
     # -- internals ------------------------------------------------------------------------
 
     def _rebuild(self) -> None:
-        """Fold the whole log into the published states (server start-up)."""
+        """Published states at start-up: the latest checkpoint, plus the fold of the
+        events after it (or of the whole log, without a usable checkpoint)."""
         sessions: dict[str, SessionState] = {}
-        for event in self.recorder.read_all():
+        after = 0
+        checkpoint = self.recorder.load_checkpoint()
+        if checkpoint is not None:
+            decoded = decode_sessions(checkpoint[1])
+            if decoded is not None:
+                after, sessions = checkpoint[0], decoded
+        for event in self.recorder.read_all(after):
             sessions[event.session_id] = apply_event(sessions.get(event.session_id), event)
+            after = event.global_position
+        self._checkpointed = after
         now = self._monotonic()
         self._sessions = sessions
         self._touched = dict.fromkeys(sessions, now)
+        self._last_time = max((s.updated_at.timestamp() for s in sessions.values()), default=0.0)
+
+    def _checkpoint(self, global_position: int) -> None:
+        """Save every session's published state; a failure costs only start-up time."""
+        try:
+            self.recorder.save_checkpoint(global_position, encode_sessions(self._sessions))
+            self._checkpointed = global_position
+        except RecorderError:
+            log.exception("checkpoint at global position %d failed", global_position)
 
     def _lead(self, me: _Job) -> None:
         """Commit every waiting command as one group, then pass the lead on."""
@@ -213,7 +330,10 @@ class Store:
                     self._leading = False
 
     def _run_group(self, jobs: list[_Job]) -> None:
-        ctx = WriteContext(now=self._clock(), limits=self.limits)
+        now = self._clock()
+        if now.timestamp() < self._last_time:  # the wall clock stepped back: keep order
+            now = datetime.fromtimestamp(self._last_time, UTC)
+        ctx = WriteContext(now=now, limits=self.limits)
         working: dict[str, SessionState | None] = {}
         accepted: list[_Accepted] = []
         for job in jobs:
@@ -266,21 +386,40 @@ class Store:
 
     def _commit(self, accepted: list[_Accepted], working: dict[str, SessionState | None]) -> None:
         appends = [item.append for item in accepted if item.append.events]
+        recorded: list[RecordedEvent] = []
         if appends:
             try:
-                self.recorder.append_many(appends)
+                recorded = self.recorder.append_many(appends)
             except RecorderError as failure:
                 # Nothing was written and nothing published: the working copies are dropped.
                 log.error("append failed; %d commands refused: %s", len(accepted), failure)
                 for item in accepted:
                     item.job.error = Unavailable(f"the event log could not be written: {failure}")
                 return
+        if recorded:
+            self._last_time = max(self._last_time, recorded[-1].recorded_at.timestamp())
         now = self._monotonic()
-        for sid in {append.session_id for append in appends}:
-            state = working[sid]
-            if state is not None:
-                self._sessions[sid] = state
-                self._touched[sid] = now
+        with self._index_lock:
+            for event in recorded:
+                index = self._indexes.get(event.session_id)
+                if index is not None:
+                    index.apply(event)
+            for sid in {append.session_id for append in appends}:
+                state = working[sid]
+                if state is not None:
+                    self._sessions[sid] = state
+                    self._touched[sid] = now
+                    index = self._indexes.get(sid)
+                    if index is not None and index.position == state.position:
+                        index.offer_snapshot(state, copy=False)
+        if recorded and recorded[-1].global_position - self._checkpointed >= self.checkpoint_every:
+            self._checkpoint(recorded[-1].global_position)
+        if recorded:
+            for listener in list(self._listeners):
+                try:
+                    listener(recorded)
+                except Exception:  # a listener's bug must not fail the writers
+                    log.exception("listener failed")
         for item in accepted:
             item.job.written = item.written
 

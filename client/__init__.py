@@ -10,6 +10,15 @@ with connect("127.0.0.1:50051") as client:
 from varstore.client._async import AsyncClient, AsyncSessionContext, aconnect
 from varstore.client._core import MISSING, SessionInfo, VariableInfo
 from varstore.client._sync import Client, SessionContext, connect
+from varstore.client._watch import (
+    AsyncWatchStream,
+    VariableChange,
+    WatchInitial,
+    WatchItem,
+    WatchProgress,
+    WatchStream,
+    WatchUpdate,
+)
 from varstore.types.errors import (
     AlreadyExists,
     LimitExceeded,
@@ -28,6 +37,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncSessionContext",
+    "AsyncWatchStream",
     "Client",
     "LimitExceeded",
     "NotFound",
@@ -37,10 +47,16 @@ __all__ = [
     "SessionNotFound",
     "Unavailable",
     "ValidationError",
+    "VariableChange",
     "VariableInfo",
     "VariableNotFound",
     "VarstoreError",
     "VersionConflict",
+    "WatchInitial",
+    "WatchItem",
+    "WatchProgress",
+    "WatchStream",
+    "WatchUpdate",
     "aconnect",
     "connect",
 ]

@@ -19,7 +19,8 @@ from varstore.client._core import (
     VariableInfo,
     session_request,
 )
-from varstore.types import AlreadyExists, SessionNotFound, VariableNotFound
+from varstore.client._watch import AsyncWatchStream, watch_request
+from varstore.types import AlreadyExists, SessionNotFound, VariableNotFound, VarstoreError
 from varstore.types.status import error_from_rpc_error
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
@@ -86,6 +87,9 @@ class AsyncSessionContext:
                 raise
             await self._create_session()
             response = await _call(method, request, self._core.timeout)
+        except VarstoreError:
+            self._session_known = True  # any other answer means the session was there
+            raise
         self._session_known = True
         return response
 
@@ -113,6 +117,7 @@ class AsyncSessionContext:
         """
         request = self._core.register_request(name, type, initial_value, constraints, metadata)
         response = await self._send(self._stub.RegisterVariable, request)
+        self._core.remember_register(name, response.variable_id, response.header.position)
         return response.variable_id
 
     async def get_variable(
@@ -222,6 +227,43 @@ class AsyncSessionContext:
         """
         response = await self._send(self._stub.DeleteVariable, self._core.delete_request(name))
         self._core.remember_delete(name, response.header.position)
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def watch(
+        self,
+        from_position: int = 0,
+        variables: Iterable[str] | None = None,
+        include_initial: bool = False,
+        progress_interval: float | None = None,
+        timeout: float | None = None,
+    ) -> AsyncWatchStream:
+        """Stream the session's changes after ``from_position``, then live.
+
+        ``async for item in ctx.watch()`` yields a ``WatchInitial`` first when
+        ``include_initial`` (the watched variables at ``from_position``), then one
+        ``WatchUpdate`` per event in position order (a batch is one update; each change
+        has its new and previous value), and a ``WatchProgress`` once caught up and after
+        every ``progress_interval`` seconds (default 1) without news. ``variables``
+        (names or ids) keeps only their changes. Resume a broken watch with
+        ``from_position=stream.position``: nothing is missed or repeated. Close the
+        stream (``close()``, or ``async with``) to cancel it; no ``timeout`` by default.
+
+        Raises (while iterating):
+            OutOfRange: ``from_position`` is beyond the end of the log.
+            LimitExceeded: the watch fell too far behind and was dropped, or the server
+                has too many watches open.
+            SessionNotFound, Unavailable, VarstoreError.
+        """
+        request = watch_request(
+            self.session_id, from_position, variables, include_initial, progress_interval
+        )
+        known = self._session_known or not self._core.create_session
+        return AsyncWatchStream(
+            lambda: self._stub.WatchSession(request, timeout=timeout),
+            from_position,
+            None if known else self._create_session,
+        )
 
     # -- cache ------------------------------------------------------------------------------
 

@@ -291,7 +291,9 @@ class ContextCore:
             return
         entry = self.cache.peek(identifier)
         version = response.new_versions.get(identifier)
-        if entry is None or version is None:
+        if entry is None or version is None or version != entry.version + 1:
+            # Not the variable the cache knows (re-registered meanwhile, or changed by
+            # others since): the response has no value to cache it with, so forget it.
             self.cache.invalidate(identifier)
             return
         try:
@@ -307,6 +309,14 @@ class ContextCore:
             version=version,
             position=response.header.position,
         )
+
+    def remember_register(self, name: str, variable_id: str, position: int) -> None:
+        """A registration fills nothing, but whatever the cache held under the new name or
+        the new id (a variable deleted meanwhile, or one named like the new id) is stale."""
+        self.written_position = max(self.written_position, position)
+        if self.cache is not None:
+            self.cache.invalidate(name)
+            self.cache.invalidate(variable_id)
 
     def remember_delete(self, identifier: str, position: int) -> None:
         self.written_position = max(self.written_position, position)

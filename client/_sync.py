@@ -12,6 +12,7 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
+from varstore.client import transfer
 from varstore.client._core import (
     MISSING,
     ContextCore,
@@ -19,7 +20,8 @@ from varstore.client._core import (
     VariableInfo,
     session_request,
 )
-from varstore.types import AlreadyExists, SessionNotFound, VariableNotFound
+from varstore.client._watch import WatchStream, watch_request
+from varstore.types import AlreadyExists, SessionNotFound, VariableNotFound, VarstoreError
 from varstore.types.status import error_from_rpc_error
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
@@ -84,6 +86,9 @@ class SessionContext:
                 raise
             self._create_session()
             response = _call(method, request, self._core.timeout)
+        except VarstoreError:
+            self._session_known = True  # any other answer means the session was there
+            raise
         self._session_known = True
         return response
 
@@ -111,6 +116,7 @@ class SessionContext:
         """
         request = self._core.register_request(name, type, initial_value, constraints, metadata)
         response = self._send(self._stub.RegisterVariable, request)
+        self._core.remember_register(name, response.variable_id, response.header.position)
         return response.variable_id
 
     def get_variable(self, name: str, default: Any = MISSING, bypass_cache: bool = False) -> Any:
@@ -217,6 +223,43 @@ class SessionContext:
         response = self._send(self._stub.DeleteVariable, self._core.delete_request(name))
         self._core.remember_delete(name, response.header.position)
 
+    # -- watching ---------------------------------------------------------------------------
+
+    def watch(
+        self,
+        from_position: int = 0,
+        variables: Iterable[str] | None = None,
+        include_initial: bool = False,
+        progress_interval: float | None = None,
+        timeout: float | None = None,
+    ) -> WatchStream:
+        """Stream the session's changes after ``from_position``, then live.
+
+        ``for item in ctx.watch()`` yields a ``WatchInitial`` first when
+        ``include_initial`` (the watched variables at ``from_position``), then one
+        ``WatchUpdate`` per event in position order (a batch is one update; each change
+        has its new and previous value), and a ``WatchProgress`` once caught up and after
+        every ``progress_interval`` seconds (default 1) without news. ``variables``
+        (names or ids) keeps only their changes. Resume a broken watch with
+        ``from_position=stream.position``: nothing is missed or repeated. Close the
+        stream (``close()``, or ``with``) to cancel it; no ``timeout`` by default.
+
+        Raises (while iterating):
+            OutOfRange: ``from_position`` is beyond the end of the log.
+            LimitExceeded: the watch fell too far behind and was dropped, or the server
+                has too many watches open.
+            SessionNotFound, Unavailable, VarstoreError.
+        """
+        request = watch_request(
+            self.session_id, from_position, variables, include_initial, progress_interval
+        )
+        known = self._session_known or not self._core.create_session
+        return WatchStream(
+            lambda: self._stub.WatchSession(request, timeout=timeout),
+            from_position,
+            None if known else self._create_session,
+        )
+
     # -- cache ------------------------------------------------------------------------------
 
     def set_cache_config(
@@ -305,6 +348,99 @@ class Client:
         """Delete a session. Raises SessionNotFound."""
         request = pb.DeleteSessionRequest(session_id=session_id)
         _call(self._stub.DeleteSession, request, self._timeout)
+
+    # -- copies of logs (see varstore.client.transfer) ------------------------------------
+
+    def fork_session(
+        self,
+        session_id: str,
+        at_position: int = 0,
+        new_session_id: str | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> SessionContext:
+        """A new session whose log is ``session_id``'s up to ``at_position`` (0: all of it),
+        then a SessionForked event; its id is ``new_session_id`` or a generated one.
+
+        Raises:
+            SessionNotFound: no such session, or it was not live at that position.
+            OutOfRange: the position is beyond its log.
+            AlreadyExists: ``new_session_id`` was used before.
+        """
+        info = transfer.fork_session(
+            self._stub,
+            session_id,
+            at_position,
+            new_session_id,
+            source=str(self.config.get("source", "python")),
+            metadata=metadata,
+            timeout=self._timeout,
+        )
+        return self._opened(info.id, config)
+
+    def export_session(
+        self,
+        session_id: str,
+        path_or_file: transfer.PathOrFile,
+        *,
+        from_position: int = 0,
+        to_position: int | None = None,
+        progress: transfer.Progress | None = None,
+        timeout: float | None = None,
+    ) -> transfer.ExportResult:
+        """Write a session's log (deleted sessions' too) as JSON Lines to a path or an open
+        text file; ``progress`` is called with the count so far. See
+        :func:`varstore.client.transfer.export_session`.
+
+        Raises:
+            SessionNotFound, ValidationError, Unavailable; OSError when writing fails.
+        """
+        return transfer.export_session(
+            self._stub,
+            session_id,
+            path_or_file,
+            from_position=from_position,
+            to_position=to_position,
+            progress=progress,
+            timeout=timeout,
+        )
+
+    def import_session(
+        self,
+        path_or_file: transfer.PathOrFile,
+        session_id: str | None = None,
+        to_position: int | None = None,
+        *,
+        progress: transfer.Progress | None = None,
+        config: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> SessionContext:
+        """A new session rebuilt from a JSON Lines export (up to ``to_position``), with
+        ``session_id`` or the exported session's id. See
+        :func:`varstore.client.transfer.import_session`.
+
+        Raises:
+            ValidationError: a bad line (named ``FILE:LINE``) or event (named by position);
+                nothing is written.
+            AlreadyExists: the id was used before.
+            OutOfRange: the export ends before ``to_position``.
+        """
+        result = transfer.import_session(
+            self._stub,
+            path_or_file,
+            session_id,
+            to_position,
+            progress=progress,
+            timeout=timeout,
+        )
+        return self._opened(result.session.id, config)
+
+    def _opened(self, session_id: str, config: Mapping[str, Any] | None) -> SessionContext:
+        """A context on a session this client just made (never re-created behind its back)."""
+        context = self.session(session_id, config)
+        context._session_known = True
+        return context
 
     def close(self) -> None:
         """Close the channel."""

@@ -1,10 +1,12 @@
 """The client commands of the ``varstore`` program: sessions and variables on a server.
 
-``varstore session create|list|delete``, ``varstore register``, ``get``, ``set`` and
-``list`` talk to ``--server HOST:PORT`` (default: env ``VARSTORE_SERVER``, else
-127.0.0.1:50051) through :mod:`varstore.client`. People get aligned tables or
-``key: value`` lines; ``--json`` prints JSON for scripts. A failure is one line on stderr,
-``varstore: <message>``, and exit code 1 (argparse's usage errors exit with 2).
+``varstore session create|list|delete``, ``varstore register``, ``get``, ``set``,
+``list``, ``export``, ``import`` and ``fork`` talk to ``--server HOST:PORT`` (default: env
+``VARSTORE_SERVER``, else 127.0.0.1:50051) through :mod:`varstore.client`. People get
+aligned tables or ``key: value`` lines; ``--json`` prints JSON for scripts. A failure is
+one line on stderr, ``varstore: <message>``, and exit code 1 (argparse's usage errors
+exit with 2). ``export`` and ``import`` report progress on stderr when it is a terminal
+(or with ``--progress``).
 
 :func:`add_client_commands` adds the commands to the ``varstore`` parser and
 :func:`run_client_command` runs the one that was parsed.
@@ -31,9 +33,11 @@ from varstore.client import (
     VariableInfo,
     VarstoreError,
     connect,
+    transfer,
 )
 from varstore.types import TYPE_NAMES, PyValue
 from varstore.types.values import kind_of
+from varstore.v1 import varstore_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -68,7 +72,8 @@ Handler = Callable[[argparse.Namespace, Client], Output]
 
 
 def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``session``, ``register``, ``get``, ``set`` and ``list`` to ``subparsers``.
+    """Add ``session``, ``register``, ``get``, ``set``, ``list``, ``export``, ``import`` and
+    ``fork`` to ``subparsers``.
 
     Each command parser gets ``--server`` and ``--json`` and records its handler, which
     :func:`run_client_command` calls.
@@ -153,6 +158,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         "pattern", nargs="?", metavar="PATTERN", help="glob on names, e.g. 'llm_*'"
     )
     variables.set_defaults(client_handler=_list)
+    _add_transfer_commands(subparsers, parents)
 
 
 def _add_meta(parser: argparse.ArgumentParser, what: str) -> None:
@@ -497,3 +503,243 @@ def _session_output(session: SessionInfo) -> Output:
         ]
     )
     return Output(_session_data(session), text)
+
+
+# -- copies of logs: export, import, fork -------------------------------------------------------
+
+#: Without a terminal, ``--progress`` prints a line every this many events.
+PROGRESS_EVERY: Final = 1000
+
+
+def _add_transfer_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+) -> None:
+    """Add ``export``, ``import`` and ``fork``."""
+    progress = argparse.ArgumentParser(add_help=False)
+    progress.add_argument(
+        "--progress",
+        action="store_true",
+        help="report progress on stderr (the default when stderr is a terminal)",
+    )
+    export = subparsers.add_parser(
+        "export",
+        parents=[*parents, progress],
+        help="write a session's log as JSON Lines",
+        description=f"Write a session's log (deleted sessions' too) as JSON Lines, one "
+        f"event a line (format {transfer.FORMAT}). --timeout does not bound the export.",
+    )
+    export.add_argument("session_id", metavar="SESSION")
+    export.add_argument(
+        "file", nargs="?", default="-", metavar="FILE", help="where to write (default -: stdout)"
+    )
+    export.add_argument(
+        "--from",
+        dest="from_position",
+        type=_position,
+        default=0,
+        metavar="N",
+        help="first position to export (default: 1)",
+    )
+    export.add_argument(
+        "--to",
+        dest="to_position",
+        type=_position,
+        default=None,
+        metavar="N",
+        help="last position to export (default: the last)",
+    )
+    export.set_defaults(client_handler=_export)
+
+    import_ = subparsers.add_parser(
+        "import",
+        parents=[*parents, progress],
+        help="rebuild a session from a JSON Lines export",
+        description="Rebuild a new session from a JSON Lines export; every event is "
+        "checked and nothing is written unless all pass. --timeout does not bound the import.",
+    )
+    import_.add_argument("file", metavar="FILE", help="the export (-: stdin)")
+    import_.add_argument(
+        "--session",
+        dest="session_id",
+        metavar="ID",
+        help="id of the new session (default: the exported session's); it must be unused",
+    )
+    import_.add_argument(
+        "--to",
+        dest="to_position",
+        type=_position,
+        default=None,
+        metavar="N",
+        help="import only the events up to this position",
+    )
+    import_.set_defaults(client_handler=_import)
+
+    fork = subparsers.add_parser(
+        "fork",
+        parents=parents,
+        help="start a new session as a copy of another's log",
+        description="Start a new session whose log is a copy of SESSION's up to a position, "
+        "then a SessionForked event naming SESSION.",
+    )
+    fork.add_argument("session_id", metavar="SESSION")
+    fork.add_argument(
+        "--at",
+        dest="at_position",
+        type=_position,
+        default=0,
+        metavar="N",
+        help="copy up to this position (default: the last)",
+    )
+    fork.add_argument("--new-id", dest="new_session_id", metavar="ID", help="id of the new session")
+    _add_meta(fork, "metadata of the fork event")
+    fork.set_defaults(client_handler=_fork)
+
+
+def _position(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return number
+
+
+class _Progress:
+    """Counts on stderr: one line rewritten in place on a terminal, else (with
+    ``--progress``) a line every PROGRESS_EVERY events and one at the end."""
+
+    def __init__(self, verb: str, asked: bool) -> None:
+        self.verb = verb
+        self.tty = sys.stderr.isatty()
+        self.enabled = asked or self.tty
+        self.count = 0
+        self._next = PROGRESS_EVERY
+
+    def __call__(self, count: int) -> None:
+        self.count = count
+        if not self.enabled:
+            return
+        if self.tty:
+            sys.stderr.write(f"\r{self.verb} {count} events")
+            sys.stderr.flush()
+        elif count >= self._next:
+            print(f"varstore: {self.verb} {count} events", file=sys.stderr, flush=True)
+            self._next = (count // PROGRESS_EVERY + 1) * PROGRESS_EVERY
+
+    def done(self) -> None:
+        """Clear the terminal line, or print the final count."""
+        if not self.enabled:
+            return
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+        else:
+            print(f"varstore: {self.verb} {self.count} events", file=sys.stderr, flush=True)
+
+
+def _os_error(problem: OSError, path: str) -> VarstoreError:
+    return VarstoreError(f"{path}: {problem.strerror or problem}")
+
+
+def _stub(client: Client) -> pb_grpc.VariableStoreStub:
+    return pb_grpc.VariableStoreStub(client.channel)
+
+
+def _export(args: argparse.Namespace, client: Client) -> Output:
+    to_stdout = args.file == "-"
+    if to_stdout and args.json:
+        raise ValidationError("--json needs a FILE: without one the events go to stdout")
+    progress = _Progress("exported", args.progress)
+    try:
+        result = transfer.export_session(
+            _stub(client),
+            args.session_id,
+            sys.stdout if to_stdout else args.file,
+            from_position=args.from_position,
+            to_position=args.to_position,
+            progress=progress,
+        )
+    except BrokenPipeError:
+        raise
+    except OSError as problem:
+        raise _os_error(problem, args.file) from None
+    finally:
+        progress.done()
+    if to_stdout:
+        return Output(None, "")
+    positions = f"{result.first_position}-{result.last_position}" if result.events else "-"
+    data = {
+        "session_id": result.session_id,
+        "events": result.events,
+        "first_position": result.first_position,
+        "last_position": result.last_position,
+        "file": args.file,
+    }
+    text = _key_lines(
+        [
+            ("session_id", result.session_id),
+            ("events", str(result.events)),
+            ("positions", positions),
+            ("file", args.file),
+        ]
+    )
+    return Output(data, text)
+
+
+def _import(args: argparse.Namespace, client: Client) -> Output:
+    progress = _Progress("imported", args.progress)
+    try:
+        result = transfer.import_session(
+            _stub(client),
+            sys.stdin if args.file == "-" else args.file,
+            args.session_id,
+            args.to_position,
+            progress=progress,
+        )
+    except OSError as problem:
+        raise _os_error(problem, args.file) from None
+    finally:
+        progress.done()
+    info = result.session
+    data = {**_session_data(info), "events": result.events, "file": args.file}
+    text = _key_lines([*_session_pairs(info), ("events", str(result.events)), ("file", args.file)])
+    return Output(data, text)
+
+
+def _fork(args: argparse.Namespace, client: Client) -> Output:
+    info = transfer.fork_session(
+        _stub(client),
+        args.session_id,
+        args.at_position,
+        args.new_session_id,
+        source=SOURCE,
+        metadata=dict(args.meta),
+        timeout=args.timeout,
+    )
+    origin_position = info.position - 1  # the fork event follows the copy
+    data = {
+        **_session_data(info),
+        "origin_session_id": args.session_id,
+        "origin_position": origin_position,
+    }
+    text = _key_lines(
+        [
+            *_session_pairs(info),
+            ("forked_from", f"{args.session_id} at position {origin_position}"),
+        ]
+    )
+    return Output(data, text)
+
+
+def _session_pairs(session: SessionInfo) -> list[tuple[str, str]]:
+    return [
+        ("id", session.id),
+        ("position", str(session.position)),
+        ("variables", str(session.variable_count)),
+        ("ttl_seconds", str(session.ttl_seconds)),
+        ("metadata", _show_mapping(session.metadata)),
+        ("created_at", _show_time(session.created_at)),
+        ("updated_at", _show_time(session.updated_at)),
+    ]

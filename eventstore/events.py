@@ -20,6 +20,7 @@ class EventType(StrEnum):
     VARIABLE_UPDATED = "VariableUpdated"
     BATCH_APPLIED = "BatchApplied"
     VARIABLE_DELETED = "VariableDeleted"
+    SESSION_FORKED = "SessionForked"
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,19 @@ class Recorder(ABC):
     def last_position(self, session_id: str) -> int:
         """The position of a session's last event; 0 if it has none."""
 
+    def save_checkpoint(self, global_position: int, data: bytes) -> None:
+        """Keep ``data`` (derived state as of ``global_position``), replacing any earlier
+        checkpoint. Checkpoints are derived data: losing one loses no event."""
+        self._checkpoint = (global_position, bytes(data))
+
+    def load_checkpoint(self) -> tuple[int, bytes] | None:
+        """The latest checkpoint, or None."""
+        return getattr(self, "_checkpoint", None)
+
+    def drop_checkpoint(self) -> None:
+        """Forget the checkpoint (start-up then folds the whole log)."""
+        self.__dict__.pop("_checkpoint", None)
+
     @abstractmethod
     def close(self) -> None:
         """Release the backend's resources; later calls raise RecorderError."""

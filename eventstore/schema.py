@@ -21,6 +21,7 @@ __all__ = [
     "Payload",
     "SessionCreated",
     "SessionDeleted",
+    "SessionForked",
     "VariableDeleted",
     "VariableRegistered",
     "VariableUpdated",
@@ -64,10 +65,16 @@ class VariableRegistered(Payload):
 
 
 class VariableUpdated(Payload):
-    """One variable took a new value; the event's metadata merges into the variable's."""
+    """One variable took a new value; the event's metadata merges into the variable's.
+    ``rollback_to_version`` is set when the change restores an earlier version's value."""
 
     variable_id: str
     value: JsonValue
+    rollback_to_version: int | None = None
+
+    def as_json_data(self) -> dict[str, Any]:
+        """The stored form; a plain update carries no rollback field."""
+        return self.model_dump(mode="python", exclude_none=True)
 
 
 class BatchItem(BaseModel):
@@ -91,6 +98,14 @@ class VariableDeleted(Payload):
     variable_id: str
 
 
+class SessionForked(Payload):
+    """The events before this one were copied from ``origin_session_id`` up to
+    ``origin_position``."""
+
+    origin_session_id: str
+    origin_position: int
+
+
 #: The payload model of each event type.
 PAYLOAD_MODELS: dict[str, type[Payload]] = {
     EventType.SESSION_CREATED: SessionCreated,
@@ -99,4 +114,5 @@ PAYLOAD_MODELS: dict[str, type[Payload]] = {
     EventType.VARIABLE_UPDATED: VariableUpdated,
     EventType.BATCH_APPLIED: BatchApplied,
     EventType.VARIABLE_DELETED: VariableDeleted,
+    EventType.SESSION_FORKED: SessionForked,
 }

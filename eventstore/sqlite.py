@@ -42,6 +42,14 @@ _COLUMNS = (
     "global_position, session_id, position, type, schema_version, recorded_at_us, source,"
     " metadata, payload"
 )
+_CREATE_CHECKPOINTS = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    global_position INTEGER NOT NULL,
+    data BLOB NOT NULL
+)
+"""
+
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SELECT = f"SELECT {_COLUMNS} FROM events"
 
@@ -222,6 +230,35 @@ class SQLiteRecorder(Recorder):
                     f"database {self._path} has schema version {version}; this varstore"
                     f" supports version {_SCHEMA_VERSION}"
                 )
+            # Derived data beside the log; a database without it simply has no checkpoint.
+            conn.execute(_CREATE_CHECKPOINTS)
+
+    def save_checkpoint(self, global_position: int, data: bytes) -> None:
+        """Keep one checkpoint row, replacing the previous one (see Recorder)."""
+        with self._write_lock, _translated(f"cannot save a checkpoint in {self._path}"):
+            self._check_open()
+            with _immediate_transaction(self._writer):
+                self._writer.execute(
+                    "INSERT OR REPLACE INTO checkpoints (id, global_position, data) "
+                    "VALUES (1, ?, ?)",
+                    (global_position, data),
+                )
+
+    def load_checkpoint(self) -> tuple[int, bytes] | None:
+        """The checkpoint row, or None (see Recorder)."""
+        with self._read_lock, _translated(f"cannot read the checkpoint of {self._path}"):
+            self._check_open()
+            row = self._reader.execute(
+                "SELECT global_position, data FROM checkpoints WHERE id = 1"
+            ).fetchone()
+        return (int(row[0]), bytes(row[1])) if row is not None else None
+
+    def drop_checkpoint(self) -> None:
+        """Delete the checkpoint row (see Recorder)."""
+        with self._write_lock, _translated(f"cannot drop the checkpoint of {self._path}"):
+            self._check_open()
+            with _immediate_transaction(self._writer):
+                self._writer.execute("DELETE FROM checkpoints")
 
 
 @contextlib.contextmanager

@@ -132,7 +132,12 @@ def _live(state: SessionState, event: RecordedEvent, variable_id: str) -> Variab
         ) from None
 
 
+def _session_forked(state: SessionState, event: RecordedEvent) -> None:
+    """Marks where a fork's copied history ends; the state itself does not change."""
+
+
 _HANDLERS: dict[str, Callable[[SessionState, RecordedEvent], None]] = {
+    EventType.SESSION_FORKED: _session_forked,
     EventType.SESSION_DELETED: _session_deleted,
     EventType.VARIABLE_REGISTERED: _variable_registered,
     EventType.VARIABLE_UPDATED: _variable_updated,

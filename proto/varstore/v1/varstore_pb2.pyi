@@ -725,21 +725,37 @@ class GetVariableRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     VARIABLE_IDENTIFIER_FIELD_NUMBER: _builtins.int
+    AT_POSITION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     variable_identifier: _builtins.str
     """Variable id or name (an id is tried first)."""
+    at_position: _builtins.int
+    """When set, read the variable as it stood at this session position (OUT_OF_RANGE
+    beyond the log).
+    """
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When set (and at_position is not), read as the session stood at this wall-clock
+        time (NOT_FOUND before the session existed).
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         variable_identifier: _builtins.str = ...,
+        at_position: _builtins.int | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "variable_identifier", b"variable_identifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position", "session_id", b"session_id", "variable_identifier", b"variable_identifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__at_position: _TypeAlias = _typing.Literal["at_position"]  # noqa: Y015
+    _WhichOneofArgType__at_position: _TypeAlias = _typing.Literal["_at_position", b"_at_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__at_position) -> _WhichOneofReturnType__at_position | None: ...
 
 Global___GetVariableRequest: _TypeAlias = GetVariableRequest  # noqa: Y015
 
@@ -883,23 +899,35 @@ class GetVariablesRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     VARIABLE_IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    AT_POSITION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
+    at_position: _builtins.int
+    """When set, read as the session stood at this position (OUT_OF_RANGE beyond the log)."""
     @_builtins.property
     def variable_identifiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Variable ids or names."""
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When set (and at_position is not), read as the session stood at this time."""
 
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         variable_identifiers: _abc.Iterable[_builtins.str] | None = ...,
+        at_position: _builtins.int | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "variable_identifiers", b"variable_identifiers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position", "session_id", b"session_id", "variable_identifiers", b"variable_identifiers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__at_position: _TypeAlias = _typing.Literal["at_position"]  # noqa: Y015
+    _WhichOneofArgType__at_position: _TypeAlias = _typing.Literal["_at_position", b"_at_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__at_position) -> _WhichOneofReturnType__at_position | None: ...
 
 Global___GetVariablesRequest: _TypeAlias = GetVariablesRequest  # noqa: Y015
 
@@ -1136,21 +1164,33 @@ class ListVariablesRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     PATTERN_FIELD_NUMBER: _builtins.int
+    AT_POSITION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     pattern: _builtins.str
     """Shell-style glob on names ("*", "?", "[ab]"); empty matches every name."""
+    at_position: _builtins.int
+    """When set, list as the session stood at this position (OUT_OF_RANGE beyond the log)."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When set (and at_position is not), list as the session stood at this time."""
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         pattern: _builtins.str = ...,
+        at_position: _builtins.int | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pattern", b"pattern", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position", "pattern", b"pattern", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__at_position: _TypeAlias = _typing.Literal["at_position"]  # noqa: Y015
+    _WhichOneofArgType__at_position: _TypeAlias = _typing.Literal["_at_position", b"_at_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__at_position) -> _WhichOneofReturnType__at_position | None: ...
 
 Global___ListVariablesRequest: _TypeAlias = ListVariablesRequest  # noqa: Y015
 
@@ -1269,3 +1309,1091 @@ class DeleteVariableResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteVariableResponse: _TypeAlias = DeleteVariableResponse  # noqa: Y015
+
+@_typing.final
+class SessionCreated(_message.Message):
+    """SessionCreated: a session started (payload of an Event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    ttl_seconds: _builtins.int
+    """Seconds without any call after which the session expires; 0 never."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Session metadata."""
+
+    def __init__(
+        self,
+        *,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCreated: _TypeAlias = SessionCreated  # noqa: Y015
+
+@_typing.final
+class SessionDeleted(_message.Message):
+    """SessionDeleted: a session ended (payload of an Event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """"deleted" (asked for) or "expired" (TTL)."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionDeleted: _TypeAlias = SessionDeleted  # noqa: Y015
+
+@_typing.final
+class SessionForked(_message.Message):
+    """SessionForked: this session's earlier events are a copy of another session's log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_SESSION_ID_FIELD_NUMBER: _builtins.int
+    ORIGIN_POSITION_FIELD_NUMBER: _builtins.int
+    origin_session_id: _builtins.str
+    """The session the events were copied from."""
+    origin_position: _builtins.int
+    """The origin's position the copy stops at (equal to this event's position - 1)."""
+    def __init__(
+        self,
+        *,
+        origin_session_id: _builtins.str = ...,
+        origin_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin_position", b"origin_position", "origin_session_id", b"origin_session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionForked: _TypeAlias = SessionForked  # noqa: Y015
+
+@_typing.final
+class VariableRegistered(_message.Message):
+    """VariableRegistered: a variable was created at version 0 (payload of an Event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIABLE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    variable_id: _builtins.str
+    """The new variable's id."""
+    name: _builtins.str
+    """Its name."""
+    type: _builtins.str
+    """Its type name."""
+    @_builtins.property
+    def value(self) -> Global___Value:
+        """Its initial value."""
+
+    @_builtins.property
+    def constraints(self) -> Global___Constraints:
+        """Its constraints."""
+
+    def __init__(
+        self,
+        *,
+        variable_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        value: Global___Value | None = ...,
+        constraints: Global___Constraints | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "name", b"name", "type", b"type", "value", b"value", "variable_id", b"variable_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariableRegistered: _TypeAlias = VariableRegistered  # noqa: Y015
+
+@_typing.final
+class VariableUpdated(_message.Message):
+    """VariableUpdated: one variable took a new value (payload of an Event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIABLE_ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    ROLLBACK_TO_VERSION_FIELD_NUMBER: _builtins.int
+    variable_id: _builtins.str
+    """The variable's id."""
+    rollback_to_version: _builtins.int
+    """Set when the change is a rollback: the earlier version whose value it restores."""
+    @_builtins.property
+    def value(self) -> Global___Value:
+        """The new value."""
+
+    def __init__(
+        self,
+        *,
+        variable_id: _builtins.str = ...,
+        value: Global___Value | None = ...,
+        rollback_to_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rollback_to_version", b"_rollback_to_version", "rollback_to_version", b"rollback_to_version", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rollback_to_version", b"_rollback_to_version", "rollback_to_version", b"rollback_to_version", "value", b"value", "variable_id", b"variable_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rollback_to_version: _TypeAlias = _typing.Literal["rollback_to_version"]  # noqa: Y015
+    _WhichOneofArgType__rollback_to_version: _TypeAlias = _typing.Literal["_rollback_to_version", b"_rollback_to_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rollback_to_version) -> _WhichOneofReturnType__rollback_to_version | None: ...
+
+Global___VariableUpdated: _TypeAlias = VariableUpdated  # noqa: Y015
+
+@_typing.final
+class BatchItem(_message.Message):
+    """BatchItem is one change inside an atomic batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIABLE_ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    variable_id: _builtins.str
+    """The variable's id."""
+    @_builtins.property
+    def value(self) -> Global___Value:
+        """The new value."""
+
+    def __init__(
+        self,
+        *,
+        variable_id: _builtins.str = ...,
+        value: Global___Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["value", b"value", "variable_id", b"variable_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchItem: _TypeAlias = BatchItem  # noqa: Y015
+
+@_typing.final
+class BatchApplied(_message.Message):
+    """BatchApplied: several variables changed together at one position (payload of an Event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItem]:
+        """The changes, in the order they were given."""
+
+    def __init__(
+        self,
+        *,
+        updates: _abc.Iterable[Global___BatchItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchApplied: _TypeAlias = BatchApplied  # noqa: Y015
+
+@_typing.final
+class VariableDeleted(_message.Message):
+    """VariableDeleted: a variable was removed (payload of an Event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIABLE_ID_FIELD_NUMBER: _builtins.int
+    variable_id: _builtins.str
+    """The variable's id."""
+    def __init__(
+        self,
+        *,
+        variable_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["variable_id", b"variable_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariableDeleted: _TypeAlias = VariableDeleted  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    """Event is one entry of a session's log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    GLOBAL_POSITION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    SESSION_CREATED_FIELD_NUMBER: _builtins.int
+    SESSION_DELETED_FIELD_NUMBER: _builtins.int
+    VARIABLE_REGISTERED_FIELD_NUMBER: _builtins.int
+    VARIABLE_UPDATED_FIELD_NUMBER: _builtins.int
+    BATCH_APPLIED_FIELD_NUMBER: _builtins.int
+    VARIABLE_DELETED_FIELD_NUMBER: _builtins.int
+    SESSION_FORKED_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session whose log holds the event."""
+    position: _builtins.int
+    """Gap-free position in the session's log, from 1."""
+    global_position: _builtins.int
+    """Position among every event of every session (0 in exports of other servers' logs)."""
+    type: _builtins.str
+    """Event type: the name of the body's message ("VariableUpdated"...)."""
+    schema_version: _builtins.int
+    """Version of the body's schema for this type."""
+    source: _builtins.str
+    """Who made the change."""
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """Wall-clock time the change was made."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The request's metadata (a reason, for example)."""
+
+    @_builtins.property
+    def session_created(self) -> Global___SessionCreated:
+        """A session started."""
+
+    @_builtins.property
+    def session_deleted(self) -> Global___SessionDeleted:
+        """A session ended."""
+
+    @_builtins.property
+    def variable_registered(self) -> Global___VariableRegistered:
+        """A variable was created."""
+
+    @_builtins.property
+    def variable_updated(self) -> Global___VariableUpdated:
+        """A variable changed."""
+
+    @_builtins.property
+    def batch_applied(self) -> Global___BatchApplied:
+        """Variables changed together."""
+
+    @_builtins.property
+    def variable_deleted(self) -> Global___VariableDeleted:
+        """A variable was removed."""
+
+    @_builtins.property
+    def session_forked(self) -> Global___SessionForked:
+        """The log before this event was copied from another session."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        position: _builtins.int = ...,
+        global_position: _builtins.int = ...,
+        type: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        source: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        session_created: Global___SessionCreated | None = ...,
+        session_deleted: Global___SessionDeleted | None = ...,
+        variable_registered: Global___VariableRegistered | None = ...,
+        variable_updated: Global___VariableUpdated | None = ...,
+        batch_applied: Global___BatchApplied | None = ...,
+        variable_deleted: Global___VariableDeleted | None = ...,
+        session_forked: Global___SessionForked | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_applied", b"batch_applied", "body", b"body", "recorded_at", b"recorded_at", "session_created", b"session_created", "session_deleted", b"session_deleted", "session_forked", b"session_forked", "variable_deleted", b"variable_deleted", "variable_registered", b"variable_registered", "variable_updated", b"variable_updated"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_applied", b"batch_applied", "body", b"body", "global_position", b"global_position", "metadata", b"metadata", "position", b"position", "recorded_at", b"recorded_at", "schema_version", b"schema_version", "session_created", b"session_created", "session_deleted", b"session_deleted", "session_forked", b"session_forked", "session_id", b"session_id", "source", b"source", "type", b"type", "variable_deleted", b"variable_deleted", "variable_registered", b"variable_registered", "variable_updated", b"variable_updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["session_created", "session_deleted", "variable_registered", "variable_updated", "batch_applied", "variable_deleted", "session_forked"]  # noqa: Y015
+    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class VariableChange(_message.Message):
+    """VariableChange is one version of one variable: what it became and what it was."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VARIABLE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VALUE_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    IN_BATCH_FIELD_NUMBER: _builtins.int
+    ROLLBACK_TO_VERSION_FIELD_NUMBER: _builtins.int
+    variable_id: _builtins.str
+    """The variable's id."""
+    name: _builtins.str
+    """The variable's name."""
+    type: _builtins.str
+    """The variable's type name."""
+    version: _builtins.int
+    """The version this change made (0 for the registration)."""
+    position: _builtins.int
+    """Session position of the event that made the change."""
+    source: _builtins.str
+    """Who made the change."""
+    kind: _builtins.str
+    """The kind of change: "registered", "updated", "rolled_back" or "deleted"."""
+    in_batch: _builtins.bool
+    """True when the change was part of an atomic batch (the batch is at position)."""
+    rollback_to_version: _builtins.int
+    """For "rolled_back": the earlier version whose value was restored."""
+    @_builtins.property
+    def value(self) -> Global___Value:
+        """The value after the change (unset when the change is the deletion)."""
+
+    @_builtins.property
+    def previous_value(self) -> Global___Value:
+        """The value before the change (unset for the registration)."""
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """Wall-clock time of the change."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The request's metadata (the "reason")."""
+
+    def __init__(
+        self,
+        *,
+        variable_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        version: _builtins.int = ...,
+        value: Global___Value | None = ...,
+        previous_value: Global___Value | None = ...,
+        position: _builtins.int = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        source: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        kind: _builtins.str = ...,
+        in_batch: _builtins.bool = ...,
+        rollback_to_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous_value", b"previous_value", "recorded_at", b"recorded_at", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_batch", b"in_batch", "kind", b"kind", "metadata", b"metadata", "name", b"name", "position", b"position", "previous_value", b"previous_value", "recorded_at", b"recorded_at", "rollback_to_version", b"rollback_to_version", "source", b"source", "type", b"type", "value", b"value", "variable_id", b"variable_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariableChange: _TypeAlias = VariableChange  # noqa: Y015
+
+@_typing.final
+class GetVariableHistoryRequest(_message.Message):
+    """GetVariableHistoryRequest asks for a variable's versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    VARIABLE_IDENTIFIER_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Session id."""
+    variable_identifier: _builtins.str
+    """Variable id (one lifetime) or name (every variable that had the name)."""
+    from_version: _builtins.int
+    """Lowest version to include (0 from the registration)."""
+    to_version: _builtins.int
+    """When set, highest version to include."""
+    page_size: _builtins.int
+    """Most changes per page; 0 means 100, and at most 1000."""
+    page_token: _builtins.str
+    """Token from a previous response's next_page_token; empty for the first page."""
+    newest_first: _builtins.bool
+    """Newest change first (default: oldest first)."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        variable_identifier: _builtins.str = ...,
+        from_version: _builtins.int = ...,
+        to_version: _builtins.int | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        newest_first: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_to_version", b"_to_version", "to_version", b"to_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to_version", b"_to_version", "from_version", b"from_version", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id", "to_version", b"to_version", "variable_identifier", b"variable_identifier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__to_version: _TypeAlias = _typing.Literal["to_version"]  # noqa: Y015
+    _WhichOneofArgType__to_version: _TypeAlias = _typing.Literal["_to_version", b"_to_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__to_version) -> _WhichOneofReturnType__to_version | None: ...
+
+Global___GetVariableHistoryRequest: _TypeAlias = GetVariableHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetVariableHistoryResponse(_message.Message):
+    """GetVariableHistoryResponse is one page of changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """Where the log stood."""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariableChange]:
+        """The changes, in the order asked."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        changes: _abc.Iterable[Global___VariableChange] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "header", b"header", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVariableHistoryResponse: _TypeAlias = GetVariableHistoryResponse  # noqa: Y015
+
+@_typing.final
+class ReadEventsRequest(_message.Message):
+    """ReadEventsRequest asks for a range of a session's log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    FROM_POSITION_FIELD_NUMBER: _builtins.int
+    TO_POSITION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    BACKWARDS_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Session id (deleted sessions' logs can still be read)."""
+    from_position: _builtins.int
+    """Lowest position to include (0 or 1: from the start)."""
+    to_position: _builtins.int
+    """When set, highest position to include."""
+    page_size: _builtins.int
+    """Most events per page; 0 means 100, and at most 1000."""
+    backwards: _builtins.bool
+    """Newest first (default: oldest first)."""
+    page_token: _builtins.str
+    """Token from a previous response's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        from_position: _builtins.int = ...,
+        to_position: _builtins.int | None = ...,
+        page_size: _builtins.int = ...,
+        backwards: _builtins.bool = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "to_position", b"to_position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "backwards", b"backwards", "from_position", b"from_position", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id", "to_position", b"to_position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__to_position: _TypeAlias = _typing.Literal["to_position"]  # noqa: Y015
+    _WhichOneofArgType__to_position: _TypeAlias = _typing.Literal["_to_position", b"_to_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__to_position) -> _WhichOneofReturnType__to_position | None: ...
+
+Global___ReadEventsRequest: _TypeAlias = ReadEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReadEventsResponse(_message.Message):
+    """ReadEventsResponse is one page of events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """Where the log stood."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """The events, in the order asked."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        events: _abc.Iterable[Global___Event] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "header", b"header", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadEventsResponse: _TypeAlias = ReadEventsResponse  # noqa: Y015
+
+@_typing.final
+class RollbackVariableRequest(_message.Message):
+    """RollbackVariableRequest restores an earlier version's value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    VARIABLE_IDENTIFIER_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Session id."""
+    variable_identifier: _builtins.str
+    """Variable id or name."""
+    to_version: _builtins.int
+    """The earlier version whose value to restore."""
+    expected_version: _builtins.int
+    """When set, roll back only if the variable is at this version (else ABORTED)."""
+    source: _builtins.str
+    """Who is asking, recorded in the log; empty for the caller's peer address."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Metadata merged into the variable's and recorded with the event (a reason)."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        variable_identifier: _builtins.str = ...,
+        to_version: _builtins.int = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        expected_version: _builtins.int | None = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "metadata", b"metadata", "session_id", b"session_id", "source", b"source", "to_version", b"to_version", "variable_identifier", b"variable_identifier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___RollbackVariableRequest: _TypeAlias = RollbackVariableRequest  # noqa: Y015
+
+@_typing.final
+class RollbackVariableResponse(_message.Message):
+    """RollbackVariableResponse confirms the rollback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    NEW_VERSION_FIELD_NUMBER: _builtins.int
+    VARIABLE_FIELD_NUMBER: _builtins.int
+    new_version: _builtins.int
+    """The variable's version after the rollback."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """Where the log stood: the rollback event's position."""
+
+    @_builtins.property
+    def variable(self) -> Global___Variable:
+        """The variable after the rollback."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        new_version: _builtins.int = ...,
+        variable: Global___Variable | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "variable", b"variable"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "new_version", b"new_version", "variable", b"variable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackVariableResponse: _TypeAlias = RollbackVariableResponse  # noqa: Y015
+
+@_typing.final
+class WatchSessionRequest(_message.Message):
+    """WatchSessionRequest asks for a session's changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    FROM_POSITION_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    INCLUDE_INITIAL_FIELD_NUMBER: _builtins.int
+    PROGRESS_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Session id."""
+    from_position: _builtins.int
+    """Send the events after this position (0: from the start of the log)."""
+    include_initial: _builtins.bool
+    """First send the state at from_position (the filtered variables)."""
+    progress_interval_ms: _builtins.int
+    """Send a progress message after this many milliseconds without events; 0 means 1000."""
+    @_builtins.property
+    def variables(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only changes to these variables (ids or names); empty for every variable."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        from_position: _builtins.int = ...,
+        variables: _abc.Iterable[_builtins.str] | None = ...,
+        include_initial: _builtins.bool = ...,
+        progress_interval_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_position", b"from_position", "include_initial", b"include_initial", "progress_interval_ms", b"progress_interval_ms", "session_id", b"session_id", "variables", b"variables"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSessionRequest: _TypeAlias = WatchSessionRequest  # noqa: Y015
+
+@_typing.final
+class WatchInitial(_message.Message):
+    """WatchInitial is the state a watch starts from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """The position the state is at (the request's from_position)."""
+    @_builtins.property
+    def variables(self) -> _containers.RepeatedCompositeFieldContainer[Global___Variable]:
+        """The variables live at that position (filtered), ordered by name."""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        variables: _abc.Iterable[Global___Variable] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "variables", b"variables"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchInitial: _TypeAlias = WatchInitial  # noqa: Y015
+
+@_typing.final
+class WatchEvent(_message.Message):
+    """WatchEvent is one event of the session's log, with the changes it made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___Event:
+        """The event."""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariableChange]:
+        """Its changes to watched variables, each with the new and previous value."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___Event | None = ...,
+        changes: _abc.Iterable[Global___VariableChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015
+
+@_typing.final
+class WatchProgress(_message.Message):
+    """WatchProgress says the watch has caught up to a position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """Every event up to this position has been sent."""
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchProgress: _TypeAlias = WatchProgress  # noqa: Y015
+
+@_typing.final
+class WatchSessionResponse(_message.Message):
+    """WatchSessionResponse is one message of a watch stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INITIAL_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def initial(self) -> Global___WatchInitial:
+        """The state at from_position (first, when asked for)."""
+
+    @_builtins.property
+    def event(self) -> Global___WatchEvent:
+        """One event, in order; a batch is never split."""
+
+    @_builtins.property
+    def progress(self) -> Global___WatchProgress:
+        """Caught up; nothing new since."""
+
+    def __init__(
+        self,
+        *,
+        initial: Global___WatchInitial | None = ...,
+        event: Global___WatchEvent | None = ...,
+        progress: Global___WatchProgress | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "initial", b"initial", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "initial", b"initial", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["initial", "event", "progress"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___WatchSessionResponse: _TypeAlias = WatchSessionResponse  # noqa: Y015
+
+@_typing.final
+class ForkSessionRequest(_message.Message):
+    """ForkSessionRequest asks for a copy of a session's log up to a position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AT_POSITION_FIELD_NUMBER: _builtins.int
+    NEW_SESSION_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session to fork (the origin)."""
+    at_position: _builtins.int
+    """Copy the origin's events up to this position; 0 means up to its last event."""
+    new_session_id: _builtins.str
+    """Id for the new session; empty to have one generated."""
+    source: _builtins.str
+    """Who is asking, recorded on the fork event."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Metadata recorded with the fork event."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        at_position: _builtins.int = ...,
+        new_session_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_position", b"at_position", "metadata", b"metadata", "new_session_id", b"new_session_id", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSessionRequest: _TypeAlias = ForkSessionRequest  # noqa: Y015
+
+@_typing.final
+class ForkSessionResponse(_message.Message):
+    """ForkSessionResponse describes the new session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """Where the new session's log stands: its SessionForked event."""
+
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """The new session."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        session: Global___Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSessionResponse: _TypeAlias = ForkSessionResponse  # noqa: Y015
+
+@_typing.final
+class ExportSessionRequest(_message.Message):
+    """ExportSessionRequest asks for a session's log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    FROM_POSITION_FIELD_NUMBER: _builtins.int
+    TO_POSITION_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Session id (deleted sessions can be exported too)."""
+    from_position: _builtins.int
+    """Lowest position to include (0 or 1: from the start)."""
+    to_position: _builtins.int
+    """When set, highest position to include."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        from_position: _builtins.int = ...,
+        to_position: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "to_position", b"to_position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "from_position", b"from_position", "session_id", b"session_id", "to_position", b"to_position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__to_position: _TypeAlias = _typing.Literal["to_position"]  # noqa: Y015
+    _WhichOneofArgType__to_position: _TypeAlias = _typing.Literal["_to_position", b"_to_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__to_position) -> _WhichOneofReturnType__to_position | None: ...
+
+Global___ExportSessionRequest: _TypeAlias = ExportSessionRequest  # noqa: Y015
+
+@_typing.final
+class ExportSessionResponse(_message.Message):
+    """ExportSessionResponse is one chunk of an export."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """Events in position order."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSessionResponse: _TypeAlias = ExportSessionResponse  # noqa: Y015
+
+@_typing.final
+class ImportSessionRequest(_message.Message):
+    """ImportSessionRequest is one chunk of an import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    TO_POSITION_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The new session's id; read from the first chunk (empty: the exported session's id)."""
+    to_position: _builtins.int
+    """Import only up to this position of the export; 0 means everything (first chunk)."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """Events in position order, starting at position 1."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        events: _abc.Iterable[Global___Event] | None = ...,
+        to_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "session_id", b"session_id", "to_position", b"to_position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSessionRequest: _TypeAlias = ImportSessionRequest  # noqa: Y015
+
+@_typing.final
+class ImportSessionResponse(_message.Message):
+    """ImportSessionResponse describes the rebuilt session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """Where the new session's log stands."""
+
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """The new session."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        session: Global___Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSessionResponse: _TypeAlias = ImportSessionResponse  # noqa: Y015

@@ -90,6 +90,41 @@ class VariableStoreStub:
                 request_serializer=varstore_dot_v1_dot_varstore__pb2.DeleteVariableRequest.SerializeToString,
                 response_deserializer=varstore_dot_v1_dot_varstore__pb2.DeleteVariableResponse.FromString,
                 _registered_method=True)
+        self.GetVariableHistory = channel.unary_unary(
+                '/varstore.v1.VariableStore/GetVariableHistory',
+                request_serializer=varstore_dot_v1_dot_varstore__pb2.GetVariableHistoryRequest.SerializeToString,
+                response_deserializer=varstore_dot_v1_dot_varstore__pb2.GetVariableHistoryResponse.FromString,
+                _registered_method=True)
+        self.ReadEvents = channel.unary_unary(
+                '/varstore.v1.VariableStore/ReadEvents',
+                request_serializer=varstore_dot_v1_dot_varstore__pb2.ReadEventsRequest.SerializeToString,
+                response_deserializer=varstore_dot_v1_dot_varstore__pb2.ReadEventsResponse.FromString,
+                _registered_method=True)
+        self.RollbackVariable = channel.unary_unary(
+                '/varstore.v1.VariableStore/RollbackVariable',
+                request_serializer=varstore_dot_v1_dot_varstore__pb2.RollbackVariableRequest.SerializeToString,
+                response_deserializer=varstore_dot_v1_dot_varstore__pb2.RollbackVariableResponse.FromString,
+                _registered_method=True)
+        self.WatchSession = channel.unary_stream(
+                '/varstore.v1.VariableStore/WatchSession',
+                request_serializer=varstore_dot_v1_dot_varstore__pb2.WatchSessionRequest.SerializeToString,
+                response_deserializer=varstore_dot_v1_dot_varstore__pb2.WatchSessionResponse.FromString,
+                _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/varstore.v1.VariableStore/ForkSession',
+                request_serializer=varstore_dot_v1_dot_varstore__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=varstore_dot_v1_dot_varstore__pb2.ForkSessionResponse.FromString,
+                _registered_method=True)
+        self.ExportSession = channel.unary_stream(
+                '/varstore.v1.VariableStore/ExportSession',
+                request_serializer=varstore_dot_v1_dot_varstore__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=varstore_dot_v1_dot_varstore__pb2.ExportSessionResponse.FromString,
+                _registered_method=True)
+        self.ImportSession = channel.stream_unary(
+                '/varstore.v1.VariableStore/ImportSession',
+                request_serializer=varstore_dot_v1_dot_varstore__pb2.ImportSessionRequest.SerializeToString,
+                response_deserializer=varstore_dot_v1_dot_varstore__pb2.ImportSessionResponse.FromString,
+                _registered_method=True)
 
 
 class VariableStoreServicer:
@@ -173,6 +208,56 @@ class VariableStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVariableHistory(self, request, context):
+        """GetVariableHistory lists every version of a variable (of every variable that had
+        the name, when asked by name), with who changed it, when and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadEvents(self, request, context):
+        """ReadEvents reads a session's raw log, typed, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackVariable(self, request, context):
+        """RollbackVariable appends a change that gives a variable an earlier version's value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSession(self, request, context):
+        """WatchSession streams a session's changes from a position on, then live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSession(self, request, context):
+        """ForkSession starts a new session whose log is a copy of another's up to a position.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSession(self, request, context):
+        """ExportSession streams a session's log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSession(self, request_iterator, context):
+        """ImportSession rebuilds a session from an export, checking positions and types.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariableStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -230,6 +315,41 @@ def add_VariableStoreServicer_to_server(servicer, server):
                     servicer.DeleteVariable,
                     request_deserializer=varstore_dot_v1_dot_varstore__pb2.DeleteVariableRequest.FromString,
                     response_serializer=varstore_dot_v1_dot_varstore__pb2.DeleteVariableResponse.SerializeToString,
+            ),
+            'GetVariableHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVariableHistory,
+                    request_deserializer=varstore_dot_v1_dot_varstore__pb2.GetVariableHistoryRequest.FromString,
+                    response_serializer=varstore_dot_v1_dot_varstore__pb2.GetVariableHistoryResponse.SerializeToString,
+            ),
+            'ReadEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadEvents,
+                    request_deserializer=varstore_dot_v1_dot_varstore__pb2.ReadEventsRequest.FromString,
+                    response_serializer=varstore_dot_v1_dot_varstore__pb2.ReadEventsResponse.SerializeToString,
+            ),
+            'RollbackVariable': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackVariable,
+                    request_deserializer=varstore_dot_v1_dot_varstore__pb2.RollbackVariableRequest.FromString,
+                    response_serializer=varstore_dot_v1_dot_varstore__pb2.RollbackVariableResponse.SerializeToString,
+            ),
+            'WatchSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSession,
+                    request_deserializer=varstore_dot_v1_dot_varstore__pb2.WatchSessionRequest.FromString,
+                    response_serializer=varstore_dot_v1_dot_varstore__pb2.WatchSessionResponse.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=varstore_dot_v1_dot_varstore__pb2.ForkSessionRequest.FromString,
+                    response_serializer=varstore_dot_v1_dot_varstore__pb2.ForkSessionResponse.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=varstore_dot_v1_dot_varstore__pb2.ExportSessionRequest.FromString,
+                    response_serializer=varstore_dot_v1_dot_varstore__pb2.ExportSessionResponse.SerializeToString,
+            ),
+            'ImportSession': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=varstore_dot_v1_dot_varstore__pb2.ImportSessionRequest.FromString,
+                    response_serializer=varstore_dot_v1_dot_varstore__pb2.ImportSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -530,6 +650,195 @@ class VariableStore:
             '/varstore.v1.VariableStore/DeleteVariable',
             varstore_dot_v1_dot_varstore__pb2.DeleteVariableRequest.SerializeToString,
             varstore_dot_v1_dot_varstore__pb2.DeleteVariableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVariableHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varstore.v1.VariableStore/GetVariableHistory',
+            varstore_dot_v1_dot_varstore__pb2.GetVariableHistoryRequest.SerializeToString,
+            varstore_dot_v1_dot_varstore__pb2.GetVariableHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varstore.v1.VariableStore/ReadEvents',
+            varstore_dot_v1_dot_varstore__pb2.ReadEventsRequest.SerializeToString,
+            varstore_dot_v1_dot_varstore__pb2.ReadEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackVariable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varstore.v1.VariableStore/RollbackVariable',
+            varstore_dot_v1_dot_varstore__pb2.RollbackVariableRequest.SerializeToString,
+            varstore_dot_v1_dot_varstore__pb2.RollbackVariableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/varstore.v1.VariableStore/WatchSession',
+            varstore_dot_v1_dot_varstore__pb2.WatchSessionRequest.SerializeToString,
+            varstore_dot_v1_dot_varstore__pb2.WatchSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varstore.v1.VariableStore/ForkSession',
+            varstore_dot_v1_dot_varstore__pb2.ForkSessionRequest.SerializeToString,
+            varstore_dot_v1_dot_varstore__pb2.ForkSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/varstore.v1.VariableStore/ExportSession',
+            varstore_dot_v1_dot_varstore__pb2.ExportSessionRequest.SerializeToString,
+            varstore_dot_v1_dot_varstore__pb2.ExportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/varstore.v1.VariableStore/ImportSession',
+            varstore_dot_v1_dot_varstore__pb2.ImportSessionRequest.SerializeToString,
+            varstore_dot_v1_dot_varstore__pb2.ImportSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,22 @@ class VariableStoreStub:
     """ListVariables lists a session's variables, ordered by name."""
     DeleteVariable: _grpc.UnaryUnaryMultiCallable[_varstore_pb2.DeleteVariableRequest, _varstore_pb2.DeleteVariableResponse]
     """DeleteVariable removes a variable; its name may then be registered again."""
+    GetVariableHistory: _grpc.UnaryUnaryMultiCallable[_varstore_pb2.GetVariableHistoryRequest, _varstore_pb2.GetVariableHistoryResponse]
+    """GetVariableHistory lists every version of a variable (of every variable that had
+    the name, when asked by name), with who changed it, when and why.
+    """
+    ReadEvents: _grpc.UnaryUnaryMultiCallable[_varstore_pb2.ReadEventsRequest, _varstore_pb2.ReadEventsResponse]
+    """ReadEvents reads a session's raw log, typed, a page at a time."""
+    RollbackVariable: _grpc.UnaryUnaryMultiCallable[_varstore_pb2.RollbackVariableRequest, _varstore_pb2.RollbackVariableResponse]
+    """RollbackVariable appends a change that gives a variable an earlier version's value."""
+    WatchSession: _grpc.UnaryStreamMultiCallable[_varstore_pb2.WatchSessionRequest, _varstore_pb2.WatchSessionResponse]
+    """WatchSession streams a session's changes from a position on, then live."""
+    ForkSession: _grpc.UnaryUnaryMultiCallable[_varstore_pb2.ForkSessionRequest, _varstore_pb2.ForkSessionResponse]
+    """ForkSession starts a new session whose log is a copy of another's up to a position."""
+    ExportSession: _grpc.UnaryStreamMultiCallable[_varstore_pb2.ExportSessionRequest, _varstore_pb2.ExportSessionResponse]
+    """ExportSession streams a session's log."""
+    ImportSession: _grpc.StreamUnaryMultiCallable[_varstore_pb2.ImportSessionRequest, _varstore_pb2.ImportSessionResponse]
+    """ImportSession rebuilds a session from an export, checking positions and types."""
 
 @_typing.type_check_only
 class VariableStoreAsyncStub(VariableStoreStub):
@@ -96,6 +112,22 @@ class VariableStoreAsyncStub(VariableStoreStub):
     """ListVariables lists a session's variables, ordered by name."""
     DeleteVariable: _aio.UnaryUnaryMultiCallable[_varstore_pb2.DeleteVariableRequest, _varstore_pb2.DeleteVariableResponse]  # type: ignore[assignment]
     """DeleteVariable removes a variable; its name may then be registered again."""
+    GetVariableHistory: _aio.UnaryUnaryMultiCallable[_varstore_pb2.GetVariableHistoryRequest, _varstore_pb2.GetVariableHistoryResponse]  # type: ignore[assignment]
+    """GetVariableHistory lists every version of a variable (of every variable that had
+    the name, when asked by name), with who changed it, when and why.
+    """
+    ReadEvents: _aio.UnaryUnaryMultiCallable[_varstore_pb2.ReadEventsRequest, _varstore_pb2.ReadEventsResponse]  # type: ignore[assignment]
+    """ReadEvents reads a session's raw log, typed, a page at a time."""
+    RollbackVariable: _aio.UnaryUnaryMultiCallable[_varstore_pb2.RollbackVariableRequest, _varstore_pb2.RollbackVariableResponse]  # type: ignore[assignment]
+    """RollbackVariable appends a change that gives a variable an earlier version's value."""
+    WatchSession: _aio.UnaryStreamMultiCallable[_varstore_pb2.WatchSessionRequest, _varstore_pb2.WatchSessionResponse]  # type: ignore[assignment]
+    """WatchSession streams a session's changes from a position on, then live."""
+    ForkSession: _aio.UnaryUnaryMultiCallable[_varstore_pb2.ForkSessionRequest, _varstore_pb2.ForkSessionResponse]  # type: ignore[assignment]
+    """ForkSession starts a new session whose log is a copy of another's up to a position."""
+    ExportSession: _aio.UnaryStreamMultiCallable[_varstore_pb2.ExportSessionRequest, _varstore_pb2.ExportSessionResponse]  # type: ignore[assignment]
+    """ExportSession streams a session's log."""
+    ImportSession: _aio.StreamUnaryMultiCallable[_varstore_pb2.ImportSessionRequest, _varstore_pb2.ImportSessionResponse]  # type: ignore[assignment]
+    """ImportSession rebuilds a session from an export, checking positions and types."""
 
 class VariableStoreServicer(metaclass=_abc_1.ABCMeta):
     """VariableStore registers, reads and updates the typed variables of sessions."""
@@ -187,5 +219,63 @@ class VariableStoreServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_varstore_pb2.DeleteVariableResponse, _abc.Awaitable[_varstore_pb2.DeleteVariableResponse]]:
         """DeleteVariable removes a variable; its name may then be registered again."""
+
+    @_abc_1.abstractmethod
+    def GetVariableHistory(
+        self,
+        request: _varstore_pb2.GetVariableHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_varstore_pb2.GetVariableHistoryResponse, _abc.Awaitable[_varstore_pb2.GetVariableHistoryResponse]]:
+        """GetVariableHistory lists every version of a variable (of every variable that had
+        the name, when asked by name), with who changed it, when and why.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadEvents(
+        self,
+        request: _varstore_pb2.ReadEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_varstore_pb2.ReadEventsResponse, _abc.Awaitable[_varstore_pb2.ReadEventsResponse]]:
+        """ReadEvents reads a session's raw log, typed, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def RollbackVariable(
+        self,
+        request: _varstore_pb2.RollbackVariableRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_varstore_pb2.RollbackVariableResponse, _abc.Awaitable[_varstore_pb2.RollbackVariableResponse]]:
+        """RollbackVariable appends a change that gives a variable an earlier version's value."""
+
+    @_abc_1.abstractmethod
+    def WatchSession(
+        self,
+        request: _varstore_pb2.WatchSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_varstore_pb2.WatchSessionResponse], _abc.AsyncIterator[_varstore_pb2.WatchSessionResponse]]:
+        """WatchSession streams a session's changes from a position on, then live."""
+
+    @_abc_1.abstractmethod
+    def ForkSession(
+        self,
+        request: _varstore_pb2.ForkSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_varstore_pb2.ForkSessionResponse, _abc.Awaitable[_varstore_pb2.ForkSessionResponse]]:
+        """ForkSession starts a new session whose log is a copy of another's up to a position."""
+
+    @_abc_1.abstractmethod
+    def ExportSession(
+        self,
+        request: _varstore_pb2.ExportSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_varstore_pb2.ExportSessionResponse], _abc.AsyncIterator[_varstore_pb2.ExportSessionResponse]]:
+        """ExportSession streams a session's log."""
+
+    @_abc_1.abstractmethod
+    def ImportSession(
+        self,
+        request_iterator: _MaybeAsyncIterator[_varstore_pb2.ImportSessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_varstore_pb2.ImportSessionResponse, _abc.Awaitable[_varstore_pb2.ImportSessionResponse]]:
+        """ImportSession rebuilds a session from an export, checking positions and types."""
 
 def add_VariableStoreServicer_to_server(servicer: VariableStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
