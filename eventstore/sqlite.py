@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from pydantic_core import from_json
+
 from varstore.eventstore.events import NewEvent, RecordedEvent
 from varstore.eventstore.recorder import Append, PositionConflict, Recorder, RecorderError
 
@@ -365,10 +367,10 @@ def _decode(row: Any) -> RecordedEvent:
             position=position,
             global_position=global_position,
             type=type_,
-            payload=json.loads(payload),
+            payload=from_json(payload),
             recorded_at=_EPOCH + us * _MICROSECOND,
             source=source,
-            metadata=json.loads(metadata),
+            metadata=from_json(metadata) if metadata != "{}" else {},
             schema_version=schema_version,
         )
     except (TypeError, ValueError, OverflowError) as e:
