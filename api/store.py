@@ -123,6 +123,7 @@ class Store:
         self._listeners: list[Listener] = []
         self.checkpoint_every = checkpoint_every
         self._checkpointed = 0
+        self._last_global = 0
         self._rebuild()
 
     # -- reading --------------------------------------------------------------------------
@@ -292,11 +293,16 @@ class Store:
         for event in self.recorder.read_all(after):
             sessions[event.session_id] = apply_event(sessions.get(event.session_id), event)
             after = event.global_position
-        self._checkpointed = after
+        self._checkpointed = self._last_global = after
         now = self._monotonic()
         self._sessions = sessions
         self._touched = dict.fromkeys(sessions, now)
         self._last_time = max((s.updated_at.timestamp() for s in sessions.values()), default=0.0)
+
+    def checkpoint(self) -> None:
+        """Save a checkpoint of every session's state now (start-up then folds only what
+        comes after it)."""
+        self._checkpoint(self._last_global)
 
     def _checkpoint(self, global_position: int) -> None:
         """Save every session's published state; a failure costs only start-up time."""
@@ -398,6 +404,7 @@ class Store:
                 return
         if recorded:
             self._last_time = max(self._last_time, recorded[-1].recorded_at.timestamp())
+            self._last_global = recorded[-1].global_position
         now = self._monotonic()
         with self._index_lock:
             for event in recorded:
