@@ -493,7 +493,7 @@ def import_session(
                     check_name(target, store.limits, "session id")
                     _unused(store.published(target), target)
                     check = ImportCheck(target, store.limits)
-                if to_position and message.position > to_position:
+                if to_position and check.position >= to_position:
                     break
                 if check.position >= max_events:
                     raise LimitExceeded(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from _support import assert_succeeded, run, skip_or_fail, venv_executable
 
-PACKAGES = ["types", "eventstore", "projections", "api", "client", "v1"]
+PACKAGES = ["types", "eventstore", "projections", "api", "client", "testing", "v1"]
 
 
 def _tool(name: str) -> str:
