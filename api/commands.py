@@ -335,6 +335,8 @@ class BatchResult:
 
     new_versions: dict[str, int]
     errors: dict[str, str]
+    #: The changed variables after the batch, by the identifier as given.
+    variables: dict[str, VariableState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,11 +416,12 @@ class SetVariables:
 
         def respond(after: SessionState | None) -> BatchResult:
             now_live = live(after, self.session_id)
-            versions = {
-                identifier: now_live.variables[variable.id].version
+            changed = {
+                identifier: now_live.variables[variable.id]
                 for identifier, (variable, _) in accepted.items()
             }
-            return BatchResult(versions, errors)
+            versions = {identifier: state.version for identifier, state in changed.items()}
+            return BatchResult(versions, errors, changed)
 
         return Decision(events, respond)
 
@@ -469,11 +472,11 @@ class DeleteVariable:
     source: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
 
-    def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[None]:
+    def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[VariableState]:
         session = live(state, self.session_id)
         check_metadata(self.metadata, ctx.limits)
         variable = find_variable(session, self.identifier)
         _check_version(variable, self.expected_version)
         payload = schema.VariableDeleted(variable_id=variable.id)
         event = _event(EventType.VARIABLE_DELETED, payload, ctx, self.source, self.metadata)
-        return Decision([event], lambda after: None)
+        return Decision([event], lambda after: variable)

@@ -268,6 +268,10 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             header=header(request.session_id, written.position),
             new_versions=written.result.new_versions,
             errors=written.result.errors,
+            variables={
+                identifier: variable_to_proto(state)
+                for identifier, state in written.result.variables.items()
+            },
         )
 
     @map_errors
@@ -299,7 +303,10 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             metadata=dict(request.metadata),
         )
         written = self._store.execute(request.session_id, command)
-        return pb.DeleteVariableResponse(header=header(request.session_id, written.position))
+        return pb.DeleteVariableResponse(
+            header=header(request.session_id, written.position),
+            variable=variable_to_proto(written.result),
+        )
 
     # -- the log ----------------------------------------------------------------------------
 

@@ -226,7 +226,7 @@ class AsyncSessionContext:
             VariableNotFound, SessionNotFound, Unavailable.
         """
         response = await self._send(self._stub.DeleteVariable, self._core.delete_request(name))
-        self._core.remember_delete(name, response.header.position)
+        self._core.remember_delete(name, response.variable, response.header.position)
 
     # -- watching ---------------------------------------------------------------------------
 

@@ -52,6 +52,8 @@ class VariableCache:
     """
 
     def __init__(self, ttl: float, max_size: int, clock: Callable[[], float]) -> None:
+        if max_size < 0:
+            raise ValueError(f"max_size must be 0 or more, not {max_size}")
         self._ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
@@ -73,11 +75,16 @@ class VariableCache:
             if ttl is not None:
                 self._ttl = ttl
             if max_size is not None and max_size != self._entries.maxsize:
-                kept = list(self._entries.items())[-max_size:] if max_size > 0 else []
-                evicted = self._entries.evicted + len(self._entries) - len(kept)
+                if max_size < 0:
+                    raise ValueError(f"max_size must be 0 or more, not {max_size}")
+                old = self._entries
+                in_use_order = [old.popitem() for _ in range(len(old))]  # least recent first
                 self._entries = _CountingLRU(max_size)
-                self._entries.evicted = evicted
-                for key, entry in kept:
+                kept = in_use_order[-max_size:] if max_size else []
+                self._entries.evicted = (
+                    old.evicted - len(in_use_order) + (len(in_use_order) - len(kept))
+                )
+                for key, entry in kept:  # least recent first, as they were
                     self._entries[key] = entry
                 self._prune_names()
 
@@ -112,6 +119,8 @@ class VariableCache:
     ) -> None:
         """Store a variable as read or written, unless the cache holds a newer version."""
         with self._lock:
+            if self._entries.maxsize <= 0:  # max_size 0: cache nothing
+                return
             current = self._entries.get(id)
             if current is not None and current.version > version:
                 return

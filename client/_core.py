@@ -20,7 +20,6 @@ from varstore.types import (
     RuleViolation,
     ValidationError,
     VarstoreError,
-    coerce,
     from_proto,
     to_proto,
 )
@@ -289,26 +288,14 @@ class ContextCore:
     ) -> None:
         if self.cache is None:
             return
-        entry = self.cache.peek(identifier)
-        version = response.new_versions.get(identifier)
-        if entry is None or version is None or version != entry.version + 1:
-            # Not the variable the cache knows (re-registered meanwhile, or changed by
-            # others since): the response has no value to cache it with, so forget it.
-            self.cache.invalidate(identifier)
-            return
-        try:
-            stored = coerce(entry.type, value)
-        except RuleViolation:  # the server accepted it, so this cannot happen; be safe
-            self.cache.invalidate(identifier)
-            return
-        self.cache.put(
-            id=entry.id,
-            name=entry.name,
-            type=entry.type,
-            value=stored,
-            version=version,
-            position=response.header.position,
-        )
+        # Whatever the identifier meant to the cache before may not be the variable the
+        # server changed (another client may have re-registered the name): forget it, and
+        # cache the variable the server says it changed.
+        self.cache.invalidate(identifier)
+        if identifier in response.variables:
+            variable = response.variables[identifier]
+            self.cache.invalidate(variable.name)
+            self._put(variable, _value_of(variable))
 
     def remember_register(self, name: str, variable_id: str, position: int) -> None:
         """A registration fills nothing, but whatever the cache held under the new name or
@@ -318,10 +305,13 @@ class ContextCore:
             self.cache.invalidate(name)
             self.cache.invalidate(variable_id)
 
-    def remember_delete(self, identifier: str, position: int) -> None:
+    def remember_delete(self, identifier: str, variable: pb.Variable, position: int) -> None:
+        """Forget the deleted variable under every name the cache may know it by."""
         self.written_position = max(self.written_position, position)
         if self.cache is not None:
-            self.cache.invalidate(identifier)
+            for key in (identifier, variable.id, variable.name):
+                if key:
+                    self.cache.invalidate(key)
 
     def _put(self, variable: pb.Variable, value: PyValue) -> None:
         assert self.cache is not None

@@ -221,7 +221,7 @@ class SessionContext:
             VariableNotFound, SessionNotFound, Unavailable.
         """
         response = self._send(self._stub.DeleteVariable, self._core.delete_request(name))
-        self._core.remember_delete(name, response.header.position)
+        self._core.remember_delete(name, response.variable, response.header.position)
 
     # -- watching ---------------------------------------------------------------------------
 

@@ -551,6 +551,17 @@ async def test_invalidate_cache_forgets_one_variable_by_name_or_id_or_all_of_the
     assert stats(ctx)["evictions"] == 0  # forgetting on purpose is not an eviction
 
 
+async def test_delete_variable_forgets_the_variable_by_name_and_by_id(ctx: Context) -> None:
+    variable_id = await settle(ctx.register_variable("x", "integer", 1))
+    await settle(ctx.get_variable("x"))
+
+    await settle(ctx.delete_variable(variable_id))
+
+    assert await settle(ctx.get_variable("x", default=None)) is None
+    assert await settle(ctx.get_variable(variable_id, default=None)) is None
+    assert stats(ctx)["size"] == 0
+
+
 async def test_an_unknown_config_key_is_refused(contexts: Contexts) -> None:
     with pytest.raises(ValueError, match="cache_tll"):
         contexts.open(unused_session_id(), {"cache_tll": 1.0})
@@ -778,3 +789,62 @@ async def test_a_session_used_only_by_reads_that_found_nothing_is_not_recreated(
 
     with pytest.raises(SessionNotFound):
         await settle(ctx.get_variable("x", default=0))
+
+
+# -- another client re-registering a name under this context's cache ----------------------
+#
+# All three need another client to delete a name and register it again while this
+# context holds the old variable in its cache. SetVariables and DeleteVariable answer
+# with the variables they changed, so the context caches (or forgets) the right one.
+
+
+async def _old_x_cached_then_replaced_by_another_client(
+    contexts: Contexts, session_id: str, new_type: str
+) -> tuple[Context, str, str]:
+    """This context caches ``x`` (a float at version 0); another client deletes it and
+    registers ``x`` again as ``new_type``. Returns the context, the old and the new id."""
+    ctx = contexts.open(session_id)
+    other = contexts.open(session_id, {"enable_caching": False})
+    old_id = await settle(ctx.register_variable("x", "float", 0.5))
+    await settle(ctx.get_variable(old_id))
+    await settle(other.delete_variable("x"))
+    new_id = await settle(other.register_variable("x", new_type, 0))
+    return ctx, old_id, new_id
+
+
+async def test_a_batch_write_after_another_client_re_registered_the_name_is_read_back_as_written(
+    contexts: Contexts, session_id: str
+) -> None:
+    ctx, old_id, _ = await _old_x_cached_then_replaced_by_another_client(
+        contexts, session_id, "integer"
+    )
+
+    await settle(ctx.update_variables({"x": 3}))
+
+    answer = await settle(ctx.get_variable("x"))
+    assert (answer, type(answer)) == (3, int)
+    assert await settle(ctx.get_variable(old_id, default=None)) is None
+
+
+async def test_a_batch_write_by_id_after_another_client_re_registered_the_name_is_read_back(
+    contexts: Contexts, session_id: str
+) -> None:
+    ctx, _, new_id = await _old_x_cached_then_replaced_by_another_client(
+        contexts, session_id, "float"
+    )
+
+    await settle(ctx.update_variables({new_id: 0.25}))
+
+    assert await settle(ctx.get_variable("x")) == 0.25
+
+
+async def test_a_delete_by_id_after_another_client_re_registered_the_name_is_read_back(
+    contexts: Contexts, session_id: str
+) -> None:
+    ctx, _, new_id = await _old_x_cached_then_replaced_by_another_client(
+        contexts, session_id, "float"
+    )
+
+    await settle(ctx.delete_variable(new_id))
+
+    assert await settle(ctx.get_variable("x", default=None)) is None

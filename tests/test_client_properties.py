@@ -189,8 +189,10 @@ class CacheModel:
         accepted = current is None or current.version <= version
         if accepted:
             previous = self.cache.peek(op.name)
-            self.removed += previous is not None and previous.id != variable_id
-            self.inserted += current is None
+            if previous is not None and previous.id != variable_id:
+                self.removed += 1  # the name's old variable goes
+            if current is None:
+                self.inserted += 1
         self.cache.put(
             id=variable_id,
             name=op.name,
@@ -299,10 +301,13 @@ class Register:
 
 @dataclass(frozen=True)
 class Read:
+    """Read by name, or by the id of the name's variable ``older`` registrations ago."""
+
     name: str
     by_id: bool
     bypass: bool
     with_default: bool
+    older: int
 
 
 @dataclass(frozen=True)
@@ -347,7 +352,23 @@ class OtherClientWrites:
     value: object
 
 
-ClientOp = Register | Read | Write | Batch | Delete | ReadMany | Forget | Tick | OtherClientWrites
+@dataclass(frozen=True)
+class OtherClientDeletes:
+    name: str
+
+
+ClientOp = (
+    Register
+    | Read
+    | Write
+    | Batch
+    | Delete
+    | ReadMany
+    | Forget
+    | Tick
+    | OtherClientWrites
+    | OtherClientDeletes
+)
 
 
 def _with_value(build: Any) -> st.SearchStrategy[Any]:
@@ -355,7 +376,14 @@ def _with_value(build: Any) -> st.SearchStrategy[Any]:
 
 
 registers = _with_value(lambda n: st.builds(Register, st.just(n), VALUES[n]))
-reads = st.builds(Read, st.sampled_from(NAMES), st.booleans(), st.booleans(), st.booleans())
+reads = st.builds(
+    Read,
+    st.sampled_from(NAMES),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 1),
+)
 writes = _with_value(
     lambda n: st.builds(
         Write,
@@ -394,11 +422,18 @@ client_ops = st.lists(
         st.builds(Forget, st.sampled_from((*NAMES, None))),
         st.builds(Tick, st.sampled_from([0.0, 0.4, 0.6, 1.0])),
         _with_value(lambda n: st.builds(OtherClientWrites, st.just(n), VALUES[n])),
+        st.builds(OtherClientDeletes, st.sampled_from(NAMES)),
     ),
     min_size=15,  # hypothesis favours short lists; the checks need a few steps of history
     max_size=40,
 )
 
+#: What a call through the stub may fail with here.
+OTHER_CLIENT_REFUSALS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+)
 #: What a client call may fail with here; anything else fails the test.
 EXPECTED_REFUSALS = (ValidationError, VariableNotFound, VersionConflict, AlreadyExists)
 
@@ -421,8 +456,8 @@ class ClientRun:
     clock: FakeClock
     history: dict[str, list[tuple[float, State]]] = field(default_factory=dict)
     own: dict[str, int] = field(default_factory=dict)
-    #: Per name: the id of its newest variable seen.
-    ids: dict[str, str] = field(default_factory=dict)
+    #: Per name: the ids of its variables, oldest first.
+    ids: dict[str, list[str]] = field(default_factory=dict)
     reads: int = 0
 
     def server_states(self) -> dict[str, State]:
@@ -438,7 +473,9 @@ class ClientRun:
             assert value is not None
             state = (variable.name, variable.id, variable.version, typed(value))
             states[variable.name] = states[variable.id] = state
-            self.ids[variable.name] = variable.id
+            seen = self.ids.setdefault(variable.name, [])
+            if variable.id not in seen:
+                seen.append(variable.id)
         return states
 
     def record(self) -> dict[str, State]:
@@ -459,8 +496,13 @@ class ClientRun:
         for identifier in (name, variable_id):
             self.own[identifier] = len(self.history[identifier]) - 1
 
-    def identifier(self, name: str, by_id: bool) -> str:
-        return self.ids.get(name, name) if by_id else name
+    def identifier(self, name: str, by_id: bool, older: int = 0) -> str:
+        """The name, or the id of its variable ``older`` registrations ago (or the
+        oldest seen)."""
+        seen = self.ids.get(name, [])
+        if not by_id or not seen:
+            return name
+        return seen[max(len(seen) - 1 - older, 0)]
 
     def check_answer(self, identifier: str, answer: Typed | None, from_server: bool) -> None:
         changes = self.history.setdefault(identifier, [(-math.inf, None)])
@@ -468,7 +510,11 @@ class ClientRun:
             assert answer == value_of(changes[-1][1]), (identifier, answer, changes)
             return
         window_start = max(
-            (index for index, (seen_at, _) in enumerate(changes) if seen_at <= self.clock.now - TTL),
+            (
+                index
+                for index, (seen_at, _) in enumerate(changes)
+                if seen_at <= self.clock.now - TTL
+            ),
             default=0,
         )
         start = max(window_start, self.own.get(identifier, 0))
@@ -487,8 +533,8 @@ class ClientRun:
                 if self.attempt(lambda: self.ctx.register_variable(name, kind, value, constraints)):
                     self.mark_own_write(self.record()[name])
                 return [name]
-            case Read(name, by_id, bypass, with_default):
-                self.read(self.identifier(name, by_id), bypass, with_default)
+            case Read(name, by_id, bypass, with_default, older):
+                self.read(self.identifier(name, by_id, older), bypass, with_default)
             case Write(name, by_id, value, expected):
                 identifier = self.identifier(name, by_id)
                 self.write(identifier, value, expected, before)
@@ -511,6 +557,13 @@ class ClientRun:
                 self.clock.advance(seconds)
             case OtherClientWrites(name, value):
                 self.other_client_writes(name, value)
+            case OtherClientDeletes(name):
+                self.as_other_client(
+                    self.stub.DeleteVariable,
+                    pb.DeleteVariableRequest(
+                        session_id=self.session_id, variable_identifier=name, source="other"
+                    ),
+                )
         return []
 
     def attempt(self, call: Any) -> bool:
@@ -572,19 +625,27 @@ class ClientRun:
                 self.mark_own_write(after[identifier])
 
     def other_client_writes(self, name: str, value: object) -> None:
-        kind = SPECS[name][0]
         try:
-            message = _as_value(kind, value)
-            self.stub.SetVariable(
-                pb.SetVariableRequest(
-                    session_id=self.session_id,
-                    variable_identifier=name,
-                    value=message,
-                    source="other",
-                )
-            )
-        except (grpc.RpcError, TypeError, ValueError):
-            pass  # refused, or nothing to write to: the history shows what happened
+            message = _as_value(SPECS[name][0], value)
+        except TypeError:
+            return  # not something another client could send either
+        self.as_other_client(
+            self.stub.SetVariable,
+            pb.SetVariableRequest(
+                session_id=self.session_id,
+                variable_identifier=name,
+                value=message,
+                source="other",
+            ),
+        )
+
+    def as_other_client(self, method: Any, request: Any) -> None:
+        """A call through the stub, which this client's cache cannot know of; it may be
+        refused (the history shows what happened)."""
+        try:
+            method(request)
+        except grpc.RpcError as error:
+            assert error.code() in OTHER_CLIENT_REFUSALS, error
 
     def check_stats(self) -> None:
         stats = self.ctx.get_cache_stats()
@@ -594,7 +655,7 @@ class ClientRun:
     def check_client_agrees_with_server(self) -> None:
         """Past its cache, the client answers exactly what the server holds."""
         states = self.server_states()
-        for identifier in {*NAMES, *self.ids.values()}:
+        for identifier in {*NAMES, *itertools.chain(*self.ids.values())}:
             answer = self.ctx.get_variable(identifier, default=_NOTHING, bypass_cache=True)
             expected = value_of(states.get(identifier))
             assert (None if answer is _NOTHING else typed(answer)) == expected, identifier
@@ -630,9 +691,7 @@ def test_random_client_operations_read_their_writes_and_agree_with_the_server(
 ) -> None:
     clock = FakeClock()
     session_id = f"prop_{next(_session_numbers)}"
-    ctx = SessionContext(
-        session_id, channel, {"cache_ttl": TTL, "max_size": max_size}, clock=clock
-    )
+    ctx = SessionContext(session_id, channel, {"cache_ttl": TTL, "max_size": max_size}, clock=clock)
     run = ClientRun(ctx, stub, session_id, clock)
     before = run.record()
     for name, (_, initial, _) in SPECS.items():

@@ -1126,9 +1126,31 @@ class SetVariablesResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class VariablesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Variable: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Variable | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     HEADER_FIELD_NUMBER: _builtins.int
     NEW_VERSIONS_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> Global___ResponseHeader:
         """Where the log stood after the batch."""
@@ -1141,16 +1163,21 @@ class SetVariablesResponse(_message.Message):
     def errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Non-atomic batches only: why a change was refused, keyed by the identifier as given."""
 
+    @_builtins.property
+    def variables(self) -> _containers.MessageMap[_builtins.str, Global___Variable]:
+        """The changed variables after the batch, keyed by the identifier as given."""
+
     def __init__(
         self,
         *,
         header: Global___ResponseHeader | None = ...,
         new_versions: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         errors: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        variables: _abc.Mapping[_builtins.str, Global___Variable] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "header", b"header", "new_versions", b"new_versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "header", b"header", "new_versions", b"new_versions", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1293,18 +1320,24 @@ class DeleteVariableResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
+    VARIABLE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> Global___ResponseHeader:
         """Where the log stood: the VariableDeleted event's position."""
+
+    @_builtins.property
+    def variable(self) -> Global___Variable:
+        """The variable as it was just before it was deleted."""
 
     def __init__(
         self,
         *,
         header: Global___ResponseHeader | None = ...,
+        variable: Global___Variable | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "variable", b"variable"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "variable", b"variable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
