@@ -7,12 +7,11 @@ with connect("127.0.0.1:50051") as client:
     ctx.get_variable("temperature")          # 0.7
 """
 
-from varstore.client._async import AsyncClient, AsyncSessionContext, aconnect
-from varstore.client._core import MISSING, SessionInfo, VariableInfo
-from varstore.client._sync import Client, SessionContext, connect
+from varstore.client._async import AsyncClient, AsyncSessionContext, AsyncSessionView, aconnect
+from varstore.client._core import MISSING, ChangeInfo, SessionInfo, VariableInfo
+from varstore.client._sync import Client, SessionContext, SessionView, connect
 from varstore.client._watch import (
     AsyncWatchStream,
-    VariableChange,
     WatchInitial,
     WatchItem,
     WatchProgress,
@@ -37,7 +36,9 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncSessionContext",
+    "AsyncSessionView",
     "AsyncWatchStream",
+    "ChangeInfo",
     "Client",
     "LimitExceeded",
     "NotFound",
@@ -45,9 +46,9 @@ __all__ = [
     "SessionContext",
     "SessionInfo",
     "SessionNotFound",
+    "SessionView",
     "Unavailable",
     "ValidationError",
-    "VariableChange",
     "VariableInfo",
     "VariableNotFound",
     "VarstoreError",

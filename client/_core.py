@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from varstore.client._cache import VariableCache
 from varstore.types import (
     Constraints,
@@ -26,7 +28,15 @@ from varstore.types import (
 from varstore.types.constraints import Constraints as _Constraints
 from varstore.v1 import varstore_pb2 as pb
 
-__all__ = ["MISSING", "ContextCore", "SessionInfo", "VariableInfo", "session_request"]
+__all__ = [
+    "MISSING",
+    "ChangeInfo",
+    "ContextCore",
+    "SessionInfo",
+    "VariableInfo",
+    "point_fields",
+    "session_request",
+]
 
 DEFAULT_TTL: Final = 1.0
 DEFAULT_MAX_SIZE: Final = 1000
@@ -78,6 +88,62 @@ class VariableInfo:
             updated_at=message.updated_at.ToDatetime(tzinfo=UTC),
             position=message.position,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeInfo:
+    """One version of a variable, from its history."""
+
+    variable_id: str
+    name: str
+    type: str
+    version: int
+    #: None for a deletion.
+    value: PyValue | None
+    #: None for a registration.
+    previous_value: PyValue | None
+    position: int
+    recorded_at: datetime
+    source: str
+    metadata: dict[str, str]
+    #: "registered", "updated", "rolled_back" or "deleted".
+    kind: str
+    in_batch: bool
+    rollback_to_version: int | None
+
+    @classmethod
+    def from_proto(cls, message: pb.VariableChange) -> ChangeInfo:
+        """The info a ``VariableChange`` message holds."""
+        return cls(
+            variable_id=message.variable_id,
+            name=message.name,
+            type=message.type,
+            version=message.version,
+            value=from_proto(message.value) if message.HasField("value") else None,
+            previous_value=(
+                from_proto(message.previous_value) if message.HasField("previous_value") else None
+            ),
+            position=message.position,
+            recorded_at=message.recorded_at.ToDatetime(tzinfo=UTC),
+            source=message.source,
+            metadata=dict(message.metadata),
+            kind=message.kind,
+            in_batch=message.in_batch,
+            rollback_to_version=(
+                message.rollback_to_version if message.kind == "rolled_back" else None
+            ),
+        )
+
+
+def point_fields(point: int | datetime) -> dict[str, Any]:
+    """Request fields that pin a read to a position or a moment."""
+    if isinstance(point, datetime):
+        moment = Timestamp()
+        moment.FromDatetime(point if point.tzinfo else point.replace(tzinfo=UTC))
+        return {"as_of": moment}
+    if isinstance(point, bool) or not isinstance(point, int):
+        raise TypeError(f"at() takes a position (int) or a datetime, not {point!r}")
+    return {"at_position": point}
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +297,44 @@ class ContextCore:
             atomic=atomic,
             source=self.source,
         )
+
+    def history_request(
+        self,
+        identifier: str,
+        from_version: int,
+        to_version: int | None,
+        newest_first: bool,
+        page_token: str,
+    ) -> pb.GetVariableHistoryRequest:
+        request = pb.GetVariableHistoryRequest(
+            session_id=self.session_id,
+            variable_identifier=identifier,
+            from_version=from_version,
+            newest_first=newest_first,
+            page_size=1000,
+            page_token=page_token,
+        )
+        if to_version is not None:
+            request.to_version = to_version
+        return request
+
+    def rollback_request(
+        self,
+        identifier: str,
+        to_version: int,
+        metadata: Mapping[str, str] | None,
+        expected_version: int | None,
+    ) -> pb.RollbackVariableRequest:
+        request = pb.RollbackVariableRequest(
+            session_id=self.session_id,
+            variable_identifier=identifier,
+            to_version=to_version,
+            metadata=dict(metadata or {}),
+            source=self.source,
+        )
+        if expected_version is not None:
+            request.expected_version = expected_version
+        return request
 
     def list_request(self, pattern: str | None) -> pb.ListVariablesRequest:
         return pb.ListVariablesRequest(session_id=self.session_id, pattern=pattern or "")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -15,9 +16,11 @@ import grpc
 from varstore.client import transfer
 from varstore.client._core import (
     MISSING,
+    ChangeInfo,
     ContextCore,
     SessionInfo,
     VariableInfo,
+    point_fields,
     session_request,
 )
 from varstore.client._watch import WatchStream, watch_request
@@ -26,7 +29,7 @@ from varstore.types.status import error_from_rpc_error
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
 
-__all__ = ["Client", "SessionContext", "connect"]
+__all__ = ["Client", "SessionContext", "SessionView", "connect"]
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -260,6 +263,60 @@ class SessionContext:
             None if known else self._create_session,
         )
 
+    # -- the past ---------------------------------------------------------------------------
+
+    def history(
+        self,
+        name: str,
+        *,
+        from_version: int = 0,
+        to_version: int | None = None,
+        newest_first: bool = False,
+    ) -> list[ChangeInfo]:
+        """Every version of a variable (by id: one lifetime; by name: every variable that
+        had the name), with previous values, positions, times, sources and metadata.
+
+        Raises:
+            VariableNotFound: the session never had such a variable.
+            SessionNotFound, Unavailable.
+        """
+        changes: list[ChangeInfo] = []
+        token = ""
+        while True:
+            request = self._core.history_request(
+                name, from_version, to_version, newest_first, token
+            )
+            page = _call(self._stub.GetVariableHistory, request, self._core.timeout)
+            changes.extend(ChangeInfo.from_proto(change) for change in page.changes)
+            token = page.next_page_token
+            if not token:
+                return changes
+
+    def rollback_variable(
+        self,
+        name: str,
+        to_version: int,
+        metadata: Mapping[str, str] | None = None,
+        expected_version: int | None = None,
+    ) -> int:
+        """Give a variable an earlier version's value, as a new change; returns the new
+        version. Nothing is erased: the history shows the rollback.
+
+        Raises:
+            ValidationError: ``to_version`` is not an earlier version.
+            VersionConflict: ``expected_version`` is not the current version.
+            VariableNotFound, SessionNotFound, Unavailable.
+        """
+        request = self._core.rollback_request(name, to_version, metadata, expected_version)
+        response = self._send(self._stub.RollbackVariable, request)
+        self._core.remember_write(response.variable, response.header.position)
+        return response.new_version
+
+    def at(self, point: int | datetime) -> SessionView:
+        """A read-only view of the session as it stood at a position or a moment (reads
+        through it bypass the cache)."""
+        return SessionView(self, point_fields(point))
+
     # -- cache ------------------------------------------------------------------------------
 
     def set_cache_config(
@@ -461,3 +518,51 @@ class Client:
 def connect(address: str = "127.0.0.1:50051", config: Mapping[str, Any] | None = None) -> Client:
     """A :class:`Client` on ``address`` that owns its channel (use it as a context manager)."""
     return Client(address, config)
+
+
+class SessionView:
+    """A session as it stood at one position or moment: reads only, never cached.
+
+    Reads raise OutOfRange for a position beyond the log, and SessionNotFound for a
+    moment before the session existed.
+    """
+
+    def __init__(self, context: SessionContext, fields: dict[str, Any]) -> None:
+        self._context = context
+        self._fields = fields
+
+    def get_variable(self, name: str, default: Any = MISSING) -> Any:
+        """A variable's value then; ``default`` if it did not exist then (when given)."""
+        core = self._context._core
+        request = core.get_request(name)
+        request.MergeFrom(pb.GetVariableRequest(**self._fields))
+        try:
+            response = _call(self._context._stub.GetVariable, request, core.timeout)
+        except VariableNotFound as missing:
+            return core.default_or_raise(missing, default)
+        return VariableInfo.from_proto(response.variable).value
+
+    def get_variables(
+        self, names: Iterable[str], defaults: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Values of many variables then, keyed as asked (missing ones from defaults)."""
+        core = self._context._core
+        request = core.get_many_request(names)
+        request.MergeFrom(pb.GetVariablesRequest(**self._fields))
+        response = _call(self._context._stub.GetVariables, request, core.timeout)
+        results = {
+            name: VariableInfo.from_proto(variable).value
+            for name, variable in response.variables.items()
+        }
+        for name in response.missing_variables:
+            if defaults is not None and name in defaults:
+                results[name] = defaults[name]
+        return results
+
+    def list_variables(self, pattern: str | None = None) -> list[VariableInfo]:
+        """The variables then (optionally those whose names match a glob), by name."""
+        core = self._context._core
+        request = core.list_request(pattern)
+        request.MergeFrom(pb.ListVariablesRequest(**self._fields))
+        response = _call(self._context._stub.ListVariables, request, core.timeout)
+        return [VariableInfo.from_proto(variable) for variable in response.variables]
