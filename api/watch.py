@@ -21,6 +21,11 @@ How a watch works:
   more than N events behind; reconnect from position P". A stream stuck in a send (a
   client that stopped reading) is found by a janitor thread, which cancels the call with
   that status so its thread is freed. Writers never wait for any of this.
+* **Writers first.** Every streamed message costs the gRPC server's one completion-queue
+  thread an event, and writers' calls queue behind them; so at most ``send_slots``
+  watchers send at once, in turns (see :class:`_SendGate`). Writers' latency then stays
+  flat however many watchers there are; watchers share the remaining capacity and, if
+  the writes outrun it for long, fall behind and are dropped as above.
 * **Changes.** Each WatchEvent carries the event and, for every variable it touched (all
   the items of a batch, every live variable for a SessionDeleted), the change with its new
   and previous value, read from the session's history. Messages are built once per event
@@ -41,7 +46,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -81,8 +87,12 @@ DEFAULT_PROGRESS_INTERVAL: Final = 1.0
 MIN_PROGRESS_INTERVAL: Final = 0.01
 #: Events read from the recorder, or taken from the ring, at a time.
 PAGE_SIZE: Final = 256
-#: Events whose messages are kept for the other watchers of the session.
-ENCODED_CACHE_SIZE: Final = 4096
+#: Bytes of event messages kept for the other watchers of a session (by encoded size).
+ENCODED_CACHE_BYTES: Final = 32 << 20
+#: Watch streams sending at once (see _SendGate).
+DEFAULT_SEND_SLOTS: Final = 2
+#: Most messages a watcher sends per turn of a send slot.
+SLOT_MESSAGES: Final = 16
 
 #: Events sent to filtered watches even when they change none of the watched variables.
 _SESSION_EVENTS: Final = frozenset(
@@ -177,6 +187,62 @@ class _Watcher:
         self.ring.wake()
 
 
+class _SendGate:
+    """Lets at most ``slots`` watchers send at once, first come, first served.
+
+    Every streamed message costs the gRPC server's one completion-queue thread an event,
+    and writers' calls queue behind whatever is in flight. Capping the sends in flight
+    keeps writers' latency flat however many watchers there are: the watchers share the
+    rest, in turns of up to SLOT_MESSAGES messages, and one that falls too far behind is
+    dropped. A holder whose send has hung for ``lease`` seconds (a client that stopped
+    reading) loses its slot to the next in line.
+    """
+
+    def __init__(self, slots: int, lease: float, monotonic: Callable[[], float]) -> None:
+        self._lock = threading.Lock()
+        self._slots = slots
+        self._lease = lease
+        self._monotonic = monotonic
+        self._holders: set[_Watcher] = set()
+        self._queue: deque[tuple[_Watcher, threading.Event]] = deque()
+
+    def acquire(self, watcher: _Watcher) -> bool:
+        """Wait for a slot; False if the watch ended (or the hub closed) meanwhile."""
+        with self._lock:
+            if len(self._holders) < self._slots and not self._queue:
+                self._holders.add(watcher)
+                return True
+            entry = (watcher, threading.Event())
+            self._queue.append(entry)
+        while not entry[1].wait(self._lease):
+            with self._lock:
+                if entry[1].is_set():
+                    break  # handed a slot just now
+                if watcher.done or watcher.ring.closed:
+                    self._queue.remove(entry)
+                    return False
+                now = self._monotonic()
+                for holder in list(self._holders):
+                    started = holder.send_started
+                    if started is not None and now - started >= self._lease:
+                        self._holders.discard(holder)  # hung: it keeps going without one
+                self._hand_over()
+        return True
+
+    def release(self, watcher: _Watcher) -> None:
+        """Give the slot back (a no-op if it was taken back from a hung send)."""
+        with self._lock:
+            if watcher in self._holders:
+                self._holders.discard(watcher)
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._queue and len(self._holders) < self._slots:
+            watcher, turn = self._queue.popleft()
+            self._holders.add(watcher)
+            turn.set()
+
+
 @dataclass(frozen=True, slots=True)
 class _Encoded:
     """One event's messages, built once and shared by the watchers."""
@@ -185,6 +251,8 @@ class _Encoded:
     changes: list[pb.VariableChange]
     #: The message for unfiltered watches.
     response: pb.WatchSessionResponse = field(repr=False)
+    #: Encoded size of ``response``, the cache's measure.
+    size: int = 0
 
 
 class WatchHub:
@@ -196,6 +264,8 @@ class WatchHub:
         max_watchers: Most open watches; one more is refused with RESOURCE_EXHAUSTED.
         stuck_after: Seconds a send may hang, once its watcher fell off the ring, before
             the janitor cancels the call.
+        send_slots: Watch streams that may send at once (see ``_SendGate``).
+        send_lease: Seconds a hung send keeps its slot.
         monotonic: Clock for progress and stuck sends (injectable for tests).
     """
 
@@ -206,10 +276,12 @@ class WatchHub:
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
         stuck_after: float = 1.0,
+        send_slots: int = DEFAULT_SEND_SLOTS,
+        send_lease: float = 0.2,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if buffer_size < 1 or max_watchers < 1:
-            raise ValueError("buffer_size and max_watchers must be at least 1")
+        if buffer_size < 1 or max_watchers < 1 or send_slots < 1:
+            raise ValueError("buffer_size, max_watchers and send_slots must be at least 1")
         self._store = store
         self.buffer_size = buffer_size
         self.max_watchers = max_watchers
@@ -223,8 +295,11 @@ class WatchHub:
         self._closed = False
         self._janitor: threading.Thread | None = None
         self._stop = threading.Event()
-        self._encoded: LRUCache[tuple[str, int, int], _Encoded] = LRUCache(ENCODED_CACHE_SIZE)
+        self._encoded: LRUCache[tuple[str, int, int], _Encoded] = LRUCache(
+            ENCODED_CACHE_BYTES, getsizeof=lambda encoded: encoded.size
+        )
         self._encoded_lock = threading.Lock()
+        self._gate = _SendGate(send_slots, send_lease, monotonic)
         self._unsubscribe = store.subscribe(self._on_commit)
 
     # -- the writer's side --------------------------------------------------------------------
@@ -295,10 +370,8 @@ class WatchHub:
             last_message = self._monotonic()
             if request.include_initial:
                 initial = self._initial(session_id, request.from_position, wanted)
-                watcher.send_started = self._monotonic()
-                yield initial
-                watcher.send_started = None
-                last_message = self._monotonic()
+                sent_at = yield from self._send(watcher, [(request.from_position, initial)])
+                last_message = sent_at or last_message
             yield from self._follow(watcher, wanted, interval, last_message)
         finally:
             self._unregister(watcher)
@@ -356,30 +429,58 @@ class WatchHub:
             elif not events and evicted:
                 raise self._fell_behind(watcher)
             if events:
-                for event in events:
-                    if event.position != watcher.cursor + 1:  # pragma: no cover - a bug
-                        raise RuntimeError(
-                            f"watch of {ring.session_id!r} expected position "
-                            f"{watcher.cursor + 1}, got {event.position}"
-                        )
-                    message = self._message(event, wanted)
-                    watcher.cursor = event.position
-                    if message is not None:
-                        watcher.send_started = self._monotonic()
-                        yield message
-                        watcher.send_started = None
-                        last_message = self._monotonic()
-                    watcher.sent = watcher.cursor
+                for start in range(0, len(events), SLOT_MESSAGES):
+                    outgoing: list[tuple[int, pb.WatchSessionResponse | None]] = []
+                    for event in events[start : start + SLOT_MESSAGES]:
+                        expected = watcher.cursor + 1 + len(outgoing)
+                        if event.position != expected:  # pragma: no cover - a bug
+                            raise RuntimeError(
+                                f"watch of {ring.session_id!r} expected position {expected}, "
+                                f"got {event.position}"
+                            )
+                        outgoing.append((event.position, self._message(event, wanted)))
+                    sent_at = yield from self._send(watcher, outgoing)
+                    last_message = sent_at or last_message
+                    if watcher.done or ring.closed:
+                        break  # the loop's top ends the stream
                 if self._monotonic() < last_message + interval:
                     continue
             elif caught_up_sent and self._monotonic() < last_message + interval:
                 continue  # woken for nothing (a cancellation check, or too early)
             # Caught up for the first time, or nothing sent for a whole interval.
-            watcher.send_started = self._monotonic()
-            yield pb.WatchSessionResponse(progress=pb.WatchProgress(position=watcher.cursor))
-            watcher.send_started = None
-            last_message = self._monotonic()
+            progress = pb.WatchSessionResponse(progress=pb.WatchProgress(position=watcher.cursor))
+            last_message = (yield from self._send(watcher, [(watcher.cursor, progress)])) or (
+                self._monotonic()
+            )
             caught_up_sent = True
+
+    def _send(
+        self,
+        watcher: _Watcher,
+        outgoing: Sequence[tuple[int, pb.WatchSessionResponse | None]],
+    ) -> Generator[pb.WatchSessionResponse, None, float | None]:
+        """Send the messages (None: an event filtered out) of consecutive positions,
+        holding a send slot; returns when the last one was sent (None if none was)."""
+        if all(message is None for _, message in outgoing):
+            for position, _ in outgoing:
+                watcher.cursor = watcher.sent = position
+            return None
+        if not self._gate.acquire(watcher):
+            return None  # the call ended or the hub closed while waiting for a slot
+        sent_at: float | None = None
+        try:
+            for position, message in outgoing:
+                watcher.cursor = position
+                if message is not None:
+                    watcher.send_started = self._monotonic()
+                    yield message
+                    watcher.send_started = None
+                    sent_at = self._monotonic()
+                watcher.sent = position
+        finally:
+            watcher.send_started = None
+            self._gate.release(watcher)
+        return sent_at
 
     def _wait(
         self, watcher: _Watcher, position: int, deadline: float
@@ -434,13 +535,11 @@ class WatchHub:
             for variable_id in self._touched(event)
             for change in history.changes_at(variable_id, event.position)
         ]
-        encoded = _Encoded(
-            message,
-            changes,
-            pb.WatchSessionResponse(event=pb.WatchEvent(event=message, changes=changes)),
-        )
-        with self._encoded_lock:
-            self._encoded[key] = encoded
+        response = pb.WatchSessionResponse(event=pb.WatchEvent(event=message, changes=changes))
+        encoded = _Encoded(message, changes, response, response.ByteSize())
+        if encoded.size <= ENCODED_CACHE_BYTES // 8:  # a huge one would evict all the rest
+            with self._encoded_lock:
+                self._encoded[key] = encoded
         return encoded
 
     def _touched(self, event: RecordedEvent) -> list[str]:

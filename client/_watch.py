@@ -3,10 +3,10 @@ contexts share, and the two thin iterators (sync and asyncio) over a WatchSessio
 
 A watch yields, in order: a :class:`WatchInitial` (when asked for), then one
 :class:`WatchUpdate` per event after ``from_position`` (a batch is one update, with one
-:class:`VariableChange` per variable), and a :class:`WatchProgress` once the stream has
-caught up and whenever the server had nothing to send for a while. Every item has a
-``position``; the stream's :attr:`~WatchStream.position` is the last one seen, so
-``ctx.watch(from_position=stream.position)`` resumes a broken watch without missing or
+``ChangeInfo`` per variable: new and previous value), and a :class:`WatchProgress` once
+the stream has caught up and whenever the server had nothing to send for a while. Every
+item has a ``position``; the stream's :attr:`~WatchStream.position` is the last one seen,
+so ``ctx.watch(from_position=stream.position)`` resumes a broken watch without missing or
 repeating an event.
 """
 
@@ -21,14 +21,13 @@ from typing import Protocol, Self
 
 import grpc
 
-from varstore.client._core import VariableInfo
-from varstore.types import PyValue, SessionNotFound, ValidationError, VarstoreError, from_proto
+from varstore.client._core import ChangeInfo, VariableInfo
+from varstore.types import PyValue, SessionNotFound, ValidationError, VarstoreError
 from varstore.types.status import error_from_rpc_error
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = [
     "AsyncWatchStream",
-    "VariableChange",
     "WatchInitial",
     "WatchItem",
     "WatchProgress",
@@ -37,57 +36,6 @@ __all__ = [
     "item_from_proto",
     "watch_request",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class VariableChange:
-    """One change an event made to one variable: what it became and what it was."""
-
-    variable_id: str
-    name: str
-    type: str
-    #: "registered", "updated", "rolled_back" or "deleted".
-    kind: str
-    #: The version the change made (0 for the registration; a deletion keeps the last).
-    version: int
-    #: The new value; None for a deletion.
-    value: PyValue | None
-    #: The value before; None for a registration.
-    previous_value: PyValue | None
-    #: Session position of the event that made the change.
-    position: int
-    recorded_at: datetime
-    #: Who made the change.
-    source: str
-    #: The request's metadata (a reason, for example).
-    metadata: dict[str, str]
-    #: True when the change was part of an atomic batch.
-    in_batch: bool
-    #: For "rolled_back": the earlier version whose value was restored.
-    rollback_to_version: int | None
-
-    @classmethod
-    def from_proto(cls, message: pb.VariableChange) -> VariableChange:
-        """The change a ``VariableChange`` message holds."""
-        return cls(
-            variable_id=message.variable_id,
-            name=message.name,
-            type=message.type,
-            kind=message.kind,
-            version=message.version,
-            value=from_proto(message.value) if message.HasField("value") else None,
-            previous_value=(
-                from_proto(message.previous_value) if message.HasField("previous_value") else None
-            ),
-            position=message.position,
-            recorded_at=message.recorded_at.ToDatetime(tzinfo=UTC),
-            source=message.source,
-            metadata=dict(message.metadata),
-            in_batch=message.in_batch,
-            rollback_to_version=(
-                message.rollback_to_version if message.kind == "rolled_back" else None
-            ),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +64,7 @@ class WatchUpdate:
     source: str
     metadata: dict[str, str]
     #: In the event's order; every item of a batch (that is watched) is here.
-    changes: tuple[VariableChange, ...]
+    changes: tuple[ChangeInfo, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +101,7 @@ def watch_request(
         from_position=from_position,
         variables=list(variables or ()),
         include_initial=include_initial,
-        progress_interval_ms=round(progress_interval * 1000) if progress_interval else 0,
+        progress_interval_ms=max(1, round(progress_interval * 1000)) if progress_interval else 0,
     )
 
 
@@ -174,7 +122,7 @@ def item_from_proto(message: pb.WatchSessionResponse) -> WatchItem:
             recorded_at=event.recorded_at.ToDatetime(tzinfo=UTC),
             source=event.source,
             metadata=dict(event.metadata),
-            changes=tuple(VariableChange.from_proto(c) for c in message.event.changes),
+            changes=tuple(ChangeInfo.from_proto(c) for c in message.event.changes),
         )
     if kind == "progress":
         return WatchProgress(position=message.progress.position)

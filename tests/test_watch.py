@@ -1,0 +1,797 @@
+"""WatchSession: initial state, every event after a position exactly once and in order
+(with new and previous values), filters, progress, reconnection, slow watchers, limits,
+shutdown, and the client's sync and asyncio iterators; against real in-process servers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from servers import stub_for
+
+from varstore.api import commands
+from varstore.api.server import RunningServer, start_server
+from varstore.api.store import Store
+from varstore.api.watch import WatchHub
+from varstore.client import (
+    LimitExceeded,
+    OutOfRange,
+    SessionNotFound,
+    WatchInitial,
+    WatchProgress,
+    WatchUpdate,
+    aconnect,
+    connect,
+)
+from varstore.eventstore.memory import MemoryRecorder
+from varstore.types import from_proto
+from varstore.v1 import varstore_pb2 as pb
+from varstore.v1 import varstore_pb2_grpc as pb_grpc
+
+_names = itertools.count(1)
+
+Stub = pb_grpc.VariableStoreStub
+Response = pb.WatchSessionResponse
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def new_session(stub: Stub, *variables: str) -> str:
+    """A fresh session with integer variables (value 0) registered in order."""
+    session_id = f"watch_{next(_names)}"
+    stub.CreateSession(pb.CreateSessionRequest(session_id=session_id))
+    for name in variables:
+        stub.RegisterVariable(
+            pb.RegisterVariableRequest(
+                session_id=session_id, name=name, type="integer", initial_value=integer(0)
+            )
+        )
+    return session_id
+
+
+def integer(value: int) -> pb.Value:
+    return pb.Value(integer_value=value)
+
+
+def set_value(stub: Stub, session_id: str, name: str, value: int) -> int:
+    """Set one variable; returns the event's position."""
+    response = stub.SetVariable(
+        pb.SetVariableRequest(session_id=session_id, variable_identifier=name, value=integer(value))
+    )
+    return response.header.position
+
+
+def until_caught_up(
+    stub: Stub, request: pb.WatchSessionRequest, timeout: float = 20
+) -> tuple[list[Response], int]:
+    """The messages a watch sends before its first progress message, and that progress's
+    position (the server sends one as soon as the stream has caught up)."""
+    call = stub.WatchSession(request, timeout=timeout)
+    messages: list[Response] = []
+    try:
+        for message in call:
+            if message.HasField("progress"):
+                return messages, message.progress.position
+            messages.append(message)
+    finally:
+        call.cancel()
+    raise AssertionError("the stream ended without a progress message")
+
+
+def positions(messages: Sequence[Response]) -> list[int]:
+    return [m.event.event.position for m in messages if m.HasField("event")]
+
+
+def changes_of(message: Response) -> list[tuple[str, str, Any, Any, int]]:
+    """(name, kind, value, previous value, version) of an event message's changes."""
+    return [
+        (
+            c.name,
+            c.kind,
+            from_proto(c.value) if c.HasField("value") else None,
+            from_proto(c.previous_value) if c.HasField("previous_value") else None,
+            c.version,
+        )
+        for c in message.event.changes
+    ]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+@contextmanager
+def server_with(hub_factory: Callable[[Store], WatchHub]) -> Iterator[RunningServer]:
+    """A server in this process whose WatchHub is made by ``hub_factory``."""
+    store = Store(MemoryRecorder())
+    running = start_server(store, hub=hub_factory(store))
+    try:
+        yield running
+    finally:
+        running.stop(grace=1.0)
+
+
+class FakeContext:
+    """Enough of a ServicerContext to drive WatchHub.watch directly."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+        self.active = True
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self.callbacks.append(callback)
+        return True
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def cancel(self) -> None:
+        self.active = False
+        for callback in self.callbacks:
+            callback()
+
+
+# -- initial state and events ----------------------------------------------------------------
+
+
+def test_include_initial_sends_the_state_at_from_position_then_the_events_after_it(
+    stub: Stub,
+) -> None:
+    sid = new_session(stub, "a", "b")  # positions 1 (created), 2 (a), 3 (b)
+    set_value(stub, sid, "a", 5)  # 4
+    set_value(stub, sid, "b", 7)  # 5
+    request = pb.WatchSessionRequest(session_id=sid, from_position=4, include_initial=True)
+    messages, caught_up = until_caught_up(stub, request)
+
+    initial = messages[0].initial
+    assert initial.position == 4
+    assert [(v.name, from_proto(v.value), v.version) for v in initial.variables] == [
+        ("a", 5, 1),
+        ("b", 0, 0),
+    ]
+    assert positions(messages[1:]) == [5]
+    assert changes_of(messages[1]) == [("b", "updated", 7, 0, 1)]
+    assert caught_up == 5
+
+
+def test_initial_at_position_0_is_empty(stub: Stub) -> None:
+    sid = new_session(stub, "a")
+    request = pb.WatchSessionRequest(session_id=sid, include_initial=True)
+    messages, caught_up = until_caught_up(stub, request)
+    assert messages[0].HasField("initial")
+    assert messages[0].initial.position == 0
+    assert list(messages[0].initial.variables) == []
+    assert positions(messages[1:]) == [1, 2]
+    assert caught_up == 2
+
+
+def test_every_event_comes_in_order_with_its_new_and_previous_values(stub: Stub) -> None:
+    sid = new_session(stub, "x")  # 1, 2
+    for value in (10, 20, 30):  # 3, 4, 5
+        set_value(stub, sid, "x", value)
+    stub.DeleteVariable(pb.DeleteVariableRequest(session_id=sid, variable_identifier="x"))  # 6
+    messages, caught_up = until_caught_up(stub, pb.WatchSessionRequest(session_id=sid))
+
+    assert positions(messages) == [1, 2, 3, 4, 5, 6]
+    assert caught_up == 6
+    assert [m.event.event.type for m in messages] == [
+        "SessionCreated",
+        "VariableRegistered",
+        "VariableUpdated",
+        "VariableUpdated",
+        "VariableUpdated",
+        "VariableDeleted",
+    ]
+    assert [changes_of(m) for m in messages] == [
+        [],
+        [("x", "registered", 0, None, 0)],
+        [("x", "updated", 10, 0, 1)],
+        [("x", "updated", 20, 10, 2)],
+        [("x", "updated", 30, 20, 3)],
+        [("x", "deleted", None, 30, 3)],
+    ]
+    assert all(c.position == m.event.event.position for m in messages for c in m.event.changes)
+    assert messages[2].event.event.variable_updated.value.integer_value == 10
+
+
+def test_live_events_follow_the_catch_up_without_a_gap(stub: Stub) -> None:
+    sid = new_session(stub, "x")
+    call = stub.WatchSession(pb.WatchSessionRequest(session_id=sid), timeout=20)
+    received: list[Response] = []
+    try:
+        for message in call:
+            if message.HasField("progress") and message.progress.position == 2:
+                set_value(stub, sid, "x", 1)
+                set_value(stub, sid, "x", 2)
+            if message.HasField("event"):
+                received.append(message)
+                if message.event.event.position == 4:
+                    break
+    finally:
+        call.cancel()
+    assert positions(received) == [1, 2, 3, 4]
+    assert changes_of(received[-1]) == [("x", "updated", 2, 1, 2)]
+
+
+def test_an_atomic_batch_arrives_as_one_event_with_every_change(stub: Stub) -> None:
+    sid = new_session(stub, "a", "b", "c")  # 1..4
+    stub.SetVariables(
+        pb.SetVariablesRequest(
+            session_id=sid,
+            updates={"a": integer(1), "b": integer(2), "c": integer(3)},
+            atomic=True,
+            metadata={"reason": "together"},
+        )
+    )  # 5
+    messages, caught_up = until_caught_up(
+        stub, pb.WatchSessionRequest(session_id=sid, from_position=4)
+    )
+    assert positions(messages) == [5]
+    assert caught_up == 5
+    event = messages[0].event
+    assert event.event.type == "BatchApplied"
+    assert sorted(changes_of(messages[0])) == [
+        ("a", "updated", 1, 0, 1),
+        ("b", "updated", 2, 0, 1),
+        ("c", "updated", 3, 0, 1),
+    ]
+    assert all(c.in_batch and c.position == 5 for c in event.changes)
+    assert all(c.metadata["reason"] == "together" for c in event.changes)
+
+
+def test_a_non_atomic_batch_is_one_event_per_change(stub: Stub) -> None:
+    sid = new_session(stub, "a", "b")  # 1..3
+    stub.SetVariables(
+        pb.SetVariablesRequest(
+            session_id=sid, updates={"a": integer(1), "b": integer(2)}, atomic=False
+        )
+    )  # 4, 5
+    messages, _ = until_caught_up(stub, pb.WatchSessionRequest(session_id=sid, from_position=3))
+    assert positions(messages) == [4, 5]
+    assert all(len(m.event.changes) == 1 for m in messages)
+
+
+# -- filters -----------------------------------------------------------------------------------
+
+
+def test_a_filter_by_name_keeps_only_that_variables_changes(stub: Stub) -> None:
+    sid = new_session(stub, "a", "b")  # 1..3
+    set_value(stub, sid, "a", 1)  # 4
+    set_value(stub, sid, "b", 1)  # 5
+    stub.SetVariables(
+        pb.SetVariablesRequest(
+            session_id=sid, updates={"a": integer(2), "b": integer(2)}, atomic=True
+        )
+    )  # 6
+    set_value(stub, sid, "b", 3)  # 7
+    request = pb.WatchSessionRequest(session_id=sid, variables=["a"], include_initial=True)
+    messages, caught_up = until_caught_up(stub, request)
+
+    assert list(messages[0].initial.variables) == []
+    events = messages[1:]
+    # The session's creation is always sent; events that change only "b" are not.
+    assert positions(events) == [1, 2, 4, 6]
+    assert [changes_of(m) for m in events] == [
+        [],
+        [("a", "registered", 0, None, 0)],
+        [("a", "updated", 1, 0, 1)],
+        [("a", "updated", 2, 1, 2)],  # only a's half of the batch
+    ]
+    assert caught_up == 7  # progress covers the positions left out
+
+
+def test_a_filter_by_id_keeps_that_variable_only(stub: Stub) -> None:
+    sid = new_session(stub)
+    registered = stub.RegisterVariable(
+        pb.RegisterVariableRequest(
+            session_id=sid, name="x", type="integer", initial_value=integer(0)
+        )
+    )  # 2
+    stub.DeleteVariable(pb.DeleteVariableRequest(session_id=sid, variable_identifier="x"))  # 3
+    stub.RegisterVariable(
+        pb.RegisterVariableRequest(
+            session_id=sid, name="x", type="integer", initial_value=integer(9)
+        )
+    )  # 4: a new variable of the same name
+    set_value(stub, sid, "x", 10)  # 5
+
+    by_id, _ = until_caught_up(
+        stub,
+        pb.WatchSessionRequest(session_id=sid, from_position=1, variables=[registered.variable_id]),
+    )
+    assert positions(by_id) == [2, 3]
+    by_name, _ = until_caught_up(
+        stub, pb.WatchSessionRequest(session_id=sid, from_position=1, variables=["x"])
+    )
+    assert positions(by_name) == [2, 3, 4, 5]
+    initial, _ = until_caught_up(
+        stub,
+        pb.WatchSessionRequest(
+            session_id=sid,
+            from_position=2,
+            variables=[registered.variable_id],
+            include_initial=True,
+        ),
+    )
+    assert [v.id for v in initial[0].initial.variables] == [registered.variable_id]
+
+
+# -- reconnection: every position exactly once ---------------------------------------------------
+
+
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.sampled_from("abc"), st.integers(-5, 5)),
+        st.tuples(st.just("batch"), st.sampled_from("abc"), st.integers(-5, 5)),
+        st.tuples(st.just("nonatomic"), st.sampled_from("abc"), st.integers(-5, 5)),
+    ),
+    min_size=0,
+    max_size=15,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(operations=_operations, data=st.data())
+def test_a_watch_from_any_position_receives_exactly_the_events_after_it(
+    stub: Stub, operations: list[tuple[str, str, int]], data: st.DataObject
+) -> None:
+    sid = new_session(stub, "a", "b", "c")
+    for kind, name, value in operations:
+        if kind == "set":
+            set_value(stub, sid, name, value)
+        else:
+            other = "b" if name != "b" else "c"
+            stub.SetVariables(
+                pb.SetVariablesRequest(
+                    session_id=sid,
+                    updates={name: integer(value), other: integer(-value)},
+                    atomic=kind == "batch",
+                )
+            )
+    end = stub.GetSession(pb.GetSessionRequest(session_id=sid)).session.position
+    start = data.draw(st.integers(0, end), label="from_position")
+
+    messages, caught_up = until_caught_up(
+        stub, pb.WatchSessionRequest(session_id=sid, from_position=start)
+    )
+    assert positions(messages) == list(range(start + 1, end + 1))
+    assert caught_up == end
+    log = stub.ReadEvents(
+        pb.ReadEventsRequest(session_id=sid, from_position=start + 1, page_size=1000)
+    ).events
+    assert [m.event.event for m in messages] == list(log)
+
+    # Reconnecting from the last position seen (anywhere in between) repeats nothing.
+    cut = data.draw(st.integers(start, end), label="reconnect_from")
+    rest, _ = until_caught_up(stub, pb.WatchSessionRequest(session_id=sid, from_position=cut))
+    assert positions(rest) == list(range(cut + 1, end + 1))
+
+
+def test_reconnecting_while_writers_write_misses_and_repeats_nothing(stub: Stub) -> None:
+    sid = new_session(stub, "x", "y")
+    total = 300
+    done = threading.Event()
+
+    def write() -> None:
+        for value in range(total):
+            if value % 3 == 0:
+                stub.SetVariables(
+                    pb.SetVariablesRequest(
+                        session_id=sid,
+                        updates={"x": integer(value), "y": integer(value)},
+                        atomic=True,
+                    )
+                )
+            else:
+                set_value(stub, sid, "x" if value % 2 else "y", value)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen: list[int] = []
+    last = 0
+    end = 3 + total
+    try:
+        while last < end:  # read a few events, drop the stream, resume from the last seen
+            call = stub.WatchSession(
+                pb.WatchSessionRequest(session_id=sid, from_position=last), timeout=30
+            )
+            for count, message in enumerate(call):
+                if message.HasField("event"):
+                    seen.append(message.event.event.position)
+                    last = message.event.event.position
+                if count >= 17 or last >= end:
+                    break
+            call.cancel()
+    finally:
+        writer.join()
+    assert done.is_set()
+    assert seen == list(range(1, end + 1))
+
+
+# -- progress -------------------------------------------------------------------------------------
+
+
+def test_progress_messages_arrive_while_idle_with_the_position_caught_up_to(stub: Stub) -> None:
+    sid = new_session(stub, "a")  # position 2
+    call = stub.WatchSession(
+        pb.WatchSessionRequest(session_id=sid, progress_interval_ms=50), timeout=20
+    )
+    kinds: list[str] = []
+    progress: list[tuple[float, int]] = []
+    try:
+        for message in call:
+            kinds.append(message.WhichOneof("kind") or "")
+            if message.HasField("progress"):
+                progress.append((time.monotonic(), message.progress.position))
+                if len(progress) == 4:
+                    break
+    finally:
+        call.cancel()
+    assert kinds == ["event", "event", "progress", "progress", "progress", "progress"]
+    assert [position for _, position in progress] == [2, 2, 2, 2]
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(progress)]
+    assert all(gap >= 0.04 for gap in gaps)
+
+
+# -- errors and limits ------------------------------------------------------------------------------
+
+
+def test_a_from_position_beyond_the_log_is_out_of_range(stub: Stub) -> None:
+    sid = new_session(stub, "a")
+    with pytest.raises(grpc.RpcError) as failure:
+        until_caught_up(stub, pb.WatchSessionRequest(session_id=sid, from_position=3))
+    assert failure.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "beyond the end" in (failure.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "code"),
+    [
+        ({"session_id": "never_created"}, grpc.StatusCode.NOT_FOUND),
+        ({"from_position": -1}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"progress_interval_ms": -5}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"variables": [f"v{i}" for i in range(1001)]}, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ],
+)
+def test_bad_watch_requests_fail_with_their_status(
+    stub: Stub, request_fields: dict[str, Any], code: grpc.StatusCode
+) -> None:
+    fields = {"session_id": new_session(stub), **request_fields}
+    with pytest.raises(grpc.RpcError) as failure:
+        until_caught_up(stub, pb.WatchSessionRequest(**fields))
+    assert failure.value.code() == code
+
+
+def test_a_watcher_that_stops_reading_is_dropped_while_writers_and_others_keep_going() -> None:
+    def hub(store: Store) -> WatchHub:
+        # One send slot: the stuck stream holds it until its lease runs out.
+        return WatchHub(store, buffer_size=600, stuck_after=0.2, send_slots=1, send_lease=0.05)
+
+    with server_with(hub) as running, stub_for(running.address) as stub:
+        assert running.hub is not None
+        watch_hub = running.hub
+        sid = new_session(stub)
+        stub.RegisterVariable(
+            pb.RegisterVariableRequest(
+                session_id=sid, name="s", type="string", initial_value=pb.Value(string_value="")
+            )
+        )  # 2
+        stuck = stub.WatchSession(pb.WatchSessionRequest(session_id=sid), timeout=60)
+        assert next(stuck).event.event.position == 1  # open; from now on it reads nothing
+        healthy_positions: list[int] = []
+        total = 1_500
+
+        healthy_errors: list[str] = []
+
+        def follow() -> None:  # a healthy watcher of the same session, reading everything
+            call = stub.WatchSession(pb.WatchSessionRequest(session_id=sid), timeout=60)
+            try:
+                for message in call:
+                    if message.HasField("event"):
+                        healthy_positions.append(message.event.event.position)
+                        if message.event.event.position == 2 + total:
+                            call.cancel()
+                            return
+            except grpc.RpcError as error:
+                healthy_errors.append(f"{error.code()}: {error.details()}")
+
+        healthy = threading.Thread(target=follow)
+        healthy.start()
+        wait_for(lambda: watch_hub.watcher_count == 2)
+
+        big = "x" * 16_384  # fills the transport's flow-control windows quickly
+        started = time.monotonic()
+        for index in range(total):
+            stub.SetVariable(
+                pb.SetVariableRequest(
+                    session_id=sid,
+                    variable_identifier="s",
+                    value=pb.Value(string_value=f"{index}{big}"),
+                )
+            )
+        writing = time.monotonic() - started
+        healthy.join(timeout=60)
+        assert healthy_errors == []
+        assert healthy_positions == list(range(1, 2 + total + 1))
+        # The stuck stream was cancelled and its thread freed, without the client reading.
+        wait_for(lambda: watch_hub.watcher_count == 0)
+
+        received = 1
+        with pytest.raises(grpc.RpcError) as failure:
+            for _ in stuck:
+                received += 1
+        assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = failure.value.details() or ""
+        assert "watcher fell more than 600 events behind; reconnect from position" in details
+        assert 1 < received < total
+        assert writing < 60  # writers were never held up by the watcher
+
+        # The position it names resumes the watch without a gap.
+        resume = int(details.rsplit(" ", 1)[1])
+        assert resume <= received
+        rest, caught_up = until_caught_up(
+            stub, pb.WatchSessionRequest(session_id=sid, from_position=resume)
+        )
+        assert positions(rest) == list(range(resume + 1, caught_up + 1))
+        assert caught_up == 2 + total
+
+
+def test_a_watcher_that_falls_off_the_ring_while_busy_is_dropped_with_a_clear_error() -> None:
+    # Drive the hub directly: its generator only moves when asked, like a busy stream.
+    store = Store(MemoryRecorder())
+    hub = WatchHub(store, buffer_size=4)
+    store.execute("s", commands.CreateSession(session_id="s"))
+    stream = hub.watch(pb.WatchSessionRequest(session_id="s"), FakeContext())  # type: ignore[arg-type]
+    assert next(stream).event.event.position == 1
+    assert next(stream).progress.position == 1  # caught up, waiting on the ring
+    started = time.monotonic()
+    for index in range(10):  # the writer never waits for the watcher
+        store.execute("s", commands.RegisterVariable("s", f"v{index}", "integer", index))
+    assert time.monotonic() - started < 5
+    with pytest.raises(LimitExceeded, match="fell more than 4 events behind") as failure:
+        next(stream)
+    assert str(failure.value).endswith("reconnect from position 1")
+    assert failure.value.info["position"] == "1"
+    assert hub.watcher_count == 0
+
+
+def test_a_watch_of_a_cancelled_call_ends_without_waiting() -> None:
+    store = Store(MemoryRecorder())
+    hub = WatchHub(store)
+    store.execute("s", commands.CreateSession(session_id="s"))
+    context = FakeContext()
+    request = pb.WatchSessionRequest(session_id="s", progress_interval_ms=60_000)
+    stream = hub.watch(request, context)  # type: ignore[arg-type]
+    assert next(stream).HasField("event")
+    assert next(stream).HasField("progress")
+    threading.Timer(0.2, context.cancel).start()
+    started = time.monotonic()
+    assert list(stream) == []
+    assert time.monotonic() - started < 5
+    assert hub.watcher_count == 0
+
+
+def test_watchers_beyond_the_limit_are_refused() -> None:
+    with (
+        server_with(lambda store: WatchHub(store, max_watchers=2)) as running,
+        stub_for(running.address) as stub,
+    ):
+        sid = new_session(stub)
+        calls = [stub.WatchSession(pb.WatchSessionRequest(session_id=sid)) for _ in range(2)]
+        for call in calls:
+            assert next(call).HasField("event")
+        with pytest.raises(grpc.RpcError) as failure:
+            until_caught_up(stub, pb.WatchSessionRequest(session_id=sid))
+        assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many watchers" in (failure.value.details() or "")
+        calls[0].cancel()
+        assert running.hub is not None
+        hub = running.hub
+        wait_for(lambda: hub.watcher_count == 1)
+        _, caught_up = until_caught_up(stub, pb.WatchSessionRequest(session_id=sid))
+        assert caught_up == 1
+        calls[1].cancel()
+
+
+def test_a_cancelled_watch_frees_its_place(server: RunningServer, stub: Stub) -> None:
+    sid = new_session(stub)
+    assert server.hub is not None
+    hub = server.hub
+    before = hub.watcher_count
+    call = stub.WatchSession(pb.WatchSessionRequest(session_id=sid, progress_interval_ms=60_000))
+    assert next(call).HasField("event")
+    assert next(call).HasField("progress")
+    assert hub.watcher_count == before + 1
+    call.cancel()
+    wait_for(lambda: hub.watcher_count == before, timeout=5)
+
+
+def test_stopping_the_server_ends_open_watches_with_unavailable() -> None:
+    store = Store(MemoryRecorder())
+    running = start_server(store)
+    with stub_for(running.address) as stub:
+        sid = new_session(stub)
+        call = stub.WatchSession(pb.WatchSessionRequest(session_id=sid))
+        assert next(call).HasField("event")
+        assert next(call).HasField("progress")
+        started = time.monotonic()
+        stopper = threading.Thread(target=running.stop, kwargs={"grace": 10.0})
+        stopper.start()
+        with pytest.raises(grpc.RpcError) as failure:
+            for _ in call:
+                pass
+        stopper.join()
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 5  # not held until the grace period ran out
+
+
+def test_a_watch_keeps_going_through_the_sessions_deletion_and_re_creation(stub: Stub) -> None:
+    sid = new_session(stub, "a", "b")  # 1..3
+    stub.DeleteSession(pb.DeleteSessionRequest(session_id=sid))  # 4
+    stub.CreateSession(pb.CreateSessionRequest(session_id=sid))  # 5
+    messages, caught_up = until_caught_up(
+        stub, pb.WatchSessionRequest(session_id=sid, from_position=3)
+    )
+    assert [m.event.event.type for m in messages] == ["SessionDeleted", "SessionCreated"]
+    assert changes_of(messages[0]) == [
+        ("a", "deleted", None, 0, 0),
+        ("b", "deleted", None, 0, 0),
+    ]
+    assert caught_up == 5
+
+
+def test_many_watchers_on_one_session_each_get_every_event() -> None:
+    with server_with(lambda store: WatchHub(store)) as running:
+
+        async def scenario() -> None:
+            async with aconnect(running.address) as client:
+                ctx = await client.create_session()
+                await ctx.register_variable("n", "integer", 0)  # 2
+                streams = [ctx.watch(from_position=2, progress_interval=30) for _ in range(200)]
+
+                async def read(stream: Any) -> list[int]:
+                    seen: list[int] = []
+                    async with stream:
+                        async for item in stream:
+                            if isinstance(item, WatchUpdate):
+                                seen.append(item.position)
+                                if item.position == 2 + 50:
+                                    return seen
+                    return seen
+
+                readers = [asyncio.create_task(read(stream)) for stream in streams]
+                await asyncio.sleep(0.5)  # let every watch open
+                for value in range(1, 51):
+                    await ctx.set_variable("n", value)
+                    if value == 25:  # ordinary calls still get a thread
+                        assert await ctx.get_variable("n", bypass_cache=True) == 25
+                results = await asyncio.wait_for(asyncio.gather(*readers), timeout=60)
+                assert all(result == list(range(3, 53)) for result in results)
+
+        asyncio.run(scenario())
+
+
+# -- the client --------------------------------------------------------------------------------------
+
+
+def test_the_sync_client_iterates_a_watch_and_resumes_from_its_position(
+    server: RunningServer,
+) -> None:
+    with connect(server.address) as client:
+        ctx = client.session(f"client_watch_{next(_names)}")
+        ctx.register_variable("temperature", "float", 0.5)  # creates the session: 1, 2
+        ctx.set_variable("temperature", 0.7, metadata={"reason": "warmer"})  # 3
+        ctx.update_variables({"temperature": 0.9})  # 4
+
+        with ctx.watch(from_position=2, include_initial=True, progress_interval=0.05) as stream:
+            items = [next(stream) for _ in range(4)]
+        assert isinstance(items[0], WatchInitial)
+        assert items[0].position == 2
+        assert items[0].values() == {"temperature": 0.5}
+        assert [type(item) for item in items[1:]] == [WatchUpdate, WatchUpdate, WatchProgress]
+        first, second = items[1], items[2]
+        assert isinstance(first, WatchUpdate) and isinstance(second, WatchUpdate)
+        assert (first.position, first.type) == (3, "VariableUpdated")
+        change = first.changes[0]
+        assert (change.name, change.value, change.previous_value, change.version) == (
+            "temperature",
+            0.7,
+            0.5,
+            1,
+        )
+        assert change.metadata == {"reason": "warmer"}
+        assert change.source == "python"
+        assert (second.type, second.changes[0].in_batch) == ("BatchApplied", True)
+        assert items[3].position == 4
+        assert stream.position == 4
+        assert list(stream) == []  # closed: iteration stops
+
+        ctx.set_variable("temperature", 1.1)  # 5
+        with ctx.watch(from_position=stream.position, variables=["temperature"]) as resumed:
+            item = next(resumed)
+        assert isinstance(item, WatchUpdate)
+        assert (item.position, item.changes[0].value, item.changes[0].previous_value) == (
+            5,
+            1.1,
+            0.9,
+        )
+
+
+def test_the_sync_client_maps_watch_errors_and_creates_its_session(
+    server: RunningServer,
+) -> None:
+    with connect(server.address) as client:
+        ctx = client.session(f"client_watch_{next(_names)}")
+        with ctx.watch() as stream:  # the session does not exist yet: it is created
+            first = next(stream)
+        assert isinstance(first, WatchUpdate)
+        assert first.type == "SessionCreated"
+
+        with pytest.raises(OutOfRange), ctx.watch(from_position=99) as stream:
+            next(stream)
+        strict = client.session(f"missing_{next(_names)}", {"create_session": False})
+        with pytest.raises(SessionNotFound), strict.watch() as stream:
+            next(stream)
+
+
+def test_closing_a_sync_watch_from_another_thread_stops_the_iteration(
+    server: RunningServer,
+) -> None:
+    with connect(server.address) as client:
+        ctx = client.session(f"client_watch_{next(_names)}")
+        ctx.register_variable("a", "integer", 1)
+        stream = ctx.watch(progress_interval=60)
+        items: list[object] = []
+
+        def consume() -> None:
+            items.extend(stream)
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        wait_for(lambda: any(isinstance(item, WatchProgress) for item in items))
+        stream.close()
+        reader.join(timeout=5)
+        assert not reader.is_alive()
+
+
+async def test_the_async_client_iterates_a_watch(server: RunningServer) -> None:
+    async with aconnect(server.address) as client:
+        ctx = client.session(f"client_watch_{next(_names)}")
+        await ctx.register_variable("count", "integer", 0)  # 1, 2
+        stream = ctx.watch(include_initial=True, progress_interval=0.05)
+        seen: list[object] = []
+        async with stream:
+            async for item in stream:
+                seen.append(item)
+                if isinstance(item, WatchProgress) and item.position == 2:
+                    await ctx.set_variable("count", 1)  # 3
+                if isinstance(item, WatchUpdate) and item.position == 3:
+                    break
+        assert isinstance(seen[0], WatchInitial) and seen[0].variables == ()
+        updates = [item for item in seen if isinstance(item, WatchUpdate)]
+        assert [u.position for u in updates] == [1, 2, 3]
+        assert (updates[-1].changes[0].value, updates[-1].changes[0].previous_value) == (1, 0)
+        assert stream.position == 3
+
+        with pytest.raises(OutOfRange):
+            async with ctx.watch(from_position=50) as failing:
+                await failing.__anext__()
