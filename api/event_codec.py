@@ -11,7 +11,8 @@ from varstore.api.convert import timestamp
 from varstore.eventstore import schema
 from varstore.eventstore.events import EventType, NewEvent, RecordedEvent
 from varstore.projections import Change
-from varstore.types import Constraints, RuleViolation, ValidationError, from_proto, to_proto
+from varstore.types import Constraints, RuleViolation, ValidationError, to_proto
+from varstore.types.event_bodies import payload_of
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = ["change_to_proto", "event_from_proto", "event_to_proto"]
@@ -97,10 +98,12 @@ def event_from_proto(message: pb.Event) -> NewEvent:
         ValidationError: unknown type, a body that does not match the type, or a value
             that is not a valid value.
     """
-    body = message.WhichOneof("body")
     where = f"event at position {message.position}"
     try:
-        payload = _payload_from_proto(message, body)
+        payload = payload_of(message)
+        if message.type == EventType.VARIABLE_REGISTERED:  # constraints must make sense
+            checked_rules = Constraints.for_type(payload["type"], payload["constraints"])
+            payload["constraints"] = checked_rules.to_dict()
         model = schema.PAYLOAD_MODELS[message.type]
         checked = model.model_validate(payload).as_json_data()
     except (KeyError, ValueError, RuleViolation) as problem:
@@ -113,72 +116,6 @@ def event_from_proto(message: pb.Event) -> NewEvent:
         metadata=dict(message.metadata),
         schema_version=message.schema_version or 1,
     )
-
-
-#: The Event body field of each event type.
-_BODY_FIELDS: dict[str, str] = {
-    EventType.SESSION_CREATED: "session_created",
-    EventType.SESSION_DELETED: "session_deleted",
-    EventType.SESSION_FORKED: "session_forked",
-    EventType.VARIABLE_REGISTERED: "variable_registered",
-    EventType.VARIABLE_UPDATED: "variable_updated",
-    EventType.BATCH_APPLIED: "batch_applied",
-    EventType.VARIABLE_DELETED: "variable_deleted",
-}
-
-
-def _plain(value: pb.Value) -> Any:
-    found = from_proto(value)
-    if found is None:
-        raise RuleViolation("a value is missing")
-    return found
-
-
-def _payload_from_proto(message: pb.Event, body: str | None) -> dict[str, Any]:
-    expected = _BODY_FIELDS.get(message.type)
-    if expected is None:
-        raise RuleViolation(f"unknown event type {message.type!r}")
-    if body != expected:
-        raise RuleViolation(f"the body is {body or 'missing'}, not {expected}")
-    if body == "session_created":
-        return {
-            "metadata": dict(message.session_created.metadata),
-            "ttl_seconds": message.session_created.ttl_seconds,
-        }
-    if body == "session_deleted":
-        return {"reason": message.session_deleted.reason}
-    if body == "session_forked":
-        return {
-            "origin_session_id": message.session_forked.origin_session_id,
-            "origin_position": message.session_forked.origin_position,
-        }
-    if body == "variable_registered":
-        registered = message.variable_registered
-        constraints = Constraints.from_proto(registered.type, registered.constraints)
-        return {
-            "variable_id": registered.variable_id,
-            "name": registered.name,
-            "type": registered.type,
-            "value": _plain(registered.value),
-            "constraints": constraints.to_dict(),
-        }
-    if body == "variable_updated":
-        updated = message.variable_updated
-        payload: dict[str, Any] = {
-            "variable_id": updated.variable_id,
-            "value": _plain(updated.value),
-        }
-        if updated.HasField("rollback_to_version"):
-            payload["rollback_to_version"] = updated.rollback_to_version
-        return payload
-    if body == "batch_applied":
-        return {
-            "updates": [
-                {"variable_id": item.variable_id, "value": _plain(item.value)}
-                for item in message.batch_applied.updates
-            ]
-        }
-    return {"variable_id": message.variable_deleted.variable_id}
 
 
 def change_to_proto(change: Change) -> pb.VariableChange:

@@ -49,7 +49,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from varstore.client._core import SessionInfo
-from varstore.types import Constraints, RuleViolation, ValidationError, from_proto, to_proto
+from varstore.types import Constraints, RuleViolation, ValidationError, to_proto
+from varstore.types.event_bodies import payload_of
 from varstore.types.status import error_from_rpc_error
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
@@ -131,50 +132,13 @@ def _time_text(stamp: Timestamp) -> str:
 
 
 def _payload(event: pb.Event) -> dict[str, Any]:
-    body = event.WhichOneof("body")
-    if body == "session_created":
-        return {
-            "metadata": dict(event.session_created.metadata),
-            "ttl_seconds": event.session_created.ttl_seconds,
-        }
-    if body == "session_deleted":
-        return {"reason": event.session_deleted.reason}
-    if body == "session_forked":
-        return {
-            "origin_session_id": event.session_forked.origin_session_id,
-            "origin_position": event.session_forked.origin_position,
-        }
-    if body == "variable_registered":
-        registered = event.variable_registered
-        return {
-            "variable_id": registered.variable_id,
-            "name": registered.name,
-            "type": registered.type,
-            "value": from_proto(registered.value),
-            "constraints": Constraints.data_from_proto(registered.constraints),
-        }
-    if body == "variable_updated":
-        updated = event.variable_updated
-        payload: dict[str, Any] = {
-            "variable_id": updated.variable_id,
-            "value": from_proto(updated.value),
-        }
-        if updated.HasField("rollback_to_version"):
-            payload["rollback_to_version"] = updated.rollback_to_version
-        return payload
-    if body == "batch_applied":
-        return {
-            "updates": [
-                {"variable_id": item.variable_id, "value": from_proto(item.value)}
-                for item in event.batch_applied.updates
-            ]
-        }
-    if body == "variable_deleted":
-        return {"variable_id": event.variable_deleted.variable_id}
-    raise ValidationError(
-        f"event at position {event.position} has a body this client does not know "
-        f"({event.type or 'no type'}); upgrade varstore"
-    )
+    try:
+        return payload_of(event)
+    except RuleViolation as problem:
+        raise ValidationError(
+            f"event at position {event.position} ({event.type or 'no type'}) cannot be "
+            f"exported: {problem}; upgrade varstore if the type is new"
+        ) from None
 
 
 def event_to_json(event: pb.Event) -> dict[str, Any]:
