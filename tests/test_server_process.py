@@ -91,11 +91,58 @@ def test_grpcurl_registers_sets_and_reads_a_variable(served: ServerProcess) -> N
     assert "InvalidArgument" in refused.stderr
     assert "value 3 is above maximum 2" in refused.stderr
 
+    batch = call(
+        "GetVariables",
+        {"session_id": "demo", "variable_identifiers": ["temperature", "nonexistent"]},
+    )
+    assert batch.returncode == 0, batch.stderr
+    answer = json.loads(batch.stdout)
+    assert list(answer["variables"]) == ["temperature"]
+    assert answer["missing_variables"] == ["nonexistent"]
+
     got = call("GetVariable", {"session_id": "demo", "variable_identifier": "temperature"})
     assert got.returncode == 0, got.stderr
     variable = json.loads(got.stdout)["variable"]
     assert variable["value"] == {"float_value": 0.7}
     assert variable.get("version", "0") == "0"
+
+
+def test_grpcurl_reaches_the_log_rpcs(served: ServerProcess) -> None:
+    def call(method: str, body: dict[str, object]) -> dict[str, object]:
+        done = grpcurl(served.address, f"varstore.v1.VariableStore/{method}", data=body)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    call("CreateSession", {"session_id": "log"})
+    call(
+        "RegisterVariable",
+        {
+            "session_id": "log",
+            "name": "n",
+            "type": "integer",
+            "initial_value": {"integer_value": 1},
+        },
+    )
+    call(
+        "SetVariable",
+        {"session_id": "log", "variable_identifier": "n", "value": {"integer_value": 2}},
+    )
+    history = call("GetVariableHistory", {"session_id": "log", "variable_identifier": "n"})
+    assert [c.get("version", "0") for c in history["changes"]] == ["0", "1"]  # type: ignore[union-attr]
+    events = call("ReadEvents", {"session_id": "log"})
+    assert [e["type"] for e in events["events"]] == [  # type: ignore[index, union-attr]
+        "SessionCreated",
+        "VariableRegistered",
+        "VariableUpdated",
+    ]
+    past = call("GetVariable", {"session_id": "log", "variable_identifier": "n", "at_position": 2})
+    assert past["variable"]["value"] == {"integer_value": "1"}  # type: ignore[index]
+    rolled = call(
+        "RollbackVariable", {"session_id": "log", "variable_identifier": "n", "to_version": 0}
+    )
+    assert rolled["new_version"] == "2"
+    forked = call("ForkSession", {"session_id": "log", "at_position": 2, "new_session_id": "log2"})
+    assert forked["session"]["id"] == "log2"  # type: ignore[index]
 
 
 def test_sigterm_drains_and_exits_cleanly(served: ServerProcess) -> None:
