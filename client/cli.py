@@ -1,12 +1,13 @@
 """The client commands of the ``varstore`` program: sessions and variables on a server.
 
 ``varstore session create|list|delete``, ``varstore register``, ``get``, ``set``,
-``list``, ``export``, ``import`` and ``fork`` talk to ``--server HOST:PORT`` (default: env
+``list``, ``history``, ``log``, ``watch``, ``export``, ``import`` and ``fork`` talk to ``--server HOST:PORT`` (default: env
 ``VARSTORE_SERVER``, else 127.0.0.1:50051) through :mod:`varstore.client`. People get
 aligned tables or ``key: value`` lines; ``--json`` prints JSON for scripts. A failure is
 one line on stderr, ``varstore: <message>``, and exit code 1 (argparse's usage errors
 exit with 2). ``export`` and ``import`` report progress on stderr when it is a terminal
-(or with ``--progress``).
+(or with ``--progress``). ``log --json`` and ``watch --json`` print JSON Lines (one
+object a line), and ``watch`` prints its lines as the updates arrive.
 
 :func:`add_client_commands` adds the commands to the ``varstore`` parser and
 :func:`run_client_command` runs the one that was parsed.
@@ -15,16 +16,21 @@ exit with 2). ``export`` and ``import`` report progress on stderr when it is a t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
+import grpc
+
 from varstore.client import (
+    ChangeInfo,
     Client,
     SessionContext,
     SessionInfo,
@@ -32,11 +38,16 @@ from varstore.client import (
     ValidationError,
     VariableInfo,
     VarstoreError,
+    WatchInitial,
+    WatchProgress,
+    WatchUpdate,
     connect,
     transfer,
 )
-from varstore.types import TYPE_NAMES, PyValue
+from varstore.types import TYPE_NAMES, PyValue, from_proto
+from varstore.types.status import error_from_rpc_error
 from varstore.types.values import kind_of
+from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
 
 __all__ = [
@@ -59,10 +70,16 @@ _CELL_WIDTH: Final = 60
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Output:
-    """What a command prints: ``data`` with ``--json``, else ``text`` (no final newline)."""
+    """What a command prints: ``data`` with ``--json``, else ``text`` (no final newline).
+
+    ``json_lines``: ``data`` is a list printed one compact JSON object a line.
+    ``printed``: the command printed as it went; nothing is left to print.
+    """
 
     data: Any
     text: str
+    json_lines: bool = False
+    printed: bool = False
 
 
 Handler = Callable[[argparse.Namespace, Client], Output]
@@ -72,20 +89,21 @@ Handler = Callable[[argparse.Namespace, Client], Output]
 
 
 def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``session``, ``register``, ``get``, ``set``, ``list``, ``export``, ``import`` and
-    ``fork`` to ``subparsers``.
+    """Add ``session``, ``register``, ``get``, ``set``, ``list``, ``history``, ``log``,
+    ``watch``, ``export``, ``import`` and ``fork`` to ``subparsers``.
 
     Each command parser gets ``--server`` and ``--json`` and records its handler, which
     :func:`run_client_command` calls.
     """
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument(
         "--server",
         metavar="HOST:PORT",
         default=None,
         help=f"server address (default: env VARSTORE_SERVER, else {DEFAULT_SERVER})",
     )
-    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    base.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common = argparse.ArgumentParser(add_help=False, parents=[base])
     common.add_argument(
         "--timeout",
         type=_positive_float,
@@ -158,6 +176,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         "pattern", nargs="?", metavar="PATTERN", help="glob on names, e.g. 'llm_*'"
     )
     variables.set_defaults(client_handler=_list)
+    _add_log_commands(subparsers, parents, base)
     _add_transfer_commands(subparsers, parents)
 
 
@@ -205,7 +224,12 @@ def run_client_command(args: argparse.Namespace) -> int:
     try:
         with connect(address, {"timeout": args.timeout}) as client:
             output = handler(args, client)
-        if args.json:
+        if output.printed:
+            pass
+        elif args.json and output.json_lines:
+            for item in output.data:
+                print(_json_line(item))
+        elif args.json:
             print(json.dumps(output.data, indent=2, ensure_ascii=False))
         elif output.text:
             print(output.text)
@@ -220,9 +244,15 @@ def run_client_command(args: argparse.Namespace) -> int:
         _quiet_stdout()
         return 1
     except KeyboardInterrupt:
-        _fail("interrupted")
+        if not getattr(args, "quiet_interrupt", False):
+            _fail("interrupted")
         return 130
     return 0
+
+
+def _json_line(data: Any) -> str:
+    """``data`` as one compact line of JSON (the JSON Lines of exports)."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def _fail(message: str) -> None:
@@ -503,6 +533,395 @@ def _session_output(session: SessionInfo) -> Output:
         ]
     )
     return Output(_session_data(session), text)
+
+
+# -- the past and the present: history, log, watch ------------------------------------------
+
+#: Events per ReadEvents page (the server's most).
+_EVENTS_PAGE: Final = 1000
+
+#: Seconds between progress messages while ``watch --timeout`` runs (so it ends on time).
+_WATCH_TICK: Final = 0.2
+
+
+def _add_log_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+    base: argparse.ArgumentParser,
+) -> None:
+    """Add ``history``, ``log`` and ``watch``."""
+    history = subparsers.add_parser(
+        "history",
+        parents=parents,
+        help="show every version of a variable",
+        description="Every version of a variable (by name: every variable that had the "
+        "name; by id: one lifetime), with its previous value, position, time and source.",
+    )
+    history.add_argument("session_id", metavar="SESSION")
+    history.add_argument("name", metavar="NAME", help="variable name (or id)")
+    history.add_argument(
+        "--from-version", type=_position, default=0, metavar="N", help="first version (default 0)"
+    )
+    history.add_argument(
+        "--to-version", type=_position, default=None, metavar="N", help="last version"
+    )
+    history.add_argument("--newest-first", action="store_true", help="newest version first")
+    history.add_argument("--limit", type=_count, default=None, metavar="N", help="at most N rows")
+    history.set_defaults(client_handler=_history)
+
+    log = subparsers.add_parser(
+        "log",
+        parents=parents,
+        help="show a session's events",
+        description="A session's log (deleted sessions' too), one row per event. --json "
+        f"prints JSON Lines in the export format ({transfer.FORMAT}).",
+    )
+    log.add_argument("session_id", metavar="SESSION")
+    log.add_argument(
+        "--from",
+        dest="from_position",
+        type=_position,
+        default=0,
+        metavar="N",
+        help="first position (default: 1)",
+    )
+    log.add_argument(
+        "--to",
+        dest="to_position",
+        type=_position,
+        default=None,
+        metavar="N",
+        help="last position (default: the last)",
+    )
+    log.add_argument("--backwards", action="store_true", help="newest event first")
+    log.add_argument("--limit", type=_count, default=None, metavar="N", help="at most N events")
+    log.set_defaults(client_handler=_log)
+
+    watch = subparsers.add_parser(
+        "watch",
+        parents=[base],
+        help="print a session's changes as they happen",
+        description="Print one line per update as it arrives (--json: one JSON object a "
+        "line) until --count updates, --timeout seconds, or Ctrl-C (exit 130).",
+    )
+    watch.add_argument("session_id", metavar="SESSION")
+    watch.add_argument(
+        "--from",
+        dest="from_position",
+        type=_position,
+        default=None,
+        metavar="N",
+        help="print the events after this position (0: the whole log; default: from now)",
+    )
+    watch.add_argument(
+        "--var",
+        dest="variables",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="only these variables (names or ids; repeatable)",
+    )
+    watch.add_argument(
+        "--initial", action="store_true", help="first print the variables' values at the start"
+    )
+    watch.add_argument(
+        "--count", type=_count, default=None, metavar="N", help="stop after N updates"
+    )
+    watch.add_argument(
+        "--timeout",
+        dest="watch_timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this long (an error if --count updates did not arrive by then)",
+    )
+    watch.add_argument(
+        "-v", "--verbose", action="store_true", help="also print progress (caught up) lines"
+    )
+    watch.set_defaults(client_handler=_watch, timeout=30.0, quiet_interrupt=True)
+
+
+def _count(text: str) -> int:
+    number = _position(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text!r}")
+    return number
+
+
+def _history(args: argparse.Namespace, client: Client) -> Output:
+    with _context(client, args.session_id) as context:
+        changes = context.history(
+            args.name,
+            from_version=args.from_version,
+            to_version=args.to_version,
+            newest_first=args.newest_first,
+        )
+    if args.limit is not None:
+        changes = changes[: args.limit]
+    rows = [
+        [
+            str(c.version),
+            _change_kind(c),
+            _cell(_show_optional(c.value, "-")),
+            _cell(_show_optional(c.previous_value, "-")),
+            str(c.position),
+            _show_time(c.recorded_at),
+            c.source or "-",
+            _cell(_show_mapping(c.metadata)),
+        ]
+        for c in changes
+    ]
+    headers = [
+        "VERSION", "KIND", "VALUE", "PREVIOUS", "POSITION", "RECORDED_AT", "SOURCE", "METADATA"
+    ]  # fmt: skip
+    text = _table(headers, rows) if rows else "no changes"
+    return Output([_json_ready(dataclasses.asdict(c)) for c in changes], text)
+
+
+def _change_kind(change: ChangeInfo) -> str:
+    """The kind, with a rollback's target version and a batch mark: "updated (batch)"."""
+    kind = change.kind
+    if change.rollback_to_version is not None:
+        kind += f" (to v{change.rollback_to_version})"
+    if change.in_batch:
+        kind += " (batch)"
+    return kind
+
+
+def _show_optional(value: PyValue | None, absent: str) -> str:
+    return absent if value is None else _show_value(value)
+
+
+def _log(args: argparse.Namespace, client: Client) -> Output:
+    events = list(
+        _read_events(
+            _stub(client),
+            args.session_id,
+            args.from_position,
+            args.to_position,
+            args.backwards,
+            args.limit,
+            args.timeout,
+        )
+    )
+    if args.json:
+        return Output([transfer.event_to_json(event) for event in events], "", json_lines=True)
+    names = _variable_names(client, args.session_id, events)
+    rows = [
+        [
+            str(event.position),
+            event.type,
+            _show_time(event.recorded_at.ToDatetime(tzinfo=UTC)),
+            event.source or "-",
+            _cell(_summary(event, names)),
+        ]
+        for event in events
+    ]
+    headers = ["POSITION", "TYPE", "RECORDED_AT", "SOURCE", "SUMMARY"]
+    return Output(None, _table(headers, rows) if rows else "no events")
+
+
+def _read_events(
+    stub: pb_grpc.VariableStoreStub,
+    session_id: str,
+    from_position: int,
+    to_position: int | None,
+    backwards: bool,
+    limit: int | None,
+    timeout: float,
+) -> Iterator[pb.Event]:
+    """The events of ``session_id`` in ``from_position..to_position``, a page at a time.
+
+    The range's end is pinned to where the log stood at the first page, so paging goes on
+    while the session is written to.
+    """
+    left = limit
+    request = pb.ReadEventsRequest(
+        session_id=session_id,
+        from_position=from_position,
+        backwards=backwards,
+        page_size=min(_EVENTS_PAGE, limit or _EVENTS_PAGE),
+    )
+    if to_position is not None:
+        request.to_position = to_position
+    while True:
+        try:
+            page: pb.ReadEventsResponse = stub.ReadEvents(request, timeout=timeout)
+        except grpc.RpcError as failure:
+            raise error_from_rpc_error(failure) from failure
+        for event in page.events:
+            yield event
+            if left is not None:
+                left -= 1
+                if left == 0:
+                    return
+        if not page.next_page_token:
+            return
+        if not request.HasField("to_position"):
+            request.to_position = page.header.position
+        request.page_token = page.next_page_token
+
+
+def _variable_ids(event: pb.Event) -> list[str]:
+    body = event.WhichOneof("body")
+    if body == "variable_updated":
+        return [event.variable_updated.variable_id]
+    if body == "batch_applied":
+        return [item.variable_id for item in event.batch_applied.updates]
+    if body == "variable_deleted":
+        return [event.variable_deleted.variable_id]
+    return []
+
+
+def _variable_names(client: Client, session_id: str, events: Sequence[pb.Event]) -> dict[str, str]:
+    """Variable id -> name for the variables ``events`` touch: from their registrations,
+    else the live variables, else each one's history (the id stands in when all fail)."""
+    names = {
+        event.variable_registered.variable_id: event.variable_registered.name
+        for event in events
+        if event.WhichOneof("body") == "variable_registered"
+    }
+    unknown = {i for event in events for i in _variable_ids(event)} - names.keys()
+    if not unknown:
+        return names
+    with _context(client, session_id) as context:
+        with contextlib.suppress(VarstoreError):  # a deleted session's log can still be read
+            names.update((v.id, v.name) for v in context.list_variables() if v.id in unknown)
+        for variable_id in sorted(unknown - names.keys()):
+            try:
+                first = context.history(variable_id, to_version=0)
+            except VarstoreError:
+                continue
+            if first:
+                names[variable_id] = first[0].name
+    return names
+
+
+def _show_proto(value: pb.Value) -> str:
+    return _show_optional(from_proto(value), "-")
+
+
+def _summary(event: pb.Event, names: Mapping[str, str]) -> str:
+    """What an event did, in a few words: "t = 0.7 (var_t_2)", "batch: a=1, b=2"."""
+    body = event.WhichOneof("body")
+    if body == "variable_registered":
+        registered = event.variable_registered
+        value = _show_proto(registered.value)
+        return f"{registered.name}: {registered.type} = {value} ({registered.variable_id})"
+    if body == "variable_updated":
+        updated = event.variable_updated
+        name = names.get(updated.variable_id, updated.variable_id)
+        extra = (
+            f", rollback to v{updated.rollback_to_version}"
+            if updated.HasField("rollback_to_version")
+            else ""
+        )
+        return f"{name} = {_show_optional(from_proto(updated.value), '-')} ({updated.variable_id}{extra})"
+    if body == "batch_applied":
+        items = ", ".join(
+            f"{names.get(item.variable_id, item.variable_id)}={_show_optional(from_proto(item.value), '-')}"
+            for item in event.batch_applied.updates
+        )
+        return f"batch: {items}"
+    if body == "variable_deleted":
+        variable_id = event.variable_deleted.variable_id
+        known = names.get(variable_id)
+        return f"deleted {known} ({variable_id})" if known else f"deleted {variable_id}"
+    if body == "session_created":
+        created = event.session_created
+        details = [f"ttl {created.ttl_seconds}s"] if created.ttl_seconds else []
+        if created.metadata:
+            details.append(_show_mapping(created.metadata))
+        return "session created" + (f" ({', '.join(details)})" if details else "")
+    if body == "session_deleted":
+        reason = event.session_deleted.reason
+        return "session deleted" + (f" ({reason})" if reason else "")
+    if body == "session_forked":
+        forked = event.session_forked
+        return f"forked from {forked.origin_session_id} at position {forked.origin_position}"
+    return event.type or "unknown event"
+
+
+def _watch(args: argparse.Namespace, client: Client) -> Output:
+    deadline = None if args.watch_timeout is None else time.monotonic() + args.watch_timeout
+    updates = 0
+    with _context(client, args.session_id) as context:
+        start = args.from_position
+        if start is None:  # from now (and an unknown session is an error before watching)
+            start = client.get_session(args.session_id).position
+        stream = context.watch(
+            from_position=start,
+            variables=args.variables or None,
+            include_initial=args.initial,
+            progress_interval=_WATCH_TICK if deadline is not None else None,
+            # A backstop: the loop below ends the watch on time.
+            timeout=None if args.watch_timeout is None else args.watch_timeout + 10,
+        )
+        with stream:
+            caught_up = -1  # the position of the last progress line printed
+            for item in stream:
+                if isinstance(item, WatchUpdate):
+                    updates += 1
+                    _emit(args.json, _update_data(item), _update_line(item))
+                elif isinstance(item, WatchInitial):
+                    _emit_initial(args.json, item)
+                elif (
+                    isinstance(item, WatchProgress) and args.verbose and item.position != caught_up
+                ):
+                    caught_up = item.position
+                    data = {"kind": "progress", "position": item.position}
+                    _emit(args.json, data, f"{item.position}  (caught up)")
+                if args.count is not None and updates >= args.count:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+    if args.count is not None and updates < args.count:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise VarstoreError(
+                f"timed out after {args.watch_timeout:g} s with {updates} of {args.count} updates"
+            )
+        raise VarstoreError(f"the watch ended after {updates} of {args.count} updates")
+    return Output(None, "", printed=True)
+
+
+def _emit(as_json: bool, data: dict[str, Any], line: str) -> None:
+    print(_json_line(data) if as_json else line, flush=True)
+
+
+def _update_data(update: WatchUpdate) -> dict[str, Any]:
+    return {
+        "kind": "update",
+        **_json_ready(dataclasses.asdict(update)),
+        "changes": [_json_ready(dataclasses.asdict(c)) for c in update.changes],
+    }
+
+
+def _update_line(update: WatchUpdate) -> str:
+    """``5  t: 0.7 -> 0.9  cli``; a batch's changes on one line, marked."""
+    parts = []
+    for change in update.changes:
+        previous = _show_optional(change.previous_value, "-")
+        value = _show_optional(change.value, "(deleted)")
+        text = f"{change.name}: {previous} -> {value}"
+        if change.rollback_to_version is not None:
+            text += f" (rollback to v{change.rollback_to_version})"
+        parts.append(text)
+    what = ", ".join(parts) if parts else update.type
+    if update.type == "BatchApplied":
+        what += " (batch)"
+    return f"{update.position}  {what}  {update.source or '-'}"
+
+
+def _emit_initial(as_json: bool, initial: WatchInitial) -> None:
+    """The state at the start: one JSON object, or a line per variable after a heading."""
+    variables = [_variable_data(v) for v in initial.variables]
+    data = {"kind": "initial", "position": initial.position, "variables": variables}
+    _emit(as_json, data, f"{initial.position}  initial: {len(variables)} variables")
+    if not as_json:
+        for variable in initial.variables:
+            print(f"{initial.position}  {variable.name} = {_show_value(variable.value)}")
+        sys.stdout.flush()
 
 
 # -- copies of logs: export, import, fork -------------------------------------------------------
