@@ -4,6 +4,7 @@ line, differing only by ``await``; every decision lives in :mod:`varstore.client
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -53,7 +54,9 @@ class AsyncSessionContext:
         config: ``enable_caching`` (True), ``cache_ttl`` (1.0 s), ``max_size`` (1000),
             ``metadata`` (session metadata if it is created), ``source`` ("python", the
             name recorded with every write), ``timeout`` (30 s per call),
-            ``create_session`` (True).
+            ``create_session`` (True), ``cache_mode`` ("ttl"; "watch": one watch on the
+            session, run by a task started on the first call, keeps cached entries
+            current, and they expire by TTL only while it is down).
         clock: Monotonic seconds for the cache's TTL (injectable for tests).
     """
 
@@ -71,6 +74,7 @@ class AsyncSessionContext:
         self._core = ContextCore(session_id, config or {}, clock)
         self._session_known = False
         self._owned_channel = False
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -94,6 +98,11 @@ class AsyncSessionContext:
             self._session_known = True  # any other answer means the session was there
             raise
         self._session_known = True
+        if self._core.watch_due(_served_at(response)):
+            self._watch = asyncio.get_running_loop().create_task(
+                _run_cache_watch(self._stub, self._core),
+                name=f"varstore-watch-{self.session_id}",
+            )
         return response
 
     async def _create_session(self) -> None:
@@ -342,7 +351,14 @@ class AsyncSessionContext:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def cleanup(self) -> None:
-        """Drop the cache (and close the channel if this context owns it)."""
+        """Stop the cache's watch, drop the cache (and close the channel if this context
+        owns it)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            self._core.watch_stopped()
         self._core.invalidate(None)
         if self._owned_channel:
             await self.channel.close()
@@ -359,6 +375,42 @@ class AsyncSessionContext:
         traceback: TracebackType | None,
     ) -> None:
         await self.cleanup()
+
+
+def _served_at(response: object) -> int:
+    """The position an answer was served at (every answer has a ``ResponseHeader``)."""
+    header: pb.ResponseHeader = getattr(response, "header")  # noqa: B009
+    return header.position
+
+
+async def _run_cache_watch(stub: pb_grpc.VariableStoreStub, core: ContextCore) -> None:
+    """A "watch"-mode cache's watch, until cancelled: open the stream, hand every message
+    to the core, reconnect with backoff from the last position applied. Every decision is
+    the core's."""
+    failures = 0
+    while True:
+        try:
+            call: Any = stub.WatchSession(core.watch_request())
+        except (ValueError, grpc.aio.UsageError):  # the channel was closed under us
+            core.watch_lost(None)
+            return
+        error: BaseException | None = None
+        try:
+            while (message := await call.read()) is not grpc.aio.EOF:
+                core.apply_watch_message(message)
+                failures = 0
+        except grpc.RpcError as failure:
+            error = error_from_rpc_error(failure)
+        except (ValueError, grpc.aio.UsageError):
+            core.watch_lost(None)
+            return
+        except Exception as failure:  # noqa: BLE001 - never let the task die
+            error = failure
+        finally:
+            call.cancel()
+        core.watch_lost(error)
+        await asyncio.sleep(core.watch_backoff(failures))
+        failures += 1
 
 
 class AsyncClient:

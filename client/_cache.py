@@ -88,11 +88,16 @@ class VariableCache:
                     self._entries[key] = entry
                 self._prune_names()
 
-    def get(self, identifier: str) -> CachedVariable | None:
-        """The fresh entry for an id or name (a hit), or None (a miss)."""
+    def get(self, identifier: str, *, ignore_ttl: bool = False) -> CachedVariable | None:
+        """The fresh entry for an id or name (a hit), or None (a miss). ``ignore_ttl``
+        (a healthy watch keeps the entries current) serves an entry however old."""
         with self._lock:
             entry = self._find(identifier)
-            if entry is not None and self._clock() - entry.stored_at >= self._ttl:
+            if (
+                entry is not None
+                and not ignore_ttl
+                and self._clock() - entry.stored_at >= self._ttl
+            ):
                 self._drop(entry)
                 self._expired += 1
                 entry = None
@@ -132,6 +137,47 @@ class VariableCache:
             )
             self._names[name] = id
             self._sets += 1
+
+    def apply_change(
+        self,
+        *,
+        id: str,
+        name: str,
+        type: str,
+        value: PyValue | None,
+        version: int,
+        position: int,
+    ) -> bool:
+        """A change another process made, seen on a watch: a cached variable takes the new
+        value (unless the cache holds a newer version); a deleted one (``value`` None) is
+        dropped; a variable not cached is not filled in. True if the cache changed."""
+        with self._lock:
+            changed = False
+            old_id = self._names.get(name)
+            if old_id is not None and old_id != id:  # the name now means another variable
+                self._entries.pop(old_id, None)
+                del self._names[name]
+                changed = True
+            current = self._entries.get(id)
+            if current is None:
+                return changed
+            if value is None:
+                self._drop(current)
+                return True
+            if current.version > version:
+                return changed
+            self._entries[id] = CachedVariable(
+                id, name, type, value, version, position, self._clock()
+            )
+            self._names[name] = id
+            return True
+
+    def drop_older_than(self, position: int) -> None:
+        """Forget every entry whose last change is before ``position`` (the session was
+        deleted there)."""
+        with self._lock:
+            for entry in [e for e in self._entries.values() if e.position < position]:
+                self._drop(entry)
 
     def peek(self, identifier: str) -> CachedVariable | None:
         """The entry for an id or name, fresh or not, without touching the statistics."""

@@ -7,6 +7,7 @@ decided without the network is decided here, once.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from varstore.client._cache import VariableCache
 from varstore.types import (
     Constraints,
+    OutOfRange,
     PyValue,
     RuleViolation,
     ValidationError,
@@ -42,6 +44,12 @@ DEFAULT_TTL: Final = 1.0
 DEFAULT_MAX_SIZE: Final = 1000
 DEFAULT_SOURCE: Final = "python"
 DEFAULT_TIMEOUT: Final = 30.0
+#: "ttl": entries expire after ``cache_ttl``; "watch": a watch on the session keeps them
+#: current (TTL only while the watch is down).
+CACHE_MODES: Final = ("ttl", "watch")
+#: Seconds between reconnection attempts of a cache's watch: doubling from the first, at
+#: most the second.
+WATCH_BACKOFF: Final = (0.05, 2.0)
 
 
 class _Missing:
@@ -212,6 +220,7 @@ class ContextCore:
             "source",
             "timeout",
             "create_session",
+            "cache_mode",
         }
         if unknown:
             raise ValueError(f"unknown config key {min(unknown)!r}")
@@ -229,6 +238,10 @@ class ContextCore:
         # earlier position may predate that write, so it is returned but never cached:
         # the cache never holds anything older than what this client itself wrote.
         self.written_position = 0
+        self.cache_mode: str = str(self.config.get("cache_mode", "ttl"))
+        if self.cache_mode not in CACHE_MODES:
+            raise ValueError(f"cache_mode must be 'ttl' or 'watch', not {self.cache_mode!r}")
+        self.watch = _WatchState()
 
     def _new_cache(self) -> VariableCache:
         return VariableCache(self._ttl, self._max_size, self.clock)
@@ -353,7 +366,7 @@ class ContextCore:
         if bypass_cache:
             self.cache.count_miss()
             return False, None
-        entry = self.cache.get(identifier)
+        entry = self.cache.get(identifier, ignore_ttl=self.watch.connected)
         return (True, entry.value) if entry is not None else (False, None)
 
     def remember_read(self, variable: pb.Variable, served_at: int) -> PyValue:
@@ -361,7 +374,7 @@ class ContextCore:
         of this client's."""
         value = _value_of(variable)
         if self.cache is not None and served_at >= self.written_position:
-            self._put(variable, value)
+            self._put(variable, value, served_at)
         return value
 
     def remember_write(self, variable: pb.Variable, position: int) -> PyValue:
@@ -369,7 +382,7 @@ class ContextCore:
         self.written_position = max(self.written_position, position)
         value = _value_of(variable)
         if self.cache is not None:
-            self._put(variable, value)
+            self._put(variable, value, position)
         return value
 
     def remember_batch(
@@ -399,7 +412,7 @@ class ContextCore:
         if identifier in response.variables:
             variable = response.variables[identifier]
             self.cache.invalidate(variable.name)
-            self._put(variable, _value_of(variable))
+            self._put(variable, _value_of(variable), response.header.position)
 
     def remember_register(self, name: str, variable_id: str, position: int) -> None:
         """A registration fills nothing, but whatever the cache held under the new name or
@@ -417,16 +430,98 @@ class ContextCore:
                 if key:
                     self.cache.invalidate(key)
 
-    def _put(self, variable: pb.Variable, value: PyValue) -> None:
+    def _put(self, variable: pb.Variable, value: PyValue, served_at: int) -> None:
         assert self.cache is not None
-        self.cache.put(
-            id=variable.id,
-            name=variable.name,
-            type=variable.type,
-            value=value,
-            version=variable.version,
-            position=variable.position,
-        )
+        with self.watch.lock:
+            # The watch has applied events past the answer: one of them may have changed
+            # this variable while it was not cached, so the answer may be stale already.
+            if self.watch.started and served_at < self.watch.position:
+                return
+            self.cache.put(
+                id=variable.id,
+                name=variable.name,
+                type=variable.type,
+                value=value,
+                version=variable.version,
+                position=variable.position,
+            )
+
+    # -- the cache's watch ("watch" mode) ---------------------------------------------------
+
+    def watch_due(self, position: int) -> bool:
+        """True once, on the first answer (served at ``position``) of a context in "watch"
+        mode: the context then opens its watch from there."""
+        with self.watch.lock:
+            if self.cache_mode != "watch" or self.watch.started:
+                return False
+            self.watch.started = True
+            self.watch.position = position
+            return True
+
+    def watch_request(self) -> pb.WatchSessionRequest:
+        """The cache's watch, from the last position applied (resuming: no gap)."""
+        return pb.WatchSessionRequest(session_id=self.session_id, from_position=self.watch.position)
+
+    def apply_watch_message(
+        self, message: pb.WatchSessionResponse, now: float | None = None
+    ) -> None:
+        """Apply what the cache's watch sent: changed variables it holds take their new
+        value, deleted ones (and, for a deleted session, all) are dropped. Any message
+        means the watch is healthy, so entries are served regardless of their TTL."""
+        kind = message.WhichOneof("kind")
+        with self.watch.lock:
+            self.watch.connected = True
+            if kind == "progress":
+                self.watch.position = max(self.watch.position, message.progress.position)
+                return
+            if kind != "event":
+                return
+            event = message.event.event
+            if event.position <= self.watch.position:
+                return  # seen already
+            if self.cache is not None:
+                if event.type == "SessionDeleted":
+                    self.cache.drop_older_than(event.position)
+                for change in message.event.changes:
+                    self.cache.apply_change(
+                        id=change.variable_id,
+                        name=change.name,
+                        type=change.type,
+                        value=(
+                            from_proto(change.value)
+                            if change.HasField("value") and change.kind != "deleted"
+                            else None
+                        ),
+                        version=change.version,
+                        position=change.position,
+                    )
+            self.watch.position = event.position
+            recorded = event.recorded_at.ToDatetime(tzinfo=UTC).timestamp()
+            self.watch.record_lag(max(0.0, (time.time() if now is None else now) - recorded))
+
+    def watch_lost(self, error: BaseException | None) -> None:
+        """The watch ended (``error`` None: the server closed it): entries fall back to
+        their TTL until it is back. A position the log does not reach (another server)
+        cannot be resumed: forget everything and start over."""
+        with self.watch.lock:
+            self.watch.connected = False
+            self.watch.reconnects += 1
+            if isinstance(error, OutOfRange):
+                self.watch.position = 0
+                if self.cache is not None:
+                    self.cache.invalidate(None)
+
+    def watch_stopped(self) -> None:
+        """The context closed its watch; the next answer opens a new one."""
+        with self.watch.lock:
+            self.watch.started = False
+            self.watch.connected = False
+
+    @staticmethod
+    def watch_backoff(failures: int) -> float:
+        """Seconds to wait before reconnecting after ``failures`` failures in a row."""
+        first, most = WATCH_BACKOFF
+        return float(min(most, first * 2 ** min(failures, 16)))
 
     # -- cache configuration ------------------------------------------------------------------
 
@@ -451,13 +546,53 @@ class ContextCore:
     def stats(self) -> dict[str, Any]:
         if self.cache is None:
             return {"enabled": False}
-        return {"enabled": True, **self.cache.stats()}
+        return {
+            "enabled": True,
+            **self.cache.stats(),
+            "mode": self.cache_mode,
+            **self.watch.stats(),
+        }
 
     def default_or_raise(self, error: VarstoreError, default: object) -> Any:
         """``default`` for a missing variable when one was given, else the error."""
         if default is MISSING:
             raise error
         return default
+
+
+@dataclass
+class _WatchState:
+    """Where the cache's watch stands; ``lock`` orders its updates with the cache's fills."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    started: bool = False
+    #: True from the watch's first message until it fails.
+    connected: bool = False
+    #: Last position applied (or reported by a progress message).
+    position: int = 0
+    reconnects: int = 0
+    lag_last: float | None = None
+    lag_max: float = 0.0
+    lag_total: float = 0.0
+    applied: int = 0
+
+    def record_lag(self, lag: float) -> None:
+        self.lag_last = lag
+        self.lag_max = max(self.lag_max, lag)
+        self.lag_total += lag
+        self.applied += 1
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "watch_connected": self.connected,
+                "watch_position": self.position,
+                "watch_lag": self.lag_last,
+                "watch_lag_max": self.lag_max if self.applied else None,
+                "watch_lag_avg": self.lag_total / self.applied if self.applied else None,
+                "watch_updates": self.applied,
+                "watch_reconnects": self.reconnects,
+            }
 
 
 _TYPES: Final = ("float", "integer", "string", "boolean")

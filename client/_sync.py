@@ -5,6 +5,7 @@ line; every decision lives in :mod:`varstore.client._core`."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -52,7 +53,9 @@ class SessionContext:
         config: ``enable_caching`` (True), ``cache_ttl`` (1.0 s), ``max_size`` (1000),
             ``metadata`` (session metadata if it is created), ``source`` ("python", the
             name recorded with every write), ``timeout`` (30 s per call),
-            ``create_session`` (True).
+            ``create_session`` (True), ``cache_mode`` ("ttl"; "watch": one watch on the
+            session, run by a daemon thread from the first call on, keeps cached entries
+            current, and they expire by TTL only while it is down).
         clock: Monotonic seconds for the cache's TTL (injectable for tests).
     """
 
@@ -70,6 +73,7 @@ class SessionContext:
         self._core = ContextCore(session_id, config or {}, clock)
         self._session_known = False
         self._owned_channel = False
+        self._watch: _CacheWatch | None = None
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -93,6 +97,8 @@ class SessionContext:
             self._session_known = True  # any other answer means the session was there
             raise
         self._session_known = True
+        if self._core.watch_due(_served_at(response)):
+            self._watch = _CacheWatch(self._stub, self._core)
         return response
 
     def _create_session(self) -> None:
@@ -337,7 +343,12 @@ class SessionContext:
     # -- lifecycle --------------------------------------------------------------------------
 
     def cleanup(self) -> None:
-        """Drop the cache (and close the channel if this context owns it)."""
+        """Stop the cache's watch, drop the cache (and close the channel if this context
+        owns it)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+            self._core.watch_stopped()
         self._core.invalidate(None)
         if self._owned_channel:
             self.channel.close()
@@ -354,6 +365,66 @@ class SessionContext:
         traceback: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+class _CacheWatch:
+    """The daemon thread that runs a "watch"-mode cache's watch: it opens the stream, hands
+    every message to the core, and reconnects with backoff from the last position applied
+    until stopped. Every decision is the core's."""
+
+    def __init__(self, stub: pb_grpc.VariableStoreStub, core: ContextCore) -> None:
+        self._stub = stub
+        self._core = core
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self.thread = threading.Thread(
+            target=self._run, name=f"varstore-watch-{core.session_id}", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                call = self._stub.WatchSession(self._core.watch_request())
+            except ValueError:  # the channel was closed under us
+                self._core.watch_lost(None)
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    call.cancel()
+                    return
+                self._call = call
+            error: BaseException | None = None
+            try:
+                for message in call:
+                    self._core.apply_watch_message(message)
+                    failures = 0
+            except grpc.RpcError as failure:
+                error = error_from_rpc_error(failure)
+            except Exception as failure:  # noqa: BLE001 - never let the thread die
+                error = failure
+            finally:
+                with self._lock:
+                    self._call = None
+            self._core.watch_lost(error)
+            self._stopping.wait(self._core.watch_backoff(failures))
+            failures += 1
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel the stream and wait for the thread to end."""
+        self._stopping.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+        self.thread.join(timeout)
+
+
+def _served_at(response: object) -> int:
+    """The position an answer was served at (every answer has a ``ResponseHeader``)."""
+    header: pb.ResponseHeader = getattr(response, "header")  # noqa: B009
+    return header.position
 
 
 class Client:
