@@ -268,8 +268,14 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             header=header(request.session_id, written.position),
             new_versions=written.result.new_versions,
             errors=written.result.errors,
-            variables={
-                identifier: variable_to_proto(state)
+            changed={
+                identifier: pb.VariableRef(
+                    id=state.id,
+                    name=state.name,
+                    type=state.type,
+                    version=state.version,
+                    position=state.position,
+                )
                 for identifier, state in written.result.variables.items()
             },
         )

@@ -24,6 +24,7 @@ from varstore.types import (
     RuleViolation,
     ValidationError,
     VarstoreError,
+    coerce,
     from_proto,
     to_proto,
 )
@@ -409,10 +410,23 @@ class ContextCore:
         # server changed (another client may have re-registered the name): forget it, and
         # cache the variable the server says it changed.
         self.cache.invalidate(identifier)
-        if identifier in response.variables:
-            variable = response.variables[identifier]
-            self.cache.invalidate(variable.name)
-            self._put(variable, _value_of(variable), response.header.position)
+        if identifier not in response.changed:
+            return
+        ref = response.changed[identifier]
+        self.cache.invalidate(ref.name)
+        try:
+            stored = coerce(ref.type, value)  # exactly what the server stored
+        except RuleViolation:  # pragma: no cover - the server accepted it
+            return
+        self._put_fields(
+            ref.id,
+            ref.name,
+            ref.type,
+            stored,
+            ref.version,
+            ref.position,
+            response.header.position,
+        )
 
     def remember_register(self, name: str, variable_id: str, position: int) -> None:
         """A registration fills nothing, but whatever the cache held under the new name or
@@ -431,6 +445,26 @@ class ContextCore:
                     self.cache.invalidate(key)
 
     def _put(self, variable: pb.Variable, value: PyValue, served_at: int) -> None:
+        self._put_fields(
+            variable.id,
+            variable.name,
+            variable.type,
+            value,
+            variable.version,
+            variable.position,
+            served_at,
+        )
+
+    def _put_fields(
+        self,
+        variable_id: str,
+        name: str,
+        type_name: str,
+        value: PyValue,
+        version: int,
+        position: int,
+        served_at: int,
+    ) -> None:
         assert self.cache is not None
         with self.watch.lock:
             # The watch has applied events past the answer: one of them may have changed
@@ -438,12 +472,12 @@ class ContextCore:
             if self.watch.started and served_at < self.watch.position:
                 return
             self.cache.put(
-                id=variable.id,
-                name=variable.name,
-                type=variable.type,
+                id=variable_id,
+                name=name,
+                type=type_name,
                 value=value,
-                version=variable.version,
-                position=variable.position,
+                version=version,
+                position=position,
             )
 
     # -- the cache's watch ("watch" mode) ---------------------------------------------------

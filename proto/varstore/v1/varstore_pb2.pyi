@@ -1127,19 +1127,19 @@ class SetVariablesResponse(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
-    class VariablesEntry(_message.Message):
+    class ChangedEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         KEY_FIELD_NUMBER: _builtins.int
         VALUE_FIELD_NUMBER: _builtins.int
         key: _builtins.str
         @_builtins.property
-        def value(self) -> Global___Variable: ...
+        def value(self) -> Global___VariableRef: ...
         def __init__(
             self,
             *,
             key: _builtins.str = ...,
-            value: Global___Variable | None = ...,
+            value: Global___VariableRef | None = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1150,7 +1150,7 @@ class SetVariablesResponse(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     NEW_VERSIONS_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
-    VARIABLES_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> Global___ResponseHeader:
         """Where the log stood after the batch."""
@@ -1164,8 +1164,8 @@ class SetVariablesResponse(_message.Message):
         """Non-atomic batches only: why a change was refused, keyed by the identifier as given."""
 
     @_builtins.property
-    def variables(self) -> _containers.MessageMap[_builtins.str, Global___Variable]:
-        """The changed variables after the batch, keyed by the identifier as given."""
+    def changed(self) -> _containers.MessageMap[_builtins.str, Global___VariableRef]:
+        """Which variable each accepted identifier changed, keyed by the identifier as given."""
 
     def __init__(
         self,
@@ -1173,15 +1173,53 @@ class SetVariablesResponse(_message.Message):
         header: Global___ResponseHeader | None = ...,
         new_versions: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         errors: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        variables: _abc.Mapping[_builtins.str, Global___Variable] | None = ...,
+        changed: _abc.Mapping[_builtins.str, Global___VariableRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "header", b"header", "new_versions", b"new_versions", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "errors", b"errors", "header", b"header", "new_versions", b"new_versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetVariablesResponse: _TypeAlias = SetVariablesResponse  # noqa: Y015
+
+@_typing.final
+class VariableRef(_message.Message):
+    """VariableRef names one variable at one version (a light answer for batches)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The variable's id."""
+    name: _builtins.str
+    """Its name."""
+    type: _builtins.str
+    """Its type name."""
+    version: _builtins.int
+    """Its version after the change."""
+    position: _builtins.int
+    """Session position of the change."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        version: _builtins.int = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "position", b"position", "type", b"type", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariableRef: _TypeAlias = VariableRef  # noqa: Y015
 
 @_typing.final
 class ListVariablesRequest(_message.Message):
