@@ -290,9 +290,11 @@ class Store:
             decoded = decode_sessions(checkpoint[1])
             if decoded is not None:
                 after, sessions = checkpoint[0], decoded
-        for event in self.recorder.read_all(after):
-            sessions[event.session_id] = apply_event(sessions.get(event.session_id), event)
-            after = event.global_position
+        last: RecordedEvent | None = None
+        for last in self.recorder.read_all(after):
+            sessions[last.session_id] = apply_event(sessions.get(last.session_id), last)
+        if last is not None:
+            after = last.global_position
         self._checkpointed = self._last_global = after
         now = self._monotonic()
         self._sessions = sessions

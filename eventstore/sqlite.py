@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -190,8 +191,7 @@ class SQLiteRecorder(Recorder):
                     f"{_SELECT} WHERE global_position > ? ORDER BY global_position LIMIT ?",
                     (after, _CHUNK),
                 ).fetchall()
-            for row in rows:
-                yield _decode(row)
+            yield from map(_decode, rows)
             if len(rows) < _CHUNK:
                 return
             after = rows[-1][0]
@@ -356,22 +356,30 @@ def _encode(new: NewEvent, session_id: str) -> _Fields:
     return (str(new.type), new.schema_version, recorded_at_us, str(new.source), metadata, payload)
 
 
+@functools.lru_cache(maxsize=4096)
+def _metadata(text: str) -> Mapping[str, str]:
+    """Request metadata repeats (the same reason, the same tags), so each distinct text
+    is parsed once; the mapping is shared, and events never change their metadata."""
+    parsed: Mapping[str, str] = from_json(text) if text != "{}" else {}
+    return parsed
+
+
 def _decode(row: Any) -> RecordedEvent:
     """The event a row of ``events`` holds, or RecorderError if the row is corrupt."""
     global_position, session_id, position, type_, schema_version, us, source, metadata, payload = (
         row
     )
     try:
-        return RecordedEvent(
-            session_id=session_id,
-            position=position,
-            global_position=global_position,
-            type=type_,
-            payload=from_json(payload),
-            recorded_at=_EPOCH + us * _MICROSECOND,
-            source=source,
-            metadata=from_json(metadata) if metadata != "{}" else {},
-            schema_version=schema_version,
+        return RecordedEvent(  # positional: this runs once per event on every replay
+            session_id,
+            position,
+            global_position,
+            type_,
+            from_json(payload),
+            _EPOCH + us * _MICROSECOND,
+            source,
+            _metadata(metadata),
+            schema_version,
         )
     except (TypeError, ValueError, OverflowError) as e:
         raise RecorderError(f"event at global position {global_position} is corrupt: {e}") from e

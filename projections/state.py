@@ -39,7 +39,9 @@ class VariableState:
         position: int,
     ) -> VariableState:
         """This variable one version later, with ``metadata`` merged into its own."""
-        merged = {**self.metadata, **metadata} if metadata else self.metadata
+        current = self.metadata
+        # Most changes repeat metadata the variable already has: share the mapping then.
+        merged = current if metadata.items() <= current.items() else {**current, **metadata}
         # Built directly rather than with dataclasses.replace: this runs once per change
         # on every replay, and replace costs several times more.
         return VariableState(
