@@ -14,6 +14,7 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
+from varstore.client import transfer
 from varstore.client._core import (
     MISSING,
     ChangeInfo,
@@ -325,6 +326,39 @@ class AsyncSessionContext:
         response = await self._send(self._stub.RollbackVariable, request)
         self._core.remember_write(response.variable, response.header.position)
         return response.new_version
+
+    async def read_events(
+        self,
+        from_position: int = 1,
+        to_position: int | None = None,
+        *,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The session's raw log, one dict per event in the JSON Lines export format
+        (``position``, ``type``, ``recorded_at``, ``source``, ``metadata``, ``payload``...).
+
+        Raises:
+            SessionNotFound, Unavailable.
+        """
+        events: list[dict[str, Any]] = []
+        token = ""
+        while limit is None or len(events) < limit:
+            request = pb.ReadEventsRequest(
+                session_id=self.session_id,
+                from_position=from_position,
+                backwards=backwards,
+                page_size=1000,
+                page_token=token,
+            )
+            if to_position is not None:
+                request.to_position = to_position
+            page = await _call(self._stub.ReadEvents, request, self._core.timeout)
+            events.extend(transfer.event_to_json(event) for event in page.events)
+            token = page.next_page_token
+            if not token:
+                break
+        return events if limit is None else events[:limit]
 
     def at(self, point: int | datetime) -> AsyncSessionView:
         """A read-only view of the session as it stood at a position or a moment (reads

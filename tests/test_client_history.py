@@ -92,3 +92,20 @@ async def test_the_async_context_offers_the_same(server: RunningServer) -> None:
     assert await actx.rollback_variable("n", 0) == 2
     assert await actx.get_variable("n") == 1
     await channel.close()
+
+
+def test_read_events_returns_the_log_in_the_export_format(ctx: SessionContext) -> None:
+    ctx.register_variable("n", "integer", 1)
+    ctx.update_variables({"n": 2})
+    events = ctx.read_events()
+    assert [e["type"] for e in events] == ["SessionCreated", "VariableRegistered", "BatchApplied"]
+    assert events[2]["payload"]["updates"][0]["value"] == 2
+    assert [e["position"] for e in ctx.read_events(backwards=True, limit=2)] == [3, 2]
+
+
+async def test_the_async_context_reads_events_too(server: RunningServer) -> None:
+    channel = grpc.aio.insecure_channel(server.address)
+    actx = AsyncSessionContext(f"ach{next(_count)}", channel)
+    await actx.register_variable("n", "integer", 1)
+    assert [e["position"] for e in await actx.read_events(from_position=2)] == [2]
+    await channel.close()
