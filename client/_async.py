@@ -457,6 +457,9 @@ class AsyncClient:
         self.channel = grpc.aio.insecure_channel(address)
         self._stub = pb_grpc.VariableStoreStub(self.channel)
         self._timeout = float(self.config.get("timeout", 30.0))
+        # Exports and imports read and write files: they run in a worker thread, on a sync
+        # channel of their own (opened on first use), through the same code as Client's.
+        self._transfer_channel: grpc.Channel | None = None
 
     def session(
         self, session_id: str, config: Mapping[str, Any] | None = None
@@ -500,9 +503,100 @@ class AsyncClient:
         request = pb.DeleteSessionRequest(session_id=session_id)
         await _call(self._stub.DeleteSession, request, self._timeout)
 
+    def _transfer_stub(self) -> pb_grpc.VariableStoreStub:
+        if self._transfer_channel is None:
+            self._transfer_channel = grpc.insecure_channel(self.address)
+        return pb_grpc.VariableStoreStub(self._transfer_channel)
+
+    def _opened(self, session_id: str, config: Mapping[str, Any] | None) -> AsyncSessionContext:
+        context = self.session(session_id, config)
+        context._session_known = True
+        return context
+
+    async def fork_session(
+        self,
+        session_id: str,
+        at_position: int = 0,
+        new_session_id: str | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> AsyncSessionContext:
+        """As :meth:`varstore.client.Client.fork_session`: a new session whose log is a copy
+        of ``session_id``'s up to ``at_position``.
+
+        Raises:
+            SessionNotFound, OutOfRange, AlreadyExists.
+        """
+        info = await asyncio.to_thread(
+            transfer.fork_session,
+            self._transfer_stub(),
+            session_id,
+            at_position,
+            new_session_id,
+            source=str(self.config.get("source", "python")),
+            metadata=metadata,
+            timeout=self._timeout,
+        )
+        return self._opened(info.id, config)
+
+    async def export_session(
+        self,
+        session_id: str,
+        path_or_file: transfer.PathOrFile,
+        *,
+        from_position: int = 0,
+        to_position: int | None = None,
+        progress: transfer.Progress | None = None,
+        timeout: float | None = None,
+    ) -> transfer.ExportResult:
+        """As :meth:`varstore.client.Client.export_session`, in a worker thread.
+
+        Raises:
+            SessionNotFound, ValidationError, Unavailable; OSError when writing fails.
+        """
+        return await asyncio.to_thread(
+            transfer.export_session,
+            self._transfer_stub(),
+            session_id,
+            path_or_file,
+            from_position=from_position,
+            to_position=to_position,
+            progress=progress,
+            timeout=timeout,
+        )
+
+    async def import_session(
+        self,
+        path_or_file: transfer.PathOrFile,
+        session_id: str | None = None,
+        to_position: int | None = None,
+        *,
+        progress: transfer.Progress | None = None,
+        config: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncSessionContext:
+        """As :meth:`varstore.client.Client.import_session`, in a worker thread.
+
+        Raises:
+            ValidationError, AlreadyExists, OutOfRange.
+        """
+        result = await asyncio.to_thread(
+            transfer.import_session,
+            self._transfer_stub(),
+            path_or_file,
+            session_id,
+            to_position,
+            progress=progress,
+            timeout=timeout,
+        )
+        return self._opened(result.session.id, config)
+
     async def close(self) -> None:
-        """Close the channel."""
+        """Close the channels."""
         await self.channel.close()
+        if self._transfer_channel is not None:
+            self._transfer_channel.close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ from varstore.client import (
     SessionContext,
     SessionNotFound,
     ValidationError,
+    aconnect,
 )
 
 
@@ -109,3 +111,19 @@ async def test_the_async_context_reads_events_too(server: RunningServer) -> None
     await actx.register_variable("n", "integer", 1)
     assert [e["position"] for e in await actx.read_events(from_position=2)] == [2]
     await channel.close()
+
+
+async def test_the_async_client_forks_exports_and_imports(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    async with aconnect(server.address) as client:
+        origin = await client.create_session(f"aorigin{next(_count)}")
+        await origin.register_variable("n", "integer", 1)
+        await origin.set_variable("n", 2)
+        fork = await client.fork_session(origin.session_id, at_position=2)
+        assert await fork.get_variable("n") == 1
+        exported = tmp_path / "origin.jsonl"
+        await client.export_session(origin.session_id, exported)
+        copy = await client.import_session(exported, f"acopy{next(_count)}")
+        assert await copy.get_variable("n") == 2
+        assert [c.value for c in await copy.history("n")] == [1, 2]
