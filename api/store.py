@@ -105,7 +105,8 @@ class Store:
         self._clock = clock
         self._monotonic = monotonic
         # Published states, including deleted sessions (their position continues if the
-        # id is created again). Replaced whole by the writer, never mutated once here.
+        # id is created again). The committing leader replaces a session's entry; a state
+        # object is never mutated once it is here.
         self._sessions: dict[str, SessionState] = {}
         # Monotonic time of the last call that touched each session, for TTL expiry.
         self._touched: dict[str, float] = {}
@@ -141,7 +142,10 @@ class Store:
 
     def sessions(self) -> list[SessionState]:
         """Every live session, ordered by id."""
-        return [state for _, state in sorted(self._sessions.items()) if not state.deleted]
+        # copy() is one C call under the GIL: iterating the live dict while a writer adds
+        # a session could fail with "dictionary changed size during iteration".
+        snapshot = self._sessions.copy()
+        return [snapshot[sid] for sid in sorted(snapshot) if not snapshot[sid].deleted]
 
     def expires_in(self, state: SessionState) -> float | None:
         """Seconds until the session expires if nothing touches it; None without a TTL."""
