@@ -19,6 +19,13 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 MEMORY = ":memory:"
 
 
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="varstore", description="Event-sourced typed session variables over gRPC."
@@ -43,6 +50,22 @@ def _parser() -> argparse.ArgumentParser:
         help="full (default): every acknowledged write is fsynced; normal: faster, but a "
         "power loss may lose the last writes (a crash of the server alone does not)",
     )
+    serve_cmd.add_argument(
+        "--snapshot-every",
+        type=_positive,
+        default=1000,
+        metavar="N",
+        help="keep a snapshot of a session every N events, so a read of the past folds at "
+        "most N events (default 1000)",
+    )
+    serve_cmd.add_argument(
+        "--checkpoint-every",
+        type=_positive,
+        default=10_000,
+        metavar="N",
+        help="checkpoint every session's state every N events, so start-up folds only what "
+        "came after (default 10000)",
+    )
     serve_cmd.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     add_client_commands(commands)
     return parser
@@ -58,7 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from varstore.api.server import serve  # only the server command needs it
 
-            return serve(args.db, args.listen, args.sync)
+            return serve(
+                args.db,
+                args.listen,
+                args.sync,
+                snapshot_every=args.snapshot_every,
+                checkpoint_every=args.checkpoint_every,
+            )
         except (OSError, ValueError) as problem:
             print(f"varstore: {problem}", file=sys.stderr)
             return 2

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from varstore.api.limits import Limits
 from varstore.api.service import VariableStoreService
-from varstore.api.store import Store
+from varstore.api.store import CHECKPOINT_EVERY, SNAPSHOT_EVERY, Store
 from varstore.api.watch import DEFAULT_MAX_WATCHERS, WatchHub
 from varstore.eventstore import Recorder
 from varstore.eventstore.memory import MemoryRecorder
@@ -136,9 +136,17 @@ def serve(
     listen: str,
     sync: Literal["full", "normal"] = "full",
     limits: Limits | None = None,
+    *,
+    snapshot_every: int = SNAPSHOT_EVERY,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> int:
     """Run the server until SIGTERM or SIGINT, then drain and close. Returns an exit code."""
-    store = Store(open_recorder(db, sync), limits=limits)
+    store = Store(
+        open_recorder(db, sync),
+        limits=limits,
+        snapshot_every=snapshot_every,
+        checkpoint_every=checkpoint_every,
+    )
     try:
         running = start_server(store, listen)
     except Exception:

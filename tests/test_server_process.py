@@ -201,3 +201,40 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
             assert session.position == position == 1 + 8 + 8 * 40
     finally:
         second.kill()
+
+
+def test_snapshot_and_checkpoint_intervals_are_flags_and_change_no_answer(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "tuned.db"
+    first = start_server_process(db, "--snapshot-every", "2", "--checkpoint-every", "3")
+    try:
+        with stub_for(first.address) as stub:
+            stub.CreateSession(pb.CreateSessionRequest(session_id="t"))
+            stub.RegisterVariable(
+                pb.RegisterVariableRequest(
+                    session_id="t", name="n", type="integer", initial_value=to_proto(0)
+                )
+            )
+            for value in range(1, 8):
+                stub.SetVariable(
+                    pb.SetVariableRequest(
+                        session_id="t", variable_identifier="n", value=to_proto(value)
+                    )
+                )
+    finally:
+        first.terminate()
+    second = start_server_process(db, "--snapshot-every", "2")
+    try:
+        with stub_for(second.address) as stub:
+            now = stub.GetVariable(pb.GetVariableRequest(session_id="t", variable_identifier="n"))
+            assert from_proto(now.variable.value) == 7
+            for position in range(3, 10):
+                then = stub.GetVariable(
+                    pb.GetVariableRequest(
+                        session_id="t", variable_identifier="n", at_position=position
+                    )
+                )
+                assert from_proto(then.variable.value) == position - 2
+    finally:
+        second.kill()
