@@ -201,19 +201,31 @@ class Store:
         index = self._indexes.get(session_id)
         if index is not None:
             return index
+        if session_id not in self._sessions:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        # Built from the log without the lock, so commits (which take it to keep indexes
+        # current) never wait for a big session's build; then, under the lock, the events
+        # committed meanwhile are folded in before the index is published. apply() skips
+        # positions it has seen, so a commit reporting them again is harmless.
+        built = SessionIndex(self.snapshot_every)
+        state = self._fold_into(built, None, self.recorder.read_session(session_id))
         with self._index_lock:
             index = self._indexes.get(session_id)
             if index is None:
-                if session_id not in self._sessions:
-                    raise SessionNotFound(f"session {session_id!r} not found")
-                index = SessionIndex(self.snapshot_every)
-                state: SessionState | None = None
-                for event in self.recorder.read_session(session_id):
-                    state = apply_event(state, event)
-                    index.apply(event)
-                    index.offer_snapshot(state, copy=True)
-                self._indexes[session_id] = index
+                tail = self.recorder.read_session(session_id, built.position + 1)
+                self._fold_into(built, state, tail)
+                index = self._indexes[session_id] = built
         return index
+
+    @staticmethod
+    def _fold_into(
+        index: SessionIndex, state: SessionState | None, events: Sequence[RecordedEvent]
+    ) -> SessionState | None:
+        for event in events:
+            state = apply_event(state, event)
+            index.apply(event)
+            index.offer_snapshot(state, copy=True)
+        return state
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with the events of every commit, in order, on the committing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -284,5 +285,33 @@ def test_the_state_at_position_p_is_the_fold_of_the_first_p_events(
         assert store.state_at("s", position) == folded
         history = store.history("s").changes("var_n_2")
         assert [c.value for c in history] == [0, *values]  # exactly the accepted values
+    finally:
+        store.close()
+
+
+def test_an_index_built_while_writes_go_on_misses_none_of_them() -> None:
+    store = Store(MemoryRecorder(), snapshot_every=5)
+    try:
+        store.execute("s", commands.CreateSession("s"))
+        store.execute("s", commands.RegisterVariable("s", "n", "integer", 0))
+        for value in range(1, 200):
+            store.execute("s", commands.SetVariable("s", "n", value))
+        done = threading.Event()
+
+        def write() -> None:
+            for value in range(200, 400):
+                store.execute("s", commands.SetVariable("s", "n", value))
+            done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        store.history("s")  # built while the writer commits
+        writer.join()
+        assert done.is_set()
+        values = [change.value for change in store.history("s").changes("var_n_2")]
+        assert values == list(range(400))
+        last = store.published("s")
+        assert last is not None
+        assert store.position_at_time("s", last.updated_at) == last.position
     finally:
         store.close()
