@@ -572,14 +572,22 @@ class ClientPool:
 
     def close(self) -> None:
         """Tell every client process to stop, and wait for it."""
-        for link in self._links:
-            with suppress(OSError):
-                link.send(None)
-        for process in self._processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
+        stop_processes(self._links, self._processes)
+
+
+def stop_processes(
+    links: Sequence[multiprocessing.connection.Connection],
+    processes: Sequence[multiprocessing.process.BaseProcess],
+) -> None:
+    """Send each client process its stop message (None), wait, and terminate stragglers."""
+    for link in links:
+        with suppress(OSError):
+            link.send(None)
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
 
 
 # -- report -------------------------------------------------------------------------------

@@ -52,7 +52,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,6 +64,7 @@ from bench_grpc import (  # bench/ is sys.path[0] when this file runs
     percentile,
     progress,
     start_child,
+    stop_processes,
 )
 
 from varstore.v1 import varstore_pb2 as pb
@@ -226,14 +226,7 @@ class WatcherPool:
 
     def close(self) -> None:
         """Tell every process to stop, and wait for it."""
-        for link in self.links:
-            with suppress(OSError):
-                link.send(None)
-        for process in self._processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
+        stop_processes(self.links, self._processes)
 
 
 @dataclass(frozen=True)
