@@ -122,6 +122,8 @@ class Store:
         self._index_lock = threading.Lock()
         self._last_time = 0.0
         self._listeners: list[Listener] = []
+        # Notified whenever states are published (see wait_until_applied).
+        self._applied = threading.Condition(threading.Lock())
         self.checkpoint_every = checkpoint_every
         self._checkpointed = 0
         self._last_global = 0
@@ -146,6 +148,20 @@ class Store:
         # a session could fail with "dictionary changed size during iteration".
         snapshot = self._sessions.copy()
         return [snapshot[sid] for sid in sorted(snapshot) if not snapshot[sid].deleted]
+
+    def wait_until_applied(self, session_id: str, position: int, timeout: float) -> bool:
+        """Wait (up to ``timeout`` seconds) until the published state of ``session_id`` has
+        folded in ``position``; True once it has, False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._applied:
+            while True:
+                published = self._sessions.get(session_id)
+                if published is not None and published.position >= position:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._applied.wait(left)
 
     def expires_in(self, state: SessionState) -> float | None:
         """Seconds until the session expires if nothing touches it; None without a TTL."""
@@ -437,6 +453,8 @@ class Store:
                     index = self._indexes.get(sid)
                     if index is not None and index.position == state.position:
                         index.offer_snapshot(state, copy=False)
+        with self._applied:
+            self._applied.notify_all()
         if recorded and recorded[-1].global_position - self._checkpointed >= self.checkpoint_every:
             self._checkpoint(recorded[-1].global_position)
         if recorded:

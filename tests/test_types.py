@@ -564,7 +564,8 @@ def test_error_class_for_finds_each_class_by_its_code_and_reason(
 
 def test_error_class_for_falls_back_on_the_code_then_on_varstore_error() -> None:
     assert error_class_for(grpc.StatusCode.NOT_FOUND, "SOMETHING_NEW") is NotFound
-    assert error_class_for(grpc.StatusCode.INTERNAL) is VarstoreError
+    assert error_class_for(grpc.StatusCode.DATA_LOSS) is VarstoreError
+    assert error_class_for(grpc.StatusCode.UNKNOWN) is VarstoreError
 
 
 def test_errors_read_as_their_message_even_when_they_are_key_errors() -> None:

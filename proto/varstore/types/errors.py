@@ -13,7 +13,18 @@ is the classes themselves and can be read in both directions::
     ├── VersionConflict      ABORTED           (re-read and retry)
     ├── OutOfRange           OUT_OF_RANGE
     ├── LimitExceeded        RESOURCE_EXHAUSTED
-    └── Unavailable          UNAVAILABLE
+    ├── FailedPrecondition   FAILED_PRECONDITION
+    ├── Unauthenticated      UNAUTHENTICATED
+    ├── PermissionDenied     PERMISSION_DENIED
+    ├── Unavailable          UNAVAILABLE       (nothing was written: safe to retry)
+    ├── DeadlineExceeded     DEADLINE_EXCEEDED (a write may or may not have happened)
+    ├── Cancelled            CANCELLED
+    ├── CommitOutcomeUnknown UNKNOWN           (a write may or may not have happened)
+    └── InternalError        INTERNAL          (a bug in the server: report it)
+
+Whether a retry is safe is part of the code: UNAVAILABLE means nothing was written, so any
+call may be retried; after DEADLINE_EXCEEDED or COMMIT_OUTCOME_UNKNOWN a write may have
+landed, so re-read before writing again (or retry with the same request id).
 """
 
 from __future__ import annotations
@@ -25,10 +36,17 @@ import grpc
 
 __all__ = [
     "AlreadyExists",
+    "Cancelled",
+    "CommitOutcomeUnknown",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InternalError",
     "LimitExceeded",
     "NotFound",
     "OutOfRange",
+    "PermissionDenied",
     "SessionNotFound",
+    "Unauthenticated",
     "Unavailable",
     "ValidationError",
     "VariableNotFound",
@@ -56,7 +74,8 @@ class VarstoreError(Exception):
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         _BY_REASON[cls.reason] = cls
-        _BY_CODE.setdefault(cls.grpc_code, cls)
+        if cls.grpc_code != grpc.StatusCode.UNKNOWN:  # UNKNOWN alone says nothing: by reason only
+            _BY_CODE.setdefault(cls.grpc_code, cls)
 
     def __str__(self) -> str:
         return self.message
@@ -143,11 +162,64 @@ class LimitExceeded(VarstoreError):
     reason = "LIMIT_EXCEEDED"
 
 
+class FailedPrecondition(VarstoreError):
+    """The system is not in a state the call needs (FAILED_PRECONDITION); fix that first."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(VarstoreError):
+    """The call carries no valid credentials (UNAUTHENTICATED)."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(VarstoreError):
+    """The caller's credentials do not grant this call (PERMISSION_DENIED)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
 class Unavailable(VarstoreError):
-    """The server cannot be reached or is shutting down (UNAVAILABLE); safe to retry."""
+    """The server cannot be reached, cannot write its log or is shutting down
+    (UNAVAILABLE). Nothing was written, so the call is safe to retry."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
     reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(VarstoreError):
+    """The call's deadline passed before its answer came (DEADLINE_EXCEEDED); a write
+    may or may not have been recorded."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(VarstoreError):
+    """The call was cancelled, usually by the caller (CANCELLED)."""
+
+    grpc_code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
+
+
+class CommitOutcomeUnknown(VarstoreError):
+    """The log's answer to a write was lost and could not be read back (UNKNOWN, reason
+    ``COMMIT_OUTCOME_UNKNOWN``): the write may or may not have been recorded, so re-read
+    before writing again. Not UNAVAILABLE, which promises that nothing was written."""
+
+    grpc_code = grpc.StatusCode.UNKNOWN
+    reason = "COMMIT_OUTCOME_UNKNOWN"
+
+
+class InternalError(VarstoreError):
+    """A bug in the server (INTERNAL); the server logged it. Never caused by bad input."""
+
+    grpc_code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
 
 
 def error_class_for(code: grpc.StatusCode, reason: str = "") -> type[VarstoreError]:
