@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from varstore.types import errors
 from varstore.types.constraints import MAX_PATTERN_LENGTH, Constraints
 from varstore.types.errors import (
+    DeadlineExceeded,
+    InternalError,
     NotFound,
     ValidationError,
     VarstoreError,
@@ -666,8 +668,10 @@ class _PlainStatus(grpc.Status):
         (grpc.StatusCode.NOT_FOUND, NotFound),
         (grpc.StatusCode.INVALID_ARGUMENT, ValidationError),
         (grpc.StatusCode.ABORTED, VersionConflict),
-        (grpc.StatusCode.INTERNAL, VarstoreError),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, VarstoreError),
+        (grpc.StatusCode.INTERNAL, InternalError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
+        (grpc.StatusCode.UNKNOWN, VarstoreError),
+        (grpc.StatusCode.DATA_LOSS, VarstoreError),
     ],
 )
 def test_a_status_without_details_maps_by_its_code_alone(
