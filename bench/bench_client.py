@@ -4,8 +4,8 @@ What it measures
 ----------------
 One ``varstore serve --db :memory: --listen 127.0.0.1:0`` child process (reads never touch
 the log, so the in-memory log changes nothing for them) holds one session with 100
-integer variables ``v0..v99`` (plus the float ``f`` that ``bench_grpc.set_up_session``
-adds). This process holds one sync channel and one ``grpc.aio`` channel to it; every
+integer variables ``v0..v99`` (plus the float ``f``: ``benchlib.set_up_session``, the
+session ``bench_grpc`` uses). This process holds one sync channel and one ``grpc.aio`` channel to it; every
 stub and client context below shares them, so raw calls and client calls travel the same
 HTTP/2 connection. Each row has a reference measured in the same run:
 
@@ -22,7 +22,8 @@ HTTP/2 connection. Each row has a reference measured in the same run:
   ``grpc.aio``) against ``get_variable`` on a context with ``enable_caching=False``
   (sync and async), plus sync ``get_variable(bypass_cache=True)`` on a caching context
   (the read still refreshes the cache). One call per sample, all reading ``v0``; the raw
-  calls reuse one prebuilt request (as ``bench_grpc`` does), the client builds its own.
+  calls reuse one prebuilt request (``benchlib.make_call``, as ``bench_grpc`` does), the
+  client builds its own.
 * **100 names**: one raw ``GetVariables`` stub call of ``v0..v99`` against
   ``get_variables`` of the same names, uncached and from a warm cache. One call per sample.
 
@@ -43,7 +44,7 @@ from the same run) does not (much). Targets, from the issue: a cached sync read 
 on uncached reads (p50), and cached reads under 1 ms at p99 (single-call timing).
 
 Usage: ``.venv/bin/python bench/bench_client.py [--quick] [--json]`` from the repository
-root (``bench/`` must be on ``sys.path`` for ``bench_grpc``, which running the file does).
+root (``bench/`` must be on ``sys.path`` for ``benchlib``, which running the file does).
 ``--quick`` is a smoke run of a few seconds; the default run takes well under a minute.
 Progress goes to stderr. Exit status 1 if a timed "cached" read missed the cache (a
 missed target is reported, not an error, as in ``bench_grpc``).
@@ -51,9 +52,7 @@ missed target is reported, not an error, as in ``bench_grpc``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,19 +60,25 @@ from dataclasses import asdict, dataclass, field
 
 import cachetools
 import grpc
-from bench_grpc import (  # bench/ is sys.path[0] when this file runs
+from benchlib import (  # bench/ is sys.path[0] when this file runs
     CALL_TIMEOUT,
     SESSION_ID,
     VARIABLES,
-    Child,
+    Target,
+    arguments,
     machine,
+    machine_line,
     make_call,
+    markdown_table,
     names,
     open_channel,
+    p50_p99,
     percentile,
+    print_report,
     progress,
     set_up_session,
-    start_child,
+    targets_text,
+    varstore_server,
 )
 
 from varstore.client import AsyncSessionContext, SessionContext
@@ -133,16 +138,6 @@ class Result:
     p99_ns: float
     calls_per_s: float
     p50_vs_reference: float | None
-
-
-@dataclass(frozen=True)
-class Target:
-    """A goal the numbers are held to."""
-
-    name: str
-    value: str
-    limit: str
-    passed: bool
 
 
 # -- samplers -----------------------------------------------------------------------------
@@ -395,10 +390,10 @@ def summarize(rows: list[Row]) -> dict[str, Result]:
     """Per-call figures of every row, and its ratio to its reference."""
     results: dict[str, Result] = {}
     for row in rows:
-        ordered = sorted(row.samples_ns)
         per = row.calls_per_sample
-        calls = len(ordered) * per
-        p50 = percentile(ordered, 0.5) / per
+        calls = len(row.samples_ns) * per
+        p50_sample, p99_sample = p50_p99(row.samples_ns)
+        p50 = p50_sample / per
         reference = results.get(row.reference) if row.reference else None
         results[row.key] = Result(
             row.key,
@@ -406,8 +401,8 @@ def summarize(rows: list[Row]) -> dict[str, Result]:
             row.reference,
             calls,
             p50,
-            percentile(ordered, 0.99) / per,
-            calls / (sum(ordered) / 1e9),
+            p99_sample / per,
+            calls / (sum(row.samples_ns) / 1e9),
             p50 / reference.p50_ns if reference else None,
         )
     return results
@@ -417,8 +412,8 @@ def evaluate(results: dict[str, Result], measured: Measured) -> list[Target]:
     """The issue's three targets."""
     cached = results["cached"].p50_vs_reference or 0.0
     uncached = results["uncached"].p50_vs_reference or 0.0
-    sync_p99 = percentile(sorted(measured.single_sync_ns), 0.99)
-    async_p99 = percentile(sorted(measured.single_async_ns), 0.99)
+    sync_p99 = p50_p99(measured.single_sync_ns)[1]
+    async_p99 = p50_p99(measured.single_async_ns)[1]
     worst = max(*measured.single_sync_ns, *measured.single_async_ns)
     return [
         Target(
@@ -470,24 +465,25 @@ def markdown(
     info: dict[str, str],
     settings: Settings,
 ) -> str:
-    """The report: table, method, targets, cache check, drift check and machine."""
-    lines = [
-        "| operation | calls | p50 | p99 | calls/s | vs | p50 ratio |",
-        "|---|---:|---:|---:|---:|---|---:|",
-    ]
+    """The report: machine, table, method, targets, cache check and drift check."""
+    cells = []
     for result in results.values():
         reference = results[result.reference].label if result.reference else "(reference)"
         vs = result.p50_vs_reference
-        ratio = f"{vs:.2f}x" if vs is not None else "1.00x"
-        lines.append(
-            f"| {result.label} | {result.calls:,} | {format_ns(result.p50_ns)} | "
-            f"{format_ns(result.p99_ns)} | {result.calls_per_s:,.0f} | {reference} | {ratio} |"
+        cells.append(
+            (
+                result.label,
+                f"{result.calls:,}",
+                format_ns(result.p50_ns),
+                format_ns(result.p99_ns),
+                f"{result.calls_per_s:,.0f}",
+                reference,
+                f"{vs:.2f}x" if vs is not None else "1.00x",
+            )
         )
-    lines += ["", f"Measured: {method_text(settings)}", "", "Targets:"]
-    lines += [
-        f"- {'PASS' if t.passed else 'MISS'}: {t.name}: {t.value} (target {t.limit})"
-        for t in targets
-    ]
+    header = ("operation", "calls", "p50", "p99", "calls/s", "vs", "p50 ratio")
+    lines = [machine_line(info), "", markdown_table(header, "lrrrrlr", cells)]
+    lines += ["", f"Measured: {method_text(settings)}", "", targets_text(targets)]
     lines += ["", "Cache check (the cached rows were all hits after the 100 warm-up misses):"]
     lines += [
         f"- {name}: hits {stats.get('hits')}, misses {stats.get('misses')}, "
@@ -501,62 +497,40 @@ def markdown(
             if row.key in REFERENCES
         )
         lines += ["", f"Drift check, reference p50 round by round: {drift}."]
-    lines += ["", "Machine: " + "; ".join(f"{key} {value}" for key, value in info.items())]
     return "\n".join(lines)
 
 
 def run(settings: Settings, as_json: bool) -> int:
     """Start the server, measure, print the report; 1 if a timed cached read missed."""
-    info = machine() | {"cachetools": cachetools.__version__}
-    server: Child = start_child(
-        "varstore",
-        [
-            sys.executable,
-            "-m",
-            "varstore.api.cli",
-            "serve",
-            "--db",
-            ":memory:",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    )
-    try:
+    info = machine(cachetools=cachetools.__version__)
+    with varstore_server(":memory:") as server:
         progress(f"varstore on {server.address}")
         set_up_session(server.address)
         measured = asyncio.run(measure(server.address, settings))
-    finally:
-        server.stop()
     results = summarize(measured.rows)
     targets = evaluate(results, measured)
     for name, stats in measured.cache_stats.items():
         if stats.get("misses") != VARIABLES or stats.get("evictions") != 0:
             progress(f"{name}: timed reads missed the cache: {stats}")
             return 1
-    if as_json:
-        document = {
-            "machine": info,
-            "method": method_text(settings),
-            "settings": asdict(settings),
-            "rows": [asdict(result) for result in results.values()],
-            "targets": [asdict(target) for target in targets],
-            "cache_stats": measured.cache_stats,
-            "reference_p50_ns_by_round": {
-                row.key: row.rounds_p50_ns for row in measured.rows if row.key in REFERENCES
-            },
-        }
-        print(json.dumps(document, indent=2))
-    else:
-        print(markdown(results, targets, measured, info, settings))
+    document = {
+        "machine": info,
+        "method": method_text(settings),
+        "settings": asdict(settings),
+        "rows": [asdict(result) for result in results.values()],
+        "targets": [asdict(target) for target in targets],
+        "cache_stats": measured.cache_stats,
+        "reference_p50_ns_by_round": {
+            row.key: row.rounds_p50_ns for row in measured.rows if row.key in REFERENCES
+        },
+    }
+    print_report(as_json, document, markdown(results, targets, measured, info, settings))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else "")
-    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, "a smoke run of a few seconds").parse_args(argv)
     return run(QUICK if args.quick else FULL, args.json)
 
 

@@ -46,7 +46,7 @@ does, the same for both sides. The targets printed after the table are checked a
 these ratios.
 
 Usage: ``.venv/bin/python bench/bench_grpc.py [--quick] [--json]`` from the repository
-root. ``--quick`` is a smoke run (one round, 300 calls, 1 s windows; about 15 s); the
+root. ``--quick`` is a smoke run (one round, 200 calls, 0.4 s windows; about 10 s); the
 default run takes about 1.5 minutes. ``--json`` prints the results as JSON instead of
 the markdown report; progress goes to stderr. Exit status 1 if any call failed.
 """
@@ -54,38 +54,43 @@ the markdown report; progress goes to stderr. Exit status 1 if any call failed.
 from __future__ import annotations
 
 import argparse
-import collections
-import datetime
-import json
-import multiprocessing
 import multiprocessing.connection
 import os
-import platform
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import grpc
+from benchlib import (  # bench/ is sys.path[0] when this file runs
+    CALL_TIMEOUT,
+    Child,
+    ProcessPool,
+    Target,
+    arguments,
+    child_server,
+    machine,
+    machine_line,
+    make_call,
+    markdown_table,
+    open_channel,
+    p50_p99,
+    percentile,
+    print_report,
+    progress,
+    receive_all,
+    set_up_session,
+    targets_text,
+    varstore_server,
+)
 
-from varstore.v1 import varstore_pb2 as pb
-from varstore.v1 import varstore_pb2_grpc
-
-ECHO_METHOD = "/bench.Echo/Echo"
 MAX_WORKERS = 32  # varstore's start_server default
-SESSION_ID = "bench"
-VARIABLES = 100
-CALL_TIMEOUT = 10.0  # seconds; a hung server fails the call instead of the run
-LISTENING = re.compile(r"listening on (\S+)$")
 
 #: (key, label) of every operation, in table order.
 OPERATIONS: tuple[tuple[str, str], ...] = (
@@ -97,8 +102,6 @@ OPERATIONS: tuple[tuple[str, str], ...] = (
     ("set10", "SetVariables(10, atomic)"),
     ("set100", "SetVariables(100, atomic)"),
 )
-
-Call = Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class Settings:
 
 
 FULL = Settings(3, 100, 2000, 9.0, 0.5, 4.5, 16, 4)
-QUICK = Settings(1, 30, 300, 2.0, 0.25, 1.0, 16, 4)
+QUICK = Settings(1, 20, 200, 1.0, 0.1, 0.4, 16, 4)
 
 
 # -- echo server (child process) ----------------------------------------------------------
@@ -155,181 +158,18 @@ def run_echo_server() -> int:
     return 0
 
 
-# -- child servers ------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A server child process and the address from its ``listening on`` line."""
-
-    name: str
-    process: subprocess.Popen[str]
-    address: str
-    output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=50))
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within 15 s."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def start_child(name: str, command: Sequence[str], timeout: float = 30.0) -> Child:
-    """Run ``command`` and wait for its ``listening on HOST:PORT`` line (address last)."""
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    output: collections.deque[str] = collections.deque(maxlen=50)
-    found: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:  # drains the pipe for the child's whole life
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line.rstrip("\n"))
-            match = LISTENING.search(line.strip())
-            if match and not found:
-                found.append(match.group(1))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, name=f"{name}-output", daemon=True).start()
-    if not ready.wait(timeout) or not found:
-        process.kill()
-        process.wait(timeout=5)
-        raise RuntimeError(f"{name} server did not start:\n" + "\n".join(output))
-    return Child(name, process, found[0], output)
+# -- servers ------------------------------------------------------------------------------
 
 
 @contextmanager
 def servers(db_dir: Path) -> Iterator[tuple[Child, Child]]:
     """The echo and varstore servers, stopped with SIGTERM on the way out."""
-    echo = start_child("echo", [sys.executable, str(Path(__file__).resolve()), "--echo-server"])
-    try:
-        varstore = start_child(
-            "varstore",
-            [
-                sys.executable,
-                "-m",
-                "varstore.api.cli",
-                "serve",
-                "--db",
-                str(db_dir / "bench.db"),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-        )
-    except BaseException:
-        echo.stop()
-        raise
-    try:
+    echo_command = [sys.executable, str(Path(__file__).resolve()), "--echo-server"]
+    with (
+        child_server("echo", echo_command) as echo,
+        varstore_server(db_dir / "bench.db") as varstore,
+    ):
         yield echo, varstore
-    finally:
-        varstore.stop()
-        echo.stop()
-
-
-# -- calls --------------------------------------------------------------------------------
-
-
-def open_channel(address: str) -> grpc.Channel:
-    """A fresh channel, connected."""
-    channel = grpc.insecure_channel(address)
-    grpc.channel_ready_future(channel).result(timeout=10)
-    return channel
-
-
-def names(start: int, count: int) -> list[str]:
-    """``count`` variable names from ``v{start}`` on, wrapping at ``v99``."""
-    return [f"v{(start + i) % VARIABLES}" for i in range(count)]
-
-
-def make_call(operation: str, channel: grpc.Channel, client: int) -> Call:
-    """One call of ``operation`` on ``channel``; ``client`` spreads clients over variables.
-
-    Requests are built up front; writes cycle through a ring of prebuilt requests so
-    every call changes the value it writes.
-    """
-    if operation == "echo":
-        echo: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(ECHO_METHOD)
-        return lambda: echo(b"", timeout=CALL_TIMEOUT)
-    stub = varstore_pb2_grpc.VariableStoreStub(channel)
-    ring = 16
-    counter = iter(range(1 << 62))
-
-    def nth(requests: Sequence[Any]) -> Any:
-        return requests[next(counter) % ring]
-
-    if operation == "get":
-        get = pb.GetVariableRequest(session_id=SESSION_ID, variable_identifier=names(client, 1)[0])
-        return lambda: stub.GetVariable(get, timeout=CALL_TIMEOUT)
-    if operation in ("get10", "get100"):
-        size = 10 if operation == "get10" else 100
-        many = pb.GetVariablesRequest(
-            session_id=SESSION_ID, variable_identifiers=names(client * size, size)
-        )
-        return lambda: stub.GetVariables(many, timeout=CALL_TIMEOUT)
-    base = client * 1_000_000
-    if operation == "set":
-        name = names(client, 1)[0]
-        sets = [
-            pb.SetVariableRequest(
-                session_id=SESSION_ID,
-                variable_identifier=name,
-                value=pb.Value(integer_value=base + i),
-            )
-            for i in range(ring)
-        ]
-        return lambda: stub.SetVariable(nth(sets), timeout=CALL_TIMEOUT)
-    if operation in ("set10", "set100"):
-        size = 10 if operation == "set10" else 100
-        batches = [
-            pb.SetVariablesRequest(
-                session_id=SESSION_ID,
-                updates={n: pb.Value(integer_value=base + i) for n in names(client * size, size)},
-                atomic=True,
-            )
-            for i in range(ring)
-        ]
-        return lambda: stub.SetVariables(nth(batches), timeout=CALL_TIMEOUT)
-    raise ValueError(f"unknown operation {operation!r}")
-
-
-def set_up_session(address: str) -> None:
-    """Create the session and register ``v0..v99`` (integer) and ``f`` (float)."""
-    channel = open_channel(address)
-    try:
-        stub = varstore_pb2_grpc.VariableStoreStub(channel)
-        stub.CreateSession(pb.CreateSessionRequest(session_id=SESSION_ID), timeout=CALL_TIMEOUT)
-        for name in names(0, VARIABLES):
-            stub.RegisterVariable(
-                pb.RegisterVariableRequest(
-                    session_id=SESSION_ID,
-                    name=name,
-                    type="integer",
-                    initial_value=pb.Value(integer_value=0),
-                ),
-                timeout=CALL_TIMEOUT,
-            )
-        stub.RegisterVariable(
-            pb.RegisterVariableRequest(
-                session_id=SESSION_ID,
-                name="f",
-                type="float",
-                initial_value=pb.Value(float_value=0.5),
-            ),
-            timeout=CALL_TIMEOUT,
-        )
-    finally:
-        channel.close()
 
 
 # -- sequential phase ---------------------------------------------------------------------
@@ -366,20 +206,15 @@ class Sequential:
     @classmethod
     def of(cls, run: SequentialRun) -> Sequential:
         """The summary of a pooled run."""
-        ordered = sorted(run.latencies_ns)
-        calls = len(ordered)
+        calls = len(run.latencies_ns)
+        p50, p99 = p50_p99(run.latencies_ns)
         return cls(
             calls=calls,
-            p50_us=percentile(ordered, 0.50) / 1e3,
-            p99_us=percentile(ordered, 0.99) / 1e3,
+            p50_us=p50 / 1e3,
+            p99_us=p99 / 1e3,
             calls_per_s=calls / (run.elapsed_ns / 1e9),
             server_cpu_us_per_call=run.server_cpu_s * 1e6 / calls,
         )
-
-
-def percentile(ordered: Sequence[int], q: float) -> int:
-    """The nearest-rank ``q`` quantile of an ascending sequence."""
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def measure_sequential(
@@ -468,28 +303,24 @@ def run_client(job: Job, client: int, tallies: list[Tally]) -> None:
     tallies.append(Tally(completed, errors, first_error))
 
 
-def client_process(connection: multiprocessing.connection.Connection) -> None:
-    """A client worker: run each job it is sent, answer with its tally; stop on None."""
-    while True:
-        job = connection.recv()
-        if job is None:
-            return
-        tallies: list[Tally] = []
-        threads = [
-            threading.Thread(target=run_client, args=(job, job.first_client + i, tallies))
-            for i in range(job.threads)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        connection.send(
-            Tally(
-                sum(t.completed for t in tallies),
-                sum(t.errors for t in tallies) + job.threads - len(tallies),
-                next((t.first_error for t in tallies if t.first_error), ""),
-            )
+def client_job(job: Job, connection: multiprocessing.connection.Connection) -> None:
+    """In a client process: run ``job``'s clients, one thread each; answer with their tally."""
+    tallies: list[Tally] = []
+    threads = [
+        threading.Thread(target=run_client, args=(job, job.first_client + i, tallies))
+        for i in range(job.threads)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    connection.send(
+        Tally(
+            sum(t.completed for t in tallies),
+            sum(t.errors for t in tallies) + job.threads - len(tallies),
+            next((t.first_error for t in tallies if t.first_error), ""),
         )
+    )
 
 
 @dataclass
@@ -513,81 +344,43 @@ class ConcurrentRun:
         return self.server_cpu_s * 1e6 / self.completed if self.completed else 0.0
 
 
-class ClientPool:
-    """Long-lived spawned client processes (spawned once, before any phase runs)."""
-
-    def __init__(self, processes: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._links: list[multiprocessing.connection.Connection] = []
-        self._processes: list[multiprocessing.process.BaseProcess] = []
-        for index in range(processes):
-            ours, theirs = context.Pipe()
-            process = context.Process(
-                target=client_process, args=(theirs,), name=f"bench-client-{index}", daemon=True
-            )
-            process.start()
-            theirs.close()
-            self._links.append(ours)
-            self._processes.append(process)
-
-    def run(
-        self,
-        operation: str,
-        address: str,
-        server_pid: int,
-        settings: Settings,
-        into: ConcurrentRun,
-    ) -> None:
-        """One round: every client for a warm-up plus this round's share of the window."""
-        per_process = settings.clients // len(self._links)
-        window = settings.concurrent_seconds / settings.rounds
-        start_at = time.monotonic() + 0.3  # time for every client to connect
-        measure_from = start_at + settings.concurrent_warmup
-        measure_until = measure_from + window
-        for index, link in enumerate(self._links):
-            link.send(
-                Job(
-                    operation,
-                    address,
-                    index * per_process,
-                    per_process,
-                    start_at,
-                    measure_from,
-                    measure_until,
-                )
-            )
-        time.sleep(max(0.0, measure_from - time.monotonic()))
-        cpu_before = cpu_seconds(server_pid)
-        time.sleep(max(0.0, measure_until - time.monotonic()))
-        into.server_cpu_s += cpu_seconds(server_pid) - cpu_before
-        into.seconds += window
-        limit = measure_until + CALL_TIMEOUT + 15
-        for link in self._links:
-            if not link.poll(max(0.0, limit - time.monotonic())):
-                raise RuntimeError("a client process did not report back")
-            tally: Tally = link.recv()
-            into.completed += tally.completed
-            into.errors += tally.errors
-            into.first_error = into.first_error or tally.first_error
-
-    def close(self) -> None:
-        """Tell every client process to stop, and wait for it."""
-        stop_processes(self._links, self._processes)
-
-
-def stop_processes(
-    links: Sequence[multiprocessing.connection.Connection],
-    processes: Sequence[multiprocessing.process.BaseProcess],
+def run_concurrent(
+    pool: ProcessPool,
+    operation: str,
+    address: str,
+    server_pid: int,
+    settings: Settings,
+    into: ConcurrentRun,
 ) -> None:
-    """Send each client process its stop message (None), wait, and terminate stragglers."""
-    for link in links:
-        with suppress(OSError):
-            link.send(None)
-    for process in processes:
-        process.join(timeout=10)
-        if process.is_alive():
-            process.terminate()
-            process.join(timeout=5)
+    """One round: every client for a warm-up plus this round's share of the window."""
+    per_process = settings.clients // len(pool.links)
+    window = settings.concurrent_seconds / settings.rounds
+    start_at = time.monotonic() + 0.3  # time for every client to connect
+    measure_from = start_at + settings.concurrent_warmup
+    measure_until = measure_from + window
+    for index, link in enumerate(pool.links):
+        link.send(
+            Job(
+                operation,
+                address,
+                index * per_process,
+                per_process,
+                start_at,
+                measure_from,
+                measure_until,
+            )
+        )
+    time.sleep(max(0.0, measure_from - time.monotonic()))
+    cpu_before = cpu_seconds(server_pid)
+    time.sleep(max(0.0, measure_until - time.monotonic()))
+    into.server_cpu_s += cpu_seconds(server_pid) - cpu_before
+    into.seconds += window
+    limit = measure_until + CALL_TIMEOUT + 15
+    tally: Tally
+    for tally in receive_all(pool.links, limit, "a client process did not report back"):
+        into.completed += tally.completed
+        into.errors += tally.errors
+        into.first_error = into.first_error or tally.first_error
 
 
 # -- report -------------------------------------------------------------------------------
@@ -608,47 +401,11 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Target:
-    """A goal the numbers are held to."""
-
-    name: str
-    value: float
-    limit: str
-    passed: bool
-
-
-@dataclass(frozen=True)
 class EchoRound:
     """Echo as measured in one round (the drift check)."""
 
     p50_us: float
     concurrent_per_s: float
-
-
-def machine() -> dict[str, str]:
-    """Where the run happened."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from google.protobuf import __version__ as protobuf_version
-    from google.protobuf.internal import api_implementation
-
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "protobuf": f"{protobuf_version} ({api_implementation.Type()})",
-        "load_average_at_start": load,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
 
 
 def method_text(settings: Settings) -> str:
@@ -679,28 +436,39 @@ def markdown(
     settings: Settings,
     echo_rounds: list[EchoRound],
 ) -> str:
-    """The report: table, method, targets, drift check and machine."""
-    lines = [
-        (
-            "| operation | calls | p50 µs | p99 µs | seq calls/s | 16-client calls/s "
-            "| p50 / echo | 16c / echo | server CPU µs/call seq | server CPU µs/call 16c |"
-        ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    """The report: machine, table, method, targets and drift check."""
+    cells = []
     for row in rows:
         s = row.sequential
         errors = f" ({row.concurrent_errors} errors)" if row.concurrent_errors else ""
-        lines.append(
-            f"| {row.label} | {s.calls} | {s.p50_us:,.0f} | {s.p99_us:,.0f} | "
-            f"{s.calls_per_s:,.0f} | {row.concurrent_per_s:,.0f}{errors} | "
-            f"{row.p50_vs_echo:.2f}x | {row.concurrent_vs_echo:.2f}x | "
-            f"{s.server_cpu_us_per_call:,.0f} | {row.concurrent_server_cpu_us_per_call:,.0f} |"
+        cells.append(
+            (
+                row.label,
+                str(s.calls),
+                f"{s.p50_us:,.0f}",
+                f"{s.p99_us:,.0f}",
+                f"{s.calls_per_s:,.0f}",
+                f"{row.concurrent_per_s:,.0f}{errors}",
+                f"{row.p50_vs_echo:.2f}x",
+                f"{row.concurrent_vs_echo:.2f}x",
+                f"{s.server_cpu_us_per_call:,.0f}",
+                f"{row.concurrent_server_cpu_us_per_call:,.0f}",
+            )
         )
-    lines += ["", f"Measured: {method_text(settings)}", "", "Targets:"]
-    lines += [
-        f"- {'PASS' if t.passed else 'MISS'}: {t.name}: {t.value:.2f}x (target {t.limit})"
-        for t in targets
-    ]
+    header = (
+        "operation",
+        "calls",
+        "p50 µs",
+        "p99 µs",
+        "seq calls/s",
+        "16-client calls/s",
+        "p50 / echo",
+        "16c / echo",
+        "server CPU µs/call seq",
+        "server CPU µs/call 16c",
+    )
+    lines = [machine_line(info), "", markdown_table(header, "lrrrrrrrrr", cells)]
+    lines += ["", f"Measured: {method_text(settings)}", "", targets_text(targets)]
     if len(echo_rounds) > 1:
         p50s = ", ".join(f"{r.p50_us:,.0f}" for r in echo_rounds)
         rates = ", ".join(f"{r.concurrent_per_s:,.0f}" for r in echo_rounds)
@@ -708,7 +476,6 @@ def markdown(
             "",
             f"Drift check, echo round by round: p50 {p50s} µs; 16 clients {rates} calls/s.",
         ]
-    lines += ["", "Machine: " + "; ".join(f"{key} {value}" for key, value in info.items())]
     return "\n".join(lines)
 
 
@@ -718,26 +485,29 @@ def evaluate(rows: dict[str, Row]) -> list[Target]:
     set_vs_echo = rows["set"].concurrent_vs_echo
     many_vs_one = rows["get100"].sequential.p50_us / rows["get"].sequential.p50_us
     return [
-        Target("uncached GetVariable p50 / echo p50", get_vs_echo, "<= 1.30x", get_vs_echo <= 1.3),
+        Target(
+            "uncached GetVariable p50 / echo p50",
+            f"{get_vs_echo:.2f}x",
+            "<= 1.30x",
+            get_vs_echo <= 1.3,
+        ),
         Target(
             "SetVariable 16-client throughput / echo 16-client throughput",
-            set_vs_echo,
+            f"{set_vs_echo:.2f}x",
             ">= 0.70x",
             set_vs_echo >= 0.70,
         ),
         Target(
-            "GetVariables(100) p50 / GetVariable p50", many_vs_one, "<= 3.00x", many_vs_one <= 3.0
+            "GetVariables(100) p50 / GetVariable p50",
+            f"{many_vs_one:.2f}x",
+            "<= 3.00x",
+            many_vs_one <= 3.0,
         ),
     ]
 
 
-def progress(message: str) -> None:
-    """A progress line on stderr (stdout carries only the report)."""
-    print(message, file=sys.stderr, flush=True)
-
-
 def measure(
-    settings: Settings, pool: ClientPool, echo: Child, varstore: Child
+    settings: Settings, pool: ProcessPool, echo: Child, varstore: Child
 ) -> tuple[dict[str, SequentialRun], dict[str, ConcurrentRun], list[EchoRound]]:
     """Every round of every operation against the two running servers."""
     server = {key: varstore for key, _ in OPERATIONS} | {"echo": echo}
@@ -758,7 +528,7 @@ def measure(
         echo_completed = concurrent["echo"].completed
         for key, label in OPERATIONS:
             child = server[key]
-            pool.run(key, child.address, child.process.pid, settings, concurrent[key])
+            run_concurrent(pool, key, child.address, child.process.pid, settings, concurrent[key])
             progress(
                 f"round {round_} 16 clients {label}: {concurrent[key].calls_per_s:,.0f} calls/s so far"
             )
@@ -776,17 +546,14 @@ def measure(
 def run(settings: Settings, as_json: bool) -> int:
     """Start everything, measure every operation, print the report."""
     info = machine()
-    pool = ClientPool(settings.processes)
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="varstore-bench-") as tmp,
-            servers(Path(tmp)) as (echo, varstore),
-        ):
-            progress(f"echo on {echo.address}, varstore on {varstore.address}")
-            set_up_session(varstore.address)
-            sequential_runs, concurrent, echo_rounds = measure(settings, pool, echo, varstore)
-    finally:
-        pool.close()
+    with (
+        ProcessPool(client_job, settings.processes, "bench-client") as pool,
+        tempfile.TemporaryDirectory(prefix="varstore-bench-") as tmp,
+        servers(Path(tmp)) as (echo, varstore),
+    ):
+        progress(f"echo on {echo.address}, varstore on {varstore.address}")
+        set_up_session(varstore.address)
+        sequential_runs, concurrent, echo_rounds = measure(settings, pool, echo, varstore)
     sequential = {key: Sequential.of(run) for key, run in sequential_runs.items()}
     echo_p50 = sequential["echo"].p50_us
     echo_per_s = concurrent["echo"].calls_per_s
@@ -804,18 +571,17 @@ def run(settings: Settings, as_json: bool) -> int:
         for key, label in OPERATIONS
     }
     targets = evaluate(rows)
-    if as_json:
-        document = {
-            "machine": info,
-            "method": method_text(settings),
-            "settings": asdict(settings),
-            "rows": [asdict(row) for row in rows.values()],
-            "targets": [asdict(target) for target in targets],
-            "echo_rounds": [asdict(r) for r in echo_rounds],
-        }
-        print(json.dumps(document, indent=2))
-    else:
-        print(markdown(list(rows.values()), targets, info, settings, echo_rounds))
+    document = {
+        "machine": info,
+        "method": method_text(settings),
+        "settings": asdict(settings),
+        "rows": [asdict(row) for row in rows.values()],
+        "targets": [asdict(target) for target in targets],
+        "echo_rounds": [asdict(r) for r in echo_rounds],
+    }
+    print_report(
+        as_json, document, markdown(list(rows.values()), targets, info, settings, echo_rounds)
+    )
     for key, tally in concurrent.items():
         if tally.errors:
             progress(f"{key}: {tally.errors} failed calls, first: {tally.first_error}")
@@ -824,9 +590,7 @@ def run(settings: Settings, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else "")
-    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    parser = arguments(__doc__, "a smoke run of about 10 s")
     parser.add_argument(
         "--client-processes",
         type=int,

@@ -14,7 +14,7 @@ fresh session ``watch-N`` with one integer variable ``x`` and runs:
    when its first ``WatchProgress`` arrives (the stream has caught up); the writes start
    only once every watcher is ready.
 3. **window**: the writer does sequential ``SetVariable`` calls on ``x`` (a new value
-   each time) for a fixed window (3 s; ``--quick``: 1 s). Write latency is per call
+   each time) for a fixed window (3 s; ``--quick``: 0.5 s). Write latency is per call
    (``perf_counter_ns``); writes/s = calls / elapsed.
 4. **drain**: each watcher reads until it has seen the writer's last position (or a
    deadline passes, then its call is cancelled). For every ``WatchEvent`` it records
@@ -35,17 +35,14 @@ writer and the watcher processes, so with many watchers part of any slowdown is 
 watchers' own client CPU, not the server's.
 
 Usage: ``.venv/bin/python bench/bench_watch.py [--quick] [--json]`` from the repository
-root (``bench/`` must be on ``sys.path`` for ``bench_grpc``, which running the file does).
-The default run takes about 30 s, ``--quick`` about 15 s. Progress goes to stderr. Exit
+root (``bench/`` must be on ``sys.path`` for ``benchlib``, which running the file does).
+The default run takes about 30 s, ``--quick`` about 6 s. Progress goes to stderr. Exit
 status 1 if a watcher failed or missed events, or a write failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import array
-import json
-import multiprocessing
 import multiprocessing.connection
 import sys
 import tempfile
@@ -56,15 +53,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
-from bench_grpc import (  # bench/ is sys.path[0] when this file runs
+from benchlib import (  # bench/ is sys.path[0] when this file runs
     CALL_TIMEOUT,
-    Child,
+    ProcessPool,
+    arguments,
+    create_session,
     machine,
+    machine_line,
+    markdown_table,
     open_channel,
-    percentile,
+    p50_p99,
+    print_report,
     progress,
-    start_child,
-    stop_processes,
+    receive_all,
+    varstore_server,
 )
 
 from varstore.v1 import varstore_pb2 as pb
@@ -159,74 +161,48 @@ def watch(
         channel.close()
 
 
-def watcher_process(connection: multiprocessing.connection.Connection) -> None:
-    """A client worker: start a job's watchers, say "ready", take the last position to wait
-    for, report; stop on None."""
-    while True:
-        job: WatchJob | None = connection.recv()
-        if job is None:
-            return
-        ready = threading.Semaphore(0)
-        last = [0]  # 0 until the writer is done
-        done = threading.Event()
-        lock = threading.Lock()
-        calls: list[grpc.RpcContext] = []
-        results = [WatcherResult() for _ in range(job.threads)]
-        threads = [
-            threading.Thread(
-                target=watch, args=(job, ready, last, done, result, calls, lock), daemon=True
-            )
-            for result in results
-        ]
-        for thread in threads:
-            thread.start()
-        for _ in threads:
-            ready.acquire(timeout=max(0.0, job.deadline - time.monotonic()))
-        connection.send("ready")
-        last[0] = connection.recv()
-        done.set()
-        for thread in threads:
-            thread.join(timeout=max(0.0, job.deadline - time.monotonic()))
-        with lock:
-            for call in calls:
-                call.cancel()  # stragglers past the deadline
-        for thread in threads:
-            thread.join(timeout=5)
-        lags = array.array("q")
-        for result in results:
-            lags.extend(result.lags_ns)
-        connection.send(
-            ProcessReport(
-                [r.received for r in results],
-                lags.tobytes(),
-                [
-                    r.error or ("did not finish" if t.is_alive() else "")
-                    for r, t in zip(results, threads, strict=True)
-                ],
-            )
+def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) -> None:
+    """In a client process: start ``job``'s watchers, say "ready" once they have caught up,
+    take the last position to wait for, then report."""
+    ready = threading.Semaphore(0)
+    last = [0]  # 0 until the writer is done
+    done = threading.Event()
+    lock = threading.Lock()
+    calls: list[grpc.RpcContext] = []
+    results = [WatcherResult() for _ in range(job.threads)]
+    threads = [
+        threading.Thread(
+            target=watch, args=(job, ready, last, done, result, calls, lock), daemon=True
         )
-
-
-class WatcherPool:
-    """Spawned client processes, started once, reused by every phase."""
-
-    def __init__(self, processes: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.links: list[multiprocessing.connection.Connection] = []
-        self._processes: list[multiprocessing.process.BaseProcess] = []
-        for index in range(processes):
-            ours, theirs = context.Pipe()
-            process = context.Process(
-                target=watcher_process, args=(theirs,), name=f"bench-watch-{index}", daemon=True
-            )
-            process.start()
-            theirs.close()
-            self.links.append(ours)
-            self._processes.append(process)
-
-    def close(self) -> None:
-        """Tell every process to stop, and wait for it."""
-        stop_processes(self.links, self._processes)
+        for result in results
+    ]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        ready.acquire(timeout=max(0.0, job.deadline - time.monotonic()))
+    connection.send("ready")
+    last[0] = connection.recv()
+    done.set()
+    for thread in threads:
+        thread.join(timeout=max(0.0, job.deadline - time.monotonic()))
+    with lock:
+        for call in calls:
+            call.cancel()  # stragglers past the deadline
+    for thread in threads:
+        thread.join(timeout=5)
+    lags = array.array("q")
+    for result in results:
+        lags.extend(result.lags_ns)
+    connection.send(
+        ProcessReport(
+            [r.received for r in results],
+            lags.tobytes(),
+            [
+                r.error or ("did not finish" if t.is_alive() else "")
+                for r, t in zip(results, threads, strict=True)
+            ],
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -247,30 +223,16 @@ class Phase:
     watcher_errors: list[str]
 
 
-def set_up(stub: varstore_pb2_grpc.VariableStoreStub, session_id: str) -> None:
-    """A session holding one integer variable ``x``."""
-    stub.CreateSession(pb.CreateSessionRequest(session_id=session_id), timeout=CALL_TIMEOUT)
-    stub.RegisterVariable(
-        pb.RegisterVariableRequest(
-            session_id=session_id,
-            name=VARIABLE,
-            type="integer",
-            initial_value=pb.Value(integer_value=0),
-        ),
-        timeout=CALL_TIMEOUT,
-    )
-
-
 def run_phase(
     watchers: int,
     stub: varstore_pb2_grpc.VariableStoreStub,
     address: str,
-    pool: WatcherPool,
+    pool: ProcessPool,
     window: float,
 ) -> Phase:
     """Warm up, start ``watchers`` watchers, write for ``window`` seconds, collect."""
     session_id = f"watch-{watchers}"
-    set_up(stub, session_id)
+    create_session(stub, session_id, [VARIABLE])
     requests = [
         pb.SetVariableRequest(
             session_id=session_id, variable_identifier=VARIABLE, value=pb.Value(integer_value=i)
@@ -286,10 +248,7 @@ def run_phase(
     for index, link in enumerate(links):
         share = watchers // len(links) + (index < watchers % len(links))
         link.send(WatchJob(address, session_id, position, share, deadline))
-    for link in links:
-        if not link.poll(READY_TIMEOUT + 5):
-            raise RuntimeError("a watcher process did not get ready")
-        link.recv()
+    receive_all(links, time.monotonic() + READY_TIMEOUT + 5, "a watcher process did not get ready")
 
     latencies: list[int] = []
     errors = 0
@@ -316,32 +275,30 @@ def run_phase(
     problems: list[str] = []
     for link in links:
         link.send(last)
-    for link in links:
-        if not link.poll(max(0.0, deadline - time.monotonic()) + 15):
-            raise RuntimeError("a watcher process did not report back")
-        report: ProcessReport = link.recv()
+    report: ProcessReport
+    for report in receive_all(links, deadline + 15, "a watcher process did not report back"):
         received += report.received
         lags.frombytes(report.lags)
         problems += [e for e in report.errors if e]
     for count in received:
         if count != writes:
             problems.append(f"a watcher received {count} of {writes} events")
-    ordered_writes = sorted(latencies)
-    ordered_lags = sorted(lags)
+    write_p50, write_p99 = p50_p99(latencies)
+    lag_p50, lag_p99 = p50_p99(lags) if lags else (None, None)
 
-    def lag(q: float) -> float | None:
-        return percentile(ordered_lags, q) / 1e6 if ordered_lags else None
+    def ms(ns: int | None) -> float | None:
+        return ns / 1e6 if ns is not None else None
 
     return Phase(
         watchers=watchers,
         writes=len(latencies) - errors,
         write_errors=errors,
         writes_per_s=(len(latencies) - errors) / (elapsed / 1e9),
-        write_p50_ms=percentile(ordered_writes, 0.50) / 1e6,
-        write_p99_ms=percentile(ordered_writes, 0.99) / 1e6,
-        lag_p50_ms=lag(0.50),
-        lag_p99_ms=lag(0.99),
-        lag_max_ms=ordered_lags[-1] / 1e6 if ordered_lags else None,
+        write_p50_ms=write_p50 / 1e6,
+        write_p99_ms=write_p99 / 1e6,
+        lag_p50_ms=ms(lag_p50),
+        lag_p99_ms=ms(lag_p99),
+        lag_max_ms=ms(max(lags, default=None)),
         delivered=sum(received),
         expected=writes * watchers,
         watcher_errors=problems,
@@ -349,19 +306,13 @@ def run_phase(
 
 
 def markdown(phases: list[Phase], window: float, info: dict[str, str]) -> str:
-    """The table, how it was measured, and the machine."""
+    """The machine, the table and how it was measured."""
     reference = phases[0].writes_per_s
-    lines = [
-        (
-            "| watchers | writes/s | vs 0 | write p50 ms | write p99 ms | lag p50 ms "
-            "| lag p99 ms | lag max ms | delivered/expected |"
-        ),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
+    cells = []
     for p in phases:
         if p.watchers == 0:
             delivered = "- (reference)"
@@ -371,11 +322,31 @@ def markdown(phases: list[Phase], window: float, info: dict[str, str]) -> str:
                 "" if short == 0 and not p.watcher_errors else f" **short {short:,}**"
             )
         errors = f" ({p.write_errors} errors)" if p.write_errors else ""
-        lines.append(
-            f"| {p.watchers} | {p.writes_per_s:,.0f}{errors} | "
-            f"{p.writes_per_s / reference:.2f}x | {p.write_p50_ms:.2f} | {p.write_p99_ms:.2f} | "
-            f"{ms(p.lag_p50_ms)} | {ms(p.lag_p99_ms)} | {ms(p.lag_max_ms)} | {delivered} |"
+        cells.append(
+            (
+                str(p.watchers),
+                f"{p.writes_per_s:,.0f}{errors}",
+                f"{p.writes_per_s / reference:.2f}x",
+                f"{p.write_p50_ms:.2f}",
+                f"{p.write_p99_ms:.2f}",
+                ms(p.lag_p50_ms),
+                ms(p.lag_p99_ms),
+                ms(p.lag_max_ms),
+                delivered,
+            )
         )
+    header = (
+        "watchers",
+        "writes/s",
+        "vs 0",
+        "write p50 ms",
+        "write p99 ms",
+        "lag p50 ms",
+        "lag p99 ms",
+        "lag max ms",
+        "delivered/expected",
+    )
+    lines = [machine_line(info), "", markdown_table(header, "rrrrrrrrl", cells)]
     lines += [
         "",
         (
@@ -390,69 +361,42 @@ def markdown(phases: list[Phase], window: float, info: dict[str, str]) -> str:
     for p in phases:
         for problem in p.watcher_errors[:5]:
             lines.append(f"- {p.watchers} watchers: {problem}")
-    lines += ["", "Machine: " + "; ".join(f"{key} {value}" for key, value in info.items())]
     return "\n".join(lines)
 
 
 def run(window: float, as_json: bool) -> int:
     """Start the server and the watcher processes, run every phase, print the report."""
     info = machine()
-    pool = WatcherPool(MAX_PROCESSES)
     phases: list[Phase] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="varstore-watch-") as tmp:
-            server: Child = start_child(
-                "varstore",
-                [
-                    sys.executable,
-                    "-m",
-                    "varstore.api.cli",
-                    "serve",
-                    "--db",
-                    str(Path(tmp) / "w.db"),
-                    "--listen",
-                    "127.0.0.1:0",
-                ],
-            )
-            try:
-                progress(f"varstore on {server.address}")
-                channel = open_channel(server.address)
-                try:
-                    stub = varstore_pb2_grpc.VariableStoreStub(channel)
-                    for watchers in WATCHERS:
-                        phase = run_phase(watchers, stub, server.address, pool, window)
-                        phases.append(phase)
-                        progress(
-                            f"{watchers} watchers: {phase.writes_per_s:,.0f} writes/s, "
-                            f"lag p99 {phase.lag_p99_ms or 0:.2f} ms, "
-                            f"{phase.delivered}/{phase.expected} delivered"
-                        )
-                finally:
-                    channel.close()
-            finally:
-                server.stop()
-    finally:
-        pool.close()
-    if as_json:
-        document = {
-            "machine": info,
-            "window_s": window,
-            "phases": [asdict(p) for p in phases],
-        }
-        print(json.dumps(document, indent=2))
-    else:
-        print(markdown(phases, window, info))
+    with (
+        ProcessPool(watch_job, MAX_PROCESSES, "bench-watch") as pool,
+        tempfile.TemporaryDirectory(prefix="varstore-watch-") as tmp,
+        varstore_server(Path(tmp) / "w.db") as server,
+    ):
+        progress(f"varstore on {server.address}")
+        channel = open_channel(server.address)
+        try:
+            stub = varstore_pb2_grpc.VariableStoreStub(channel)
+            for watchers in WATCHERS:
+                phase = run_phase(watchers, stub, server.address, pool, window)
+                phases.append(phase)
+                progress(
+                    f"{watchers} watchers: {phase.writes_per_s:,.0f} writes/s, "
+                    f"lag p99 {phase.lag_p99_ms or 0:.2f} ms, "
+                    f"{phase.delivered}/{phase.expected} delivered"
+                )
+        finally:
+            channel.close()
+    document = {"machine": info, "window_s": window, "phases": [asdict(p) for p in phases]}
+    print_report(as_json, document, markdown(phases, window, info))
     failed = any(p.write_errors or p.watcher_errors or p.delivered != p.expected for p in phases)
     return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else "")
-    parser.add_argument("--quick", action="store_true", help="1 s write windows")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
-    args = parser.parse_args(argv)
-    return run(1.0 if args.quick else 3.0, args.json)
+    args = arguments(__doc__, "0.5 s write windows").parse_args(argv)
+    return run(0.5 if args.quick else 3.0, args.json)
 
 
 if __name__ == "__main__":
