@@ -56,7 +56,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import cachetools
 import grpc
@@ -66,6 +66,7 @@ from benchlib import (  # bench/ is sys.path[0] when this file runs
     VARIABLES,
     Target,
     arguments,
+    json_document,
     machine,
     machine_line,
     make_call,
@@ -513,17 +514,17 @@ def run(settings: Settings, as_json: bool) -> int:
         if stats.get("misses") != VARIABLES or stats.get("evictions") != 0:
             progress(f"{name}: timed reads missed the cache: {stats}")
             return 1
-    document = {
-        "machine": info,
-        "method": method_text(settings),
-        "settings": asdict(settings),
-        "rows": [asdict(result) for result in results.values()],
-        "targets": [asdict(target) for target in targets],
-        "cache_stats": measured.cache_stats,
-        "reference_p50_ns_by_round": {
+    document = json_document(
+        info,
+        method_text(settings),
+        settings,
+        results.values(),
+        targets,
+        cache_stats=measured.cache_stats,
+        reference_p50_ns_by_round={
             row.key: row.rounds_p50_ns for row in measured.rows if row.key in REFERENCES
         },
-    }
+    )
     print_report(as_json, document, markdown(results, targets, measured, info, settings))
     return 0
 

@@ -75,6 +75,7 @@ from benchlib import (  # bench/ is sys.path[0] when this file runs
     Target,
     arguments,
     child_server,
+    json_document,
     machine,
     machine_line,
     make_call,
@@ -571,14 +572,14 @@ def run(settings: Settings, as_json: bool) -> int:
         for key, label in OPERATIONS
     }
     targets = evaluate(rows)
-    document = {
-        "machine": info,
-        "method": method_text(settings),
-        "settings": asdict(settings),
-        "rows": [asdict(row) for row in rows.values()],
-        "targets": [asdict(target) for target in targets],
-        "echo_rounds": [asdict(r) for r in echo_rounds],
-    }
+    document = json_document(
+        info,
+        method_text(settings),
+        settings,
+        rows.values(),
+        targets,
+        echo_rounds=[asdict(r) for r in echo_rounds],
+    )
     print_report(
         as_json, document, markdown(list(rows.values()), targets, info, settings, echo_rounds)
     )

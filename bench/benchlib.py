@@ -32,14 +32,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import grpc
 
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 CALL_TIMEOUT = 10.0  # seconds; a hung server fails the call instead of the run
 ECHO_METHOD = "/bench.Echo/Echo"  # bench_grpc's empty call, the floor of every RPC
@@ -377,6 +380,25 @@ def arguments(doc: str | None, quick: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     return parser
+
+
+def json_document(
+    info: Mapping[str, str],
+    method: str,
+    settings: DataclassInstance,
+    rows: Iterable[DataclassInstance],
+    targets: Iterable[Target],
+    **more: object,
+) -> dict[str, object]:
+    """The JSON report: machine, method, settings, rows and targets, then ``more``."""
+    return {
+        "machine": dict(info),
+        "method": method,
+        "settings": asdict(settings),
+        "rows": [asdict(row) for row in rows],
+        "targets": [asdict(target) for target in targets],
+        **more,
+    }
 
 
 def print_report(as_json: bool, document: Mapping[str, object], markdown: str) -> None:
