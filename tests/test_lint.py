@@ -23,3 +23,8 @@ def test_mypy_strict_passes_on_every_package() -> None:
     packages = [arg for name in PACKAGES for arg in ("-p", f"varstore.{name}")]
     result = run([_tool("mypy"), "--strict", *packages], timeout=600)
     assert_succeeded(result)
+
+
+def test_mypy_strict_passes_on_the_benchmarks() -> None:
+    result = run([_tool("mypy"), "--strict", "bench"], timeout=600)
+    assert_succeeded(result)
