@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from varstore.api.interceptors import ErrorInterceptor
 from varstore.api.limits import Limits
 from varstore.api.service import VariableStoreService
 from varstore.api.store import CHECKPOINT_EVERY, SNAPSHOT_EVERY, Store
@@ -101,6 +102,8 @@ def start_server(
         futures.ThreadPoolExecutor(
             max_workers=max_workers + hub.max_watchers, thread_name_prefix="varstore-rpc"
         ),
+        # Every handler's errors become statuses here, in one place.
+        interceptors=[ErrorInterceptor()],
         options=[("grpc.so_reuseport", 0)],
     )
     pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)

@@ -1,85 +1,67 @@
-"""The gRPC front: each handler turns a request into a command or a read, and the
-answer into a response. Errors are not handled here: :func:`map_errors` turns every
-:class:`VarstoreError` into its status in one place."""
+"""The gRPC front: each handler converts a request into a command (writes) or a query
+(reads, :mod:`varstore.api.queries`), and the answer into a response. Nothing here reads
+storage or handles errors: :class:`~varstore.api.interceptors.ErrorInterceptor`, installed
+on the server, turns every exception into its status in one place."""
 
 from __future__ import annotations
 
-import fnmatch
-import functools
-import logging
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from varstore.api import commands, paging, transfer
+from varstore.api import commands, queries, transfer
 from varstore.api.convert import header, session_to_proto, variable_to_proto
 from varstore.api.event_codec import change_to_proto, event_to_proto
 from varstore.api.store import Store
 from varstore.api.watch import WatchHub
-from varstore.projections import SessionState
-from varstore.types import (
-    LimitExceeded,
-    SessionNotFound,
-    ValidationError,
-    VariableNotFound,
-    VarstoreError,
-    describe,
-)
+from varstore.types import ValidationError
 from varstore.types import from_proto as value_from_proto
 from varstore.types.constraints import Constraints
-from varstore.types.status import status_for
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
 
-__all__ = ["VariableStoreService", "map_errors"]
+__all__ = ["VariableStoreService"]
 
-log = logging.getLogger(__name__)
-
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-Handler = Callable[[Any, Request, grpc.ServicerContext], Response]
-
-
-def map_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Abort the call with the status of any VarstoreError; INTERNAL for anything else."""
-
-    @functools.wraps(handler)
-    def mapped(self: Any, request: Request, context: grpc.ServicerContext) -> Response:
-        try:
-            return handler(self, request, context)
-        except VarstoreError as error:
-            context.abort_with_status(status_for(error))
-        except Exception:
-            log.exception("%s failed", handler.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
-
-    return mapped
-
-
-def map_stream_errors(
-    handler: Callable[[Any, Request, grpc.ServicerContext], Iterator[Response]],
-) -> Callable[[Any, Request, grpc.ServicerContext], Iterator[Response]]:
-    """:func:`map_errors` for handlers that stream their responses."""
-
-    @functools.wraps(handler)
-    def mapped(self: Any, request: Request, context: grpc.ServicerContext) -> Iterator[Response]:
-        try:
-            yield from handler(self, request, context)
-        except VarstoreError as error:
-            context.abort_with_status(status_for(error))
-        except Exception:
-            log.exception("%s failed", handler.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-
-    return mapped
+#: The range a google.protobuf.Timestamp may hold: 0001-01-01T00:00:00Z to
+#: 9999-12-31T23:59:59.999999999Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
 
 
 def _source(given: str, context: grpc.ServicerContext) -> str:
     return given or context.peer()
+
+
+def _moment(stamp: Timestamp, field: str) -> datetime:
+    """An aware datetime for a Timestamp field, or INVALID_ARGUMENT naming the field."""
+    if not 0 <= stamp.nanos <= 999_999_999:
+        problem = f"nanos must be 0 to 999999999, not {stamp.nanos}"
+    elif not _MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS:
+        problem = (
+            f"seconds must be {_MIN_SECONDS} to {_MAX_SECONDS} (years 1 to 9999), "
+            f"not {stamp.seconds}"
+        )
+    else:
+        return stamp.ToDatetime(tzinfo=UTC)
+    raise ValidationError(f"{field} is not a valid time: {problem}", violations={field: problem})
+
+
+def _at(
+    request: pb.GetVariableRequest | pb.GetVariablesRequest | pb.ListVariablesRequest,
+) -> queries.At:
+    """When a read asks to be served: at_position, else as_of, else now."""
+    if request.HasField("at_position"):
+        return request.at_position
+    if request.HasField("as_of"):
+        return _moment(request.as_of, "as_of")
+    return None
+
+
+def _session_message(summary: queries.SessionSummary) -> pb.Session:
+    return session_to_proto(summary.state, summary.expires_at)
 
 
 class VariableStoreService(pb_grpc.VariableStoreServicer):
@@ -91,12 +73,6 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def _session_message(self, state: SessionState) -> pb.Session:
-        left = self._store.expires_in(state)
-        expires_at = None if left is None else datetime.now(UTC) + timedelta(seconds=left)
-        return session_to_proto(state, expires_at)
-
-    @map_errors
     def CreateSession(
         self, request: pb.CreateSessionRequest, context: grpc.ServicerContext
     ) -> pb.CreateSessionResponse:
@@ -110,36 +86,30 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
         written = self._store.execute(session_id, command)
         return pb.CreateSessionResponse(
             header=header(session_id, written.position),
-            session=self._session_message(written.result),
+            session=_session_message(queries.describe_session(self._store, written.result)),
         )
 
-    @map_errors
     def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.ServicerContext
     ) -> pb.GetSessionResponse:
-        state = self._store.session(request.session_id)
+        summary = queries.get_session(self._store, request.session_id)
         return pb.GetSessionResponse(
-            header=header(state.session_id, state.position), session=self._session_message(state)
+            header=header(summary.state.session_id, summary.state.position),
+            session=_session_message(summary),
         )
 
-    @map_errors
     def ListSessions(
         self, request: pb.ListSessionsRequest, context: grpc.ServicerContext
     ) -> pb.ListSessionsResponse:
-        if request.page_size < 0:
-            raise ValidationError(f"page_size must be 0 or more, not {request.page_size}")
-        states = [s for s in self._store.sessions() if s.session_id > request.page_token]
-        next_token = ""
-        if request.page_size and len(states) > request.page_size:
-            states = states[: request.page_size]
-            next_token = states[-1].session_id
+        page = queries.list_sessions(
+            self._store, page_size=request.page_size, page_token=request.page_token
+        )
         return pb.ListSessionsResponse(
-            header=header("", 0),
-            sessions=[self._session_message(s) for s in states],
-            next_page_token=next_token,
+            header=header("", page.position),
+            sessions=[_session_message(summary) for summary in page.items],
+            next_page_token=page.next_token,
         )
 
-    @map_errors
     def DeleteSession(
         self, request: pb.DeleteSessionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteSessionResponse:
@@ -153,7 +123,6 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
 
     # -- variables --------------------------------------------------------------------------
 
-    @map_errors
     def RegisterVariable(
         self, request: pb.RegisterVariableRequest, context: grpc.ServicerContext
     ) -> pb.RegisterVariableResponse:
@@ -173,42 +142,16 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             variable=variable_to_proto(written.result),
         )
 
-    def _state_for_read(
-        self,
-        request: pb.GetVariableRequest | pb.GetVariablesRequest | pb.ListVariablesRequest,
-    ) -> SessionState:
-        """The session now, or at the request's ``at_position`` / ``as_of``."""
-        session_id = request.session_id
-        if request.HasField("at_position"):
-            position = request.at_position
-            if position < 0:
-                raise ValidationError(f"at_position must be 0 or more, not {position}")
-            when = f"at position {position}"
-        elif request.HasField("as_of"):
-            moment = request.as_of.ToDatetime(tzinfo=UTC)
-            position = self._store.position_at_time(session_id, moment)
-            when = f"at {moment.isoformat()}"
-        else:
-            return self._store.session(session_id)
-        state = self._store.state_at(session_id, position)
-        if state is None or state.deleted:
-            raise SessionNotFound(
-                f"session {describe(session_id)} did not exist {when}",
-                info={"session_id": session_id[:200], "position": str(position)},
-            )
-        return state
-
-    @map_errors
     def GetVariable(
         self, request: pb.GetVariableRequest, context: grpc.ServicerContext
     ) -> pb.GetVariableResponse:
-        state = self._state_for_read(request)
-        variable = commands.find_variable(state, request.variable_identifier)
+        read = queries.get_variable(
+            self._store, request.session_id, request.variable_identifier, _at(request)
+        )
         return pb.GetVariableResponse(
-            header=header(state.session_id, state.position), variable=variable_to_proto(variable)
+            header=header(read.session_id, read.position), variable=variable_to_proto(read.variable)
         )
 
-    @map_errors
     def SetVariable(
         self, request: pb.SetVariableRequest, context: grpc.ServicerContext
     ) -> pb.SetVariableResponse:
@@ -229,27 +172,19 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             variable=variable_to_proto(written.result),
         )
 
-    @map_errors
     def GetVariables(
         self, request: pb.GetVariablesRequest, context: grpc.ServicerContext
     ) -> pb.GetVariablesResponse:
-        limit = self._store.limits.max_batch_size
-        if len(request.variable_identifiers) > limit:
-            raise LimitExceeded(
-                f"{len(request.variable_identifiers)} identifiers asked for; the limit is {limit}",
-                info={"limit": str(limit)},
-            )
-        state = self._state_for_read(request)
-        response = pb.GetVariablesResponse(header=header(state.session_id, state.position))
-        for identifier in request.variable_identifiers:
-            variable = state.find(identifier)
-            if variable is None:
-                response.missing_variables.append(identifier)
-            else:
-                response.variables[identifier].CopyFrom(variable_to_proto(variable))
+        read = queries.get_variables(
+            self._store, request.session_id, request.variable_identifiers, _at(request)
+        )
+        response = pb.GetVariablesResponse(
+            header=header(read.session_id, read.position), missing_variables=read.missing
+        )
+        for identifier, variable in read.found.items():
+            response.variables[identifier].CopyFrom(variable_to_proto(variable))
         return response
 
-    @map_errors
     def SetVariables(
         self, request: pb.SetVariablesRequest, context: grpc.ServicerContext
     ) -> pb.SetVariablesResponse:
@@ -280,22 +215,17 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             },
         )
 
-    @map_errors
     def ListVariables(
         self, request: pb.ListVariablesRequest, context: grpc.ServicerContext
     ) -> pb.ListVariablesResponse:
-        state = self._state_for_read(request)
-        pattern = request.pattern
-        variables = [
-            variable_to_proto(v)
-            for v in state.by_name()
-            if not pattern or fnmatch.fnmatchcase(v.name, pattern)
-        ]
+        listed = queries.list_variables(
+            self._store, request.session_id, request.pattern, _at(request)
+        )
         return pb.ListVariablesResponse(
-            header=header(state.session_id, state.position), variables=variables
+            header=header(listed.session_id, listed.position),
+            variables=[variable_to_proto(v) for v in listed.variables],
         )
 
-    @map_errors
     def DeleteVariable(
         self, request: pb.DeleteVariableRequest, context: grpc.ServicerContext
     ) -> pb.DeleteVariableResponse:
@@ -316,93 +246,55 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
 
     # -- the log ----------------------------------------------------------------------------
 
-    @map_errors
     def GetVariableHistory(
         self, request: pb.GetVariableHistoryRequest, context: grpc.ServicerContext
     ) -> pb.GetVariableHistoryResponse:
-        session_id, identifier = request.session_id, request.variable_identifier
-        history = self._store.history(session_id)
-        ids = history.ids_for(identifier)
-        if not ids:
-            raise VariableNotFound(
-                f"variable {describe(identifier)} never existed in session {describe(session_id)}",
-                info={"session_id": session_id[:200], "variable": identifier[:200]},
-            )
-        top = request.to_version if request.HasField("to_version") else None
-        changes = [
-            change
-            for variable_id in ids
-            for change in history.changes(variable_id)
-            if change.version >= request.from_version and (top is None or change.version <= top)
-        ]
-        if request.newest_first:
-            changes.reverse()
-        query = (
-            f"history|{session_id}|{identifier}|{request.from_version}|{top}|{request.newest_first}"
+        page = queries.variable_history(
+            self._store,
+            request.session_id,
+            request.variable_identifier,
+            from_version=request.from_version,
+            to_version=request.to_version if request.HasField("to_version") else None,
+            newest_first=request.newest_first,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
-        size = paging.page_size(request.page_size)
-        offset = paging.decode_token(query, request.page_token)
-        page = changes[offset : offset + size]
-        more = offset + size < len(changes)
-        published = self._store.published(session_id)
         return pb.GetVariableHistoryResponse(
-            header=header(session_id, published.position if published else 0),
-            changes=[change_to_proto(change) for change in page],
-            next_page_token=paging.encode_token(query, offset + size) if more else "",
+            header=header(request.session_id, page.position),
+            changes=[change_to_proto(change) for change in page.items],
+            next_page_token=page.next_token,
         )
 
-    @map_errors
     def ReadEvents(
         self, request: pb.ReadEventsRequest, context: grpc.ServicerContext
     ) -> pb.ReadEventsResponse:
-        session_id = request.session_id
-        published = self._store.published(session_id)
-        if published is None:
-            raise SessionNotFound(f"session {describe(session_id)} not found")
-        if request.from_position < 0:
-            raise ValidationError(f"from_position must be 0 or more, not {request.from_position}")
-        low = max(1, request.from_position)
-        high = published.position
-        if request.HasField("to_position"):
-            high = min(high, request.to_position)
-        query = f"events|{session_id}|{low}|{high}|{request.backwards}"
-        size = paging.page_size(request.page_size)
-        offset = paging.decode_token(query, request.page_token)
-        if request.backwards:
-            last = high - offset
-            first = max(low, last - size + 1)
-        else:
-            first = low + offset
-            last = min(high, first + size - 1)
-        events = self._store.recorder.read_session(session_id, first, last) if first <= last else []
-        if request.backwards:
-            events.reverse()
-        more = (first > low) if request.backwards else (last < high)
+        page = queries.read_events(
+            self._store,
+            request.session_id,
+            from_position=request.from_position,
+            to_position=request.to_position if request.HasField("to_position") else None,
+            backwards=request.backwards,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
         return pb.ReadEventsResponse(
-            header=header(session_id, published.position),
-            events=[event_to_proto(event) for event in events],
-            next_page_token=paging.encode_token(query, offset + size) if more and events else "",
+            header=header(request.session_id, page.position),
+            events=[event_to_proto(event) for event in page.items],
+            next_page_token=page.next_token,
         )
 
-    @map_errors
     def RollbackVariable(
         self, request: pb.RollbackVariableRequest, context: grpc.ServicerContext
     ) -> pb.RollbackVariableResponse:
         session_id = request.session_id
-        variable = commands.find_variable(
-            self._store.session(session_id), request.variable_identifier
+        target = queries.rollback_target(
+            self._store, session_id, request.variable_identifier, request.to_version
         )
-        value = self._store.history(session_id).value_at_version(variable.id, request.to_version)
-        if value is None:
-            raise ValidationError(
-                f"variable {variable.name!r} has no version {request.to_version} "
-                f"(its versions are 0 to {variable.version})"
-            )
         command = commands.RollbackVariable(
             session_id=session_id,
-            variable_id=variable.id,
+            variable_id=target.variable.id,
             to_version=request.to_version,
-            value=value,
+            value=target.value,
             metadata=dict(request.metadata),
             expected_version=(
                 request.expected_version if request.HasField("expected_version") else None
@@ -416,7 +308,6 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             variable=variable_to_proto(written.result),
         )
 
-    @map_stream_errors
     def WatchSession(
         self, request: pb.WatchSessionRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchSessionResponse]:
@@ -424,19 +315,16 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
 
     # -- copies of logs -----------------------------------------------------------------------
 
-    @map_errors
     def ForkSession(
         self, request: pb.ForkSessionRequest, context: grpc.ServicerContext
     ) -> pb.ForkSessionResponse:
         return transfer.fork_session(self._store, request, _source(request.source, context))
 
-    @map_stream_errors
     def ExportSession(
         self, request: pb.ExportSessionRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportSessionResponse]:
         yield from transfer.export_session(self._store, request)
 
-    @map_errors
     def ImportSession(
         self, request_iterator: Iterator[pb.ImportSessionRequest], context: grpc.ServicerContext
     ) -> pb.ImportSessionResponse:

@@ -1,0 +1,135 @@
+"""The one place the server turns exceptions into statuses: a gRPC server interceptor
+that wraps every method handler of every service, unary and streaming alike.
+
+- A :class:`VarstoreError` ends the call with its status (code, message and the
+  ``google.rpc`` details of :func:`~varstore.types.status.status_for`).
+- A status the handler chose itself (``context.abort``) and grpc's own errors (a request
+  stream that broke because the client went away) pass through untouched.
+- Anything else is a bug: it is logged with its traceback and an incident id, and the
+  caller gets INTERNAL (reason ``INTERNAL``, the incident id in the ErrorInfo). A bug is
+  never UNAVAILABLE, which promises that nothing was written.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeAlias
+
+import grpc
+
+from varstore.types import InternalError, VarstoreError
+from varstore.types.status import status_for
+
+__all__ = ["ErrorInterceptor", "guard"]
+
+log = logging.getLogger(__name__)
+
+# Strings: grpc's classes are generic only in its type stubs.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Handler | None]"
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps every error raised by any handler to its status (see the module docstring).
+
+    Wrapped handlers are kept per method, so a call pays one dict lookup, not a new wrap.
+    """
+
+    def __init__(self) -> None:
+        # method -> (the handler as registered, the same handler guarded); only methods a
+        # service registered get here, so the dict stays as small as the services.
+        self._guarded: dict[str, tuple[Handler, Handler]] = {}
+
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = guard(handler, method)
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+
+def guard(handler: Handler, method: str) -> Handler:
+    """``handler`` with its behaviour wrapped so that errors become statuses. The wrapper
+    keeps the original as ``__wrapped__``."""
+    request, response = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _answer(handler.unary_unary, method), request, response
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _answer(handler.stream_unary, method), request, response
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _stream(handler.unary_stream, method), request, response
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            _stream(handler.stream_stream, method), request, response
+        )
+    return handler  # pragma: no cover - grpc always sets one behaviour
+
+
+def _answer(
+    behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """A behaviour that returns one response (unary or client-streaming requests)."""
+
+    @functools.wraps(behaviour)
+    def answered(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behaviour(request, context)
+        except Exception as error:  # noqa: BLE001 - _end_call aborts or re-raises
+            _end_call(error, context, method)
+
+    return answered
+
+
+def _stream(
+    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    """A behaviour that streams its responses; an error mid-stream ends it the same way."""
+
+    @functools.wraps(behaviour)
+    def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behaviour(request, context)
+        except Exception as error:  # noqa: BLE001 - _end_call aborts or re-raises
+            _end_call(error, context, method)
+
+    return streamed
+
+
+def _end_call(error: Exception, context: grpc.ServicerContext, method: str) -> NoReturn:
+    """End the call with the status ``error`` stands for (always raises)."""
+    if isinstance(error, grpc.RpcError) or _status_chosen(context):
+        raise error  # grpc's own: it ends the call with the status already chosen
+    if not isinstance(error, VarstoreError):
+        incident = uuid.uuid4().hex[:12]
+        log.error("%s failed (incident %s)", method, incident, exc_info=error)
+        error = InternalError(
+            f"the server failed on {method.rsplit('/', 1)[-1]} (a bug, logged as incident "
+            f"{incident}); nothing about the request was wrong",
+            info={"method": method, "incident": incident},
+        )
+    context.abort_with_status(status_for(error))
+
+
+def _status_chosen(context: grpc.ServicerContext) -> bool:
+    """True once the handler aborted the call (or set its code) itself."""
+    # ServicerContext.code() is part of grpc's API (experimental) but missing from its
+    # type stubs; a context without it has chosen nothing.
+    code = getattr(context, "code", None)
+    chosen = code() if callable(code) else None
+    return chosen is not None and chosen != grpc.StatusCode.OK
