@@ -1,0 +1,87 @@
+"""Every benchmark under bench/ still runs end to end: ``--quick``, as a user runs it.
+
+Each script runs in a subprocess from the repository root (``python bench/<script>.py
+--quick``) and must exit 0 and print its machine line and its markdown table, with the
+README's columns and one row per measured operation. Together they take about 25 s.
+Timings are not checked here; they are the benchmarks' own business.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+from _support import assert_succeeded, run
+
+#: Seconds one quick run may take on a loaded machine (they take 2 to 10 s).
+TIMEOUT = 120
+
+HAS_EVENTSOURCING = importlib.util.find_spec("eventsourcing") is not None
+
+
+def table(output: str, header: str) -> list[str]:
+    """The rows of the markdown table whose header line is ``header``."""
+    lines = output.splitlines()
+    assert header in lines, f"no table headed {header!r} in:\n{output}"
+    start = lines.index(header)
+    columns = header.count("|") - 1
+    rule = lines[start + 1]
+    assert rule.startswith("|---") and rule.count("|") - 1 == columns, rule
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        assert line.count("|") - 1 == columns, f"{line!r} does not have {columns} cells"
+        rows.append(line)
+    return rows
+
+
+CASES = [
+    pytest.param(
+        "bench_grpc.py",
+        "| operation | calls | p50 µs | p99 µs | seq calls/s | 16-client calls/s | p50 / echo "
+        "| 16c / echo | server CPU µs/call seq | server CPU µs/call 16c |",
+        ["| echo (empty call) |", "| GetVariable |", "| SetVariables(100, atomic) |"],
+        7,
+        id="grpc",
+    ),
+    pytest.param(
+        "bench_client.py",
+        "| operation | calls | p50 | p99 | calls/s | vs | p50 ratio |",
+        ["| cachetools.TTLCache lookup |", "| raw stub GetVariable (sync) |"],
+        12,
+        id="client",
+    ),
+    pytest.param(
+        "bench_log.py",
+        "| what | varstore | reference | ratio |",
+        [
+            "| replay from SQLite (events/s) |",
+            "eventsourcing SQLite" if HAS_EVENTSOURCING else "The reference column is empty",
+        ],
+        7,
+        id="log-with-eventsourcing" if HAS_EVENTSOURCING else "log-without-eventsourcing",
+    ),
+    pytest.param(
+        "bench_watch.py",
+        "| watchers | writes/s | vs 0 | write p50 ms | write p99 ms | lag p50 ms | lag p99 ms "
+        "| lag max ms | delivered/expected |",
+        ["| 0 |", "| 100 |"],
+        4,
+        id="watch",
+    ),
+]
+
+
+@pytest.mark.timeout(TIMEOUT + 30)
+@pytest.mark.parametrize(("script", "header", "expected", "rows"), CASES)
+def test_benchmark_runs_quick_and_prints_its_table(
+    script: str, header: str, expected: list[str], rows: int
+) -> None:
+    result = run([sys.executable, f"bench/{script}", "--quick"], timeout=TIMEOUT)
+    assert_succeeded(result)
+    assert "Machine: date " in result.stdout
+    assert len(table(result.stdout, header)) == rows
+    for text in expected:
+        assert text in result.stdout
