@@ -7,12 +7,14 @@ position and every variable (value, version, position, metadata) are as they wer
 
 from __future__ import annotations
 
+import base64
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from varstore.types import ValidationError, VarstoreError, VersionConflict
 from varstore.types.status import error_from_rpc_error
@@ -118,12 +120,22 @@ def variable(stub: Stub, session_id: str, identifier: str) -> pb.Variable:
     return got.variable
 
 
+def all_sessions(stub: Stub) -> Iterator[pb.Session]:
+    """Every live session, page by page."""
+    token = ""
+    while True:
+        page = stub.ListSessions(pb.ListSessionsRequest(page_size=1000, page_token=token))
+        yield from page.sessions
+        token = page.next_page_token
+        if not token:
+            return
+
+
 def assert_session_is_unknown(stub: Stub, session_id: str) -> None:
     assert refused(lambda: stub.GetSession(pb.GetSessionRequest(session_id=session_id))).code == (
         NOT_FOUND
     )
-    listed = stub.ListSessions(pb.ListSessionsRequest())
-    assert session_id not in {s.id for s in listed.sessions}
+    assert session_id not in {s.id for s in all_sessions(stub)}
 
 
 @pytest.fixture
@@ -1118,6 +1130,153 @@ def test_64_metadata_entries_are_within_the_limit(stub: Stub, seeded: str) -> No
     assert dict(answer.variable.metadata) == metadata
 
 
+# -- reads of the past: at_position and as_of ------------------------------------------------
+
+
+def _read_at(rpc: str, **at: object) -> Callable[[Stub, str], object]:
+    def call(stub: Stub, sid: str) -> object:
+        if rpc == "GetVariable":
+            return stub.GetVariable(
+                pb.GetVariableRequest(session_id=sid, variable_identifier="count", **at)  # type: ignore[arg-type]
+            )
+        if rpc == "GetVariables":
+            return stub.GetVariables(
+                pb.GetVariablesRequest(session_id=sid, variable_identifiers=["count"], **at)  # type: ignore[arg-type]
+            )
+        return stub.ListVariables(pb.ListVariablesRequest(session_id=sid, **at))  # type: ignore[arg-type]
+
+    return call
+
+
+PAST_READS = ["GetVariable", "GetVariables", "ListVariables"]
+
+BAD_AS_OF = [
+    pytest.param(Timestamp(seconds=1, nanos=-1), ("nanos", "-1"), id="negative-nanos"),
+    pytest.param(
+        Timestamp(seconds=1, nanos=1_000_000_000), ("nanos", "1000000000"), id="nanos-of-a-second"
+    ),
+    pytest.param(Timestamp(seconds=253_402_300_800), ("seconds",), id="after-year-9999"),
+    pytest.param(Timestamp(seconds=-62_135_596_801), ("seconds",), id="before-year-1"),
+    pytest.param(Timestamp(seconds=-(2**63)), ("seconds",), id="int64-min-seconds"),
+]
+
+
+@pytest.mark.parametrize(("as_of", "mentions"), BAD_AS_OF)
+@pytest.mark.parametrize("rpc", PAST_READS)
+def test_a_read_as_of_an_impossible_time_is_invalid_argument_naming_as_of(
+    stub: Stub, seeded: str, rpc: str, as_of: Timestamp, mentions: tuple[str, ...]
+) -> None:
+    failure = refused(lambda: _read_at(rpc, as_of=as_of)(stub, seeded))
+    assert failure.code == INVALID_ARGUMENT
+    assert_plain_english(failure.message, "as_of", *mentions)
+    assert isinstance(failure.error, ValidationError)
+    assert set(failure.error.violations) == {"as_of"}
+
+
+@pytest.mark.parametrize("rpc", PAST_READS)
+def test_the_extremes_of_a_timestamp_are_valid_times(stub: Stub, seeded: str, rpc: str) -> None:
+    latest = Timestamp(seconds=253_402_300_799, nanos=999_999_999)
+    _read_at(rpc, as_of=latest)(stub, seeded)  # the session as it stands now
+    earliest = Timestamp(seconds=-62_135_596_800)
+    failure = refused(lambda: _read_at(rpc, as_of=earliest)(stub, seeded))
+    assert failure.code == NOT_FOUND  # the session did not exist in year 1
+    assert_plain_english(failure.message, seeded, "did not exist")
+
+
+@pytest.mark.parametrize("rpc", PAST_READS)
+def test_a_read_at_a_negative_position_is_invalid_argument_naming_at_position(
+    stub: Stub, seeded: str, rpc: str
+) -> None:
+    failure = refused(lambda: _read_at(rpc, at_position=-1)(stub, seeded))
+    assert failure.code == INVALID_ARGUMENT
+    assert_plain_english(failure.message, "at_position", "-1")
+
+
+# -- page tokens ------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode()
+
+
+BAD_TOKENS = [
+    pytest.param("garbage!", id="not-base64"),
+    pytest.param("%00%ff", id="url-escapes"),
+    pytest.param("é", id="non-ascii"),
+    pytest.param("A" * 5000, id="5000-characters"),
+    pytest.param(_b64(b"\xff\xfe\xfd"), id="not-utf8"),
+    pytest.param(_b64(b"1e400"), id="float-overflowing-to-infinity"),
+    pytest.param(_b64(b"Infinity"), id="infinity"),
+    pytest.param(_b64(b"NaN"), id="nan"),
+    pytest.param(_b64(b'{"v":1,"q":"x","l":1e400,"e":1}'), id="float-field"),
+    pytest.param(_b64(b"[" * 600 + b"]" * 600), id="deep-nesting"),
+    pytest.param(_b64(b'{"a":' * 300 + b"1" + b"}" * 300), id="deep-objects"),
+    pytest.param(_b64(b"9" * 5000), id="5000-digit-number"),
+    pytest.param(_b64(b"null"), id="json-null"),
+    pytest.param(_b64(b"{}"), id="empty-object"),
+    pytest.param(_b64(b'{"v":2,"q":"x","l":1,"e":1}'), id="unknown-format-version"),
+    pytest.param(_b64(b'{"o":3,"q":"0123456789abcdef"}'), id="old-offset-token"),
+]
+
+PAGED_CALLS = [
+    pytest.param(
+        lambda stub, sid, token: stub.ReadEvents(
+            pb.ReadEventsRequest(session_id=sid, page_token=token)
+        ),
+        id="ReadEvents",
+    ),
+    pytest.param(
+        lambda stub, sid, token: stub.GetVariableHistory(
+            pb.GetVariableHistoryRequest(
+                session_id=sid, variable_identifier="count", page_token=token
+            )
+        ),
+        id="GetVariableHistory",
+    ),
+    pytest.param(
+        lambda stub, sid, token: stub.ListSessions(pb.ListSessionsRequest(page_token=token)),
+        id="ListSessions",
+    ),
+]
+
+
+@pytest.mark.parametrize("token", BAD_TOKENS)
+@pytest.mark.parametrize("call", PAGED_CALLS)
+def test_a_page_token_the_server_did_not_make_is_invalid_argument(
+    stub: Stub, seeded: str, call: Callable[[Stub, str, str], object], token: str
+) -> None:
+    failure = refused(lambda: call(stub, seeded, token))
+    assert failure.code == INVALID_ARGUMENT
+    assert_plain_english(failure.message, "page_token")
+    assert isinstance(failure.error, ValidationError)
+    assert set(failure.error.violations) == {"page_token"}
+
+
+def test_a_page_token_from_another_rpc_is_invalid_argument(stub: Stub, seeded: str) -> None:
+    events = stub.ReadEvents(pb.ReadEventsRequest(session_id=seeded, page_size=1))
+    failure = refused(
+        lambda: stub.GetVariableHistory(
+            pb.GetVariableHistoryRequest(
+                session_id=seeded, variable_identifier="count", page_token=events.next_page_token
+            )
+        )
+    )
+    assert failure.code == INVALID_ARGUMENT
+    assert_plain_english(failure.message, "page_token", "different request")
+
+
+def test_a_page_token_from_another_session_is_invalid_argument(stub: Stub, seeded: str) -> None:
+    other = stub.CreateSession(pb.CreateSessionRequest()).session.id
+    events = stub.ReadEvents(pb.ReadEventsRequest(session_id=seeded, page_size=1))
+    failure = refused(
+        lambda: stub.ReadEvents(
+            pb.ReadEventsRequest(session_id=other, page_token=events.next_page_token)
+        )
+    )
+    assert failure.code == INVALID_ARGUMENT
+    assert_plain_english(failure.message, "page_token", "different request")
+
+
 # -- after all of it ---------------------------------------------------------------------------
 
 
@@ -1159,7 +1318,7 @@ def test_the_server_still_answers_every_rpc_after_all_the_bad_input(stub: Stub) 
     assert got.variables["n"].version == 2
     listed = stub.ListVariables(pb.ListVariablesRequest(session_id=sid))
     assert [v.name for v in listed.variables] == ["n"]
-    assert sid in {s.id for s in stub.ListSessions(pb.ListSessionsRequest()).sessions}
+    assert sid in {s.id for s in all_sessions(stub)}
     stub.DeleteVariable(pb.DeleteVariableRequest(session_id=sid, variable_identifier="n"))
     assert stub.GetSession(pb.GetSessionRequest(session_id=sid)).session.position == 5
     deleted = stub.DeleteSession(pb.DeleteSessionRequest(session_id=sid))
