@@ -1,42 +1,66 @@
-"""The store: writers that commit in groups, and lock-free readers.
+"""The store: writers that commit in groups, and lock-free readers of the projection.
 
 Writes are commands (:mod:`varstore.api.commands`). A writer that finds nobody
 committing becomes the leader: it takes every command waiting (its own included),
-decides each against a private copy of its session's state (folding each decision's
-events in before deciding the next, so commands grouped together see each other),
-appends all their events in ONE recorder transaction (group commit: one fsync for the
-lot), publishes the new states, answers the others, and hands the lead to the first
-command that arrived meanwhile. A lone writer therefore does its own work with no thread
-handoff, and concurrent writers share fsyncs.
+decides each against a private copy of its session's published state (folding each
+decision's events in before deciding the next, so commands grouped together see each
+other), appends all their events in ONE recorder transaction (group commit: one fsync for
+the lot), hands what was recorded to the :class:`~varstore.api.projector.Projector`,
+answers the others, and passes the lead to the first command that arrived meanwhile.
 
-An answer always means "durable", and a reader never sees a change that could still be
-lost. Readers take the published :class:`SessionState` of a session, which is never
-mutated after publication: a read is one dict lookup, no lock, no database.
+Commits cannot leave the served state behind the log:
+
+* An append that meets a **position conflict** (another writer came first) writes
+  nothing; the leader catches the projector up from the log and decides the command again
+  (commands are pure), up to ``MAX_ATTEMPTS`` times, then answers ABORTED. Other
+  sessions' commands in the same group are recorded and answered as usual.
+* An append whose **outcome is unknown** (the recorder raised: a failed COMMIT may still
+  have reached the disk) is settled by reading the log: the projector catches up, and
+  each command is answered from what the log shows: recorded (its answer), not recorded
+  (UNAVAILABLE: nothing was written, safe to retry), or someone else's events (decided
+  again). If the log cannot even be read, the answer is COMMIT_OUTCOME_UNKNOWN.
+
+Readers take published states from the projector: a read is one dict lookup, no lock,
+no database. Checkpoints and sessions' last use (for TTL) are written by a maintenance
+thread, off the write path.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from varstore.api.commands import Command, ExpireSession, WriteContext, live
 from varstore.api.limits import Limits
-from varstore.eventstore import Append, NewEvent, RecordedEvent, Recorder, RecorderError
+from varstore.api.projector import Listener, Projector
+from varstore.eventstore import (
+    Append,
+    Conflict,
+    NewEvent,
+    RecordedEvent,
+    Recorder,
+    RecorderError,
+)
 from varstore.projections import (
     SessionHistory,
-    SessionIndex,
     SessionState,
     apply_event,
     decode_sessions,
     encode_sessions,
-    replay,
 )
-from varstore.types import OutOfRange, SessionNotFound, Unavailable, VarstoreError
+from varstore.types import (
+    CommitOutcomeUnknown,
+    InternalError,
+    Unavailable,
+    VarstoreError,
+    VersionConflict,
+)
 
 __all__ = ["Store", "Written"]
 
@@ -48,12 +72,12 @@ R = TypeVar("R")
 MAX_GROUP = 512
 #: Default distance, in events, between two snapshots of a session (see state_at).
 SNAPSHOT_EVERY = 1000
-
 #: Default number of events between two checkpoints of every session's state.
 CHECKPOINT_EVERY = 10_000
-
-#: Called after every commit with the events it recorded, in order.
-Listener = Callable[[Sequence[RecordedEvent]], None]
+#: Times a command is decided against a log that keeps moving before it is ABORTED.
+MAX_ATTEMPTS = 4
+#: Seconds between two rounds of the maintenance thread (checkpoints, durable touches).
+MAINTENANCE_INTERVAL = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +110,15 @@ class _Job:
         return self.written
 
 
+@dataclass(slots=True)
+class _Accepted:
+    """A decided command whose events are about to be appended."""
+
+    job: _Job
+    append: Append
+    written: Written[Any]
+
+
 class Store:
     """Sessions' state, kept as the fold of their logs, and the one way to change it."""
 
@@ -95,172 +128,113 @@ class Store:
         *,
         limits: Limits | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        monotonic: Callable[[], float] = time.monotonic,
         snapshot_every: int = SNAPSHOT_EVERY,
         checkpoint_every: int = CHECKPOINT_EVERY,
+        maintenance_interval: float = MAINTENANCE_INTERVAL,
     ) -> None:
         self.recorder = recorder
-        self.snapshot_every = snapshot_every
         self.limits = limits or Limits()
+        self.checkpoint_every = checkpoint_every
         self._clock = clock
-        self._monotonic = monotonic
-        # Published states, including deleted sessions (their position continues if the
-        # id is created again). The committing leader replaces a session's entry; a state
-        # object is never mutated once it is here.
-        self._sessions: dict[str, SessionState] = {}
-        # Monotonic time of the last call that touched each session, for TTL expiry.
-        self._touched: dict[str, float] = {}
+        self.projector = Projector(recorder, snapshot_every=snapshot_every)
         # Lock order: _lock guards _pending and _leading only; nothing else is taken
         # while holding it.
         self._lock = threading.Lock()
         self._pending: list[_Job] = []
         self._leading = False
         self._closed = False
-        # Indexes for reads of the past (history, event times, snapshots), built per
-        # session on first use from its log, then kept current by whoever commits.
-        self._indexes: dict[str, SessionIndex] = {}
-        self._index_lock = threading.Lock()
         self._last_time = 0.0
-        self._listeners: list[Listener] = []
-        # Notified whenever states are published (see wait_until_applied).
-        self._applied = threading.Condition(threading.Lock())
-        self.checkpoint_every = checkpoint_every
+        # Last use of sessions with a TTL (reads and writes), and the ones not yet saved.
+        self._touches: dict[str, datetime] = {}
+        self._unsaved: set[str] = set()
+        self._checkpoint_lock = threading.Lock()
         self._checkpointed = 0
-        self._last_global = 0
-        self._rebuild()
+        self._start()
+        self._stop = threading.Event()
+        self._maintainer = threading.Thread(
+            target=self._maintain_until_closed,
+            args=(maintenance_interval,),
+            name="varstore-maintenance",
+            daemon=True,
+        )
+        self._maintainer.start()
+
+    @property
+    def snapshot_every(self) -> int:
+        """Distance, in events, between two snapshots of a session."""
+        return self.projector.snapshot_every
 
     # -- reading --------------------------------------------------------------------------
 
     def session(self, session_id: str) -> SessionState:
-        """The live session's current published state, or SessionNotFound."""
-        state = live(self._sessions.get(session_id), session_id)
-        self._touched[session_id] = self._monotonic()
+        """The live session's current published state, or SessionNotFound. Counts as a
+        use of the session (its TTL starts again)."""
+        state = live(self.projector.published(session_id), session_id)
+        if state.ttl_seconds > 0:
+            self._touch(session_id, self._clock())
         return state
 
     def published(self, session_id: str) -> SessionState | None:
         """The published state of a session, deleted ones included; None if never created.
-        Does not count as a touch for TTL expiry."""
-        return self._sessions.get(session_id)
+        Does not count as a use."""
+        return self.projector.published(session_id)
 
     def sessions(self) -> list[SessionState]:
         """Every live session, ordered by id."""
-        # copy() is one C call under the GIL: iterating the live dict while a writer adds
-        # a session could fail with "dictionary changed size during iteration".
-        snapshot = self._sessions.copy()
-        return [snapshot[sid] for sid in sorted(snapshot) if not snapshot[sid].deleted]
+        states = self.projector.states()
+        return [states[sid] for sid in sorted(states) if not states[sid].deleted]
+
+    def last_used(self, state: SessionState) -> datetime:
+        """When the session was last used: its last event, or a later read."""
+        touched = self._touches.get(state.session_id)
+        return max(state.updated_at, touched) if touched is not None else state.updated_at
+
+    def expires_in(self, state: SessionState) -> float | None:
+        """Seconds until the session expires if nothing uses it; None without a TTL."""
+        if state.ttl_seconds <= 0:
+            return None
+        idle = (self._clock() - self.last_used(state)).total_seconds()
+        return max(0.0, state.ttl_seconds - idle)
 
     def wait_until_applied(self, session_id: str, position: int, timeout: float) -> bool:
         """Wait (up to ``timeout`` seconds) until the published state of ``session_id`` has
         folded in ``position``; True once it has, False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._applied:
-            while True:
-                published = self._sessions.get(session_id)
-                if published is not None and published.position >= position:
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._applied.wait(left)
-
-    def expires_in(self, state: SessionState) -> float | None:
-        """Seconds until the session expires if nothing touches it; None without a TTL."""
-        if state.ttl_seconds <= 0:
-            return None
-        idle = self._monotonic() - self._touched.get(state.session_id, self._monotonic())
-        return max(0.0, state.ttl_seconds - idle)
+        return self.projector.wait_for(session_id, position, timeout)
 
     def history(self, session_id: str) -> SessionHistory:
         """The history of a session that exists or existed, or SessionNotFound."""
-        return self._index(session_id).history
+        return self.projector.history(session_id)
 
     def position_at_time(self, session_id: str, moment: datetime) -> int:
         """The position of the session's last event recorded at or before ``moment``
         (0 if none was)."""
-        return self._index(session_id).position_at(moment)
+        return self.projector.position_at_time(session_id, moment)
 
     def state_at(self, session_id: str, position: int) -> SessionState | None:
-        """The session as it stood at ``position`` (None before its first event).
-
-        Starts from the nearest snapshot at or before the position, so it folds at most
-        about ``snapshot_every`` events read from the log.
-
-        Raises:
-            SessionNotFound: the session never existed.
-            OutOfRange: the position is beyond the end of the session's log.
-        """
-        current = self._sessions.get(session_id)
-        if current is None:
-            raise SessionNotFound(f"session {session_id!r} not found")
-        if position > current.position:
-            raise OutOfRange(
-                f"position {position} is beyond the end of session {session_id!r}'s log "
-                f"(position {current.position})",
-                info={"position": str(position), "last_position": str(current.position)},
-            )
-        if position == current.position:
-            return current
-        if position <= 0:
-            return None
-        base = self._index(session_id).snapshot_before(position)
-        start = base.position + 1 if base is not None else 1
-        return replay(self.recorder.read_session(session_id, start, position), base)
+        """The session as it stood at ``position`` (None before its first event); see
+        :meth:`Projector.state_at`."""
+        return self.projector.state_at(session_id, position)
 
     def drop_snapshots(self) -> None:
         """Forget every index and the checkpoint: they are derived data, rebuilt from the
         log on demand, so no answer may change."""
-        with self._index_lock:
-            self._indexes.clear()
+        self.projector.drop_indexes()
         self.recorder.drop_checkpoint()
 
-    def _index(self, session_id: str) -> SessionIndex:
-        index = self._indexes.get(session_id)
-        if index is not None:
-            return index
-        if session_id not in self._sessions:
-            raise SessionNotFound(f"session {session_id!r} not found")
-        # Built from the log without the lock, so commits (which take it to keep indexes
-        # current) never wait for a big session's build; then, under the lock, the events
-        # committed meanwhile are folded in before the index is published. apply() skips
-        # positions it has seen, so a commit reporting them again is harmless.
-        built = SessionIndex(self.snapshot_every)
-        state = self._fold_into(built, None, self.recorder.read_session(session_id))
-        with self._index_lock:
-            index = self._indexes.get(session_id)
-            if index is None:
-                tail = self.recorder.read_session(session_id, built.position + 1)
-                self._fold_into(built, state, tail)
-                index = self._indexes[session_id] = built
-        return index
-
-    @staticmethod
-    def _fold_into(
-        index: SessionIndex, state: SessionState | None, events: Sequence[RecordedEvent]
-    ) -> SessionState | None:
-        for event in events:
-            state = apply_event(state, event)
-            index.apply(event)
-            index.offer_snapshot(state, copy=True)
-        return state
-
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener`` with the events of every commit, in order, on the committing
+        """Call ``listener`` with the events of every apply, in order, on the applying
         thread (so it must be quick). Returns the function that unsubscribes it."""
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
+        return self.projector.subscribe(listener)
 
     # -- writing --------------------------------------------------------------------------
 
     def execute(self, session_id: str, command: Command[R]) -> Written[R]:
         """Run ``command`` on ``session_id``; return once its events are durable.
 
-        Raises the command's VarstoreError, or Unavailable if the log cannot be written
-        or the store is closed.
+        Raises the command's VarstoreError; Unavailable if the log cannot be written
+        (nothing was) or the store is closed; VersionConflict if the session kept
+        changing under the command; CommitOutcomeUnknown if the log could not tell
+        whether the events were recorded; InternalError for a bug.
         """
         job = _Job(session_id, command)
         with self._lock:
@@ -279,25 +253,33 @@ class Store:
     def expire_idle_sessions(self) -> int:
         """Append SessionDeleted(reason="expired") for every session idle past its TTL.
 
-        Returns how many expired. The server's sweeper calls this every second.
+        Idle time counts from the session's last event or recorded use, so it survives a
+        restart. Returns how many expired. The server's sweeper calls this every second.
         """
-        candidates = [
-            state.session_id
-            for state in self.sessions()
-            if (left := self.expires_in(state)) is not None and left <= 0
-        ]
 
         def is_expired(state: SessionState) -> bool:
             left = self.expires_in(state)
             return left is not None and left <= 0
 
+        candidates = [state.session_id for state in self.sessions() if is_expired(state)]
         return sum(
             1 for sid in candidates if self.execute(sid, ExpireSession(sid, is_expired)).result
         )
 
+    def checkpoint(self) -> None:
+        """Save a checkpoint of every session's state now, from one consistent cut (start-up
+        then folds only what comes after it). A failure costs only start-up time."""
+        with self._checkpoint_lock:
+            global_position, states = self.projector.cut()
+            try:
+                self.recorder.save_checkpoint(global_position, encode_sessions(states))
+                self._checkpointed = global_position
+            except RecorderError:
+                log.exception("checkpoint at global position %d failed", global_position)
+
     def close(self, timeout: float = 10.0) -> None:
         """Refuse new writes, wait (up to ``timeout`` s) for the group being committed,
-        and close the recorder. Idempotent."""
+        take a last checkpoint if one is due, and close the recorder. Idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -308,43 +290,61 @@ class Store:
                 if not self._leading:
                     break
             time.sleep(0.005)
+        self._stop.set()
+        self._maintainer.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._maintain()
         self.recorder.close()
 
-    # -- internals ------------------------------------------------------------------------
+    # -- start-up and maintenance ---------------------------------------------------------
 
-    def _rebuild(self) -> None:
-        """Published states at start-up: the latest checkpoint, plus the fold of the
-        events after it (or of the whole log, without a usable checkpoint)."""
-        sessions: dict[str, SessionState] = {}
-        after = 0
-        checkpoint = self.recorder.load_checkpoint()
-        if checkpoint is not None:
-            decoded = decode_sessions(checkpoint[1])
+    def _start(self) -> None:
+        """Published states at start-up: the latest checkpoint, plus the fold of the events
+        after it (or of the whole log, without a usable checkpoint)."""
+        checkpoint: tuple[int, dict[str, SessionState]] | None = None
+        saved = self.recorder.load_checkpoint()
+        if saved is not None:
+            try:
+                decoded = decode_sessions(saved[1])
+            except (ValueError, KeyError, TypeError) as problem:
+                log.warning("ignoring a checkpoint that does not parse (%s)", problem)
+                decoded = None
             if decoded is not None:
-                after, sessions = checkpoint[0], decoded
-        last: RecordedEvent | None = None
-        for last in self.recorder.read_all(after):
-            sessions[last.session_id] = apply_event(sessions.get(last.session_id), last)
-        if last is not None:
-            after = last.global_position
-        self._checkpointed = self._last_global = after
-        now = self._monotonic()
-        self._sessions = sessions
-        self._touched = dict.fromkeys(sessions, now)
-        self._last_time = max((s.updated_at.timestamp() for s in sessions.values()), default=0.0)
+                checkpoint = (saved[0], decoded)
+        self.projector.start(checkpoint)
+        self._checkpointed = saved[0] if checkpoint is not None and saved is not None else 0
+        states = self.projector.states()
+        self._touches = {
+            sid: moment for sid, moment in self.recorder.load_touches().items() if sid in states
+        }
+        self._last_time = max((s.updated_at.timestamp() for s in states.values()), default=0.0)
 
-    def checkpoint(self) -> None:
-        """Save a checkpoint of every session's state now (start-up then folds only what
-        comes after it)."""
-        self._checkpoint(self._last_global)
+    def _touch(self, session_id: str, moment: datetime) -> None:
+        known = self._touches.get(session_id)
+        if known is None or moment > known:
+            self._touches[session_id] = moment
+            self._unsaved.add(session_id)
 
-    def _checkpoint(self, global_position: int) -> None:
-        """Save every session's published state; a failure costs only start-up time."""
-        try:
-            self.recorder.save_checkpoint(global_position, encode_sessions(self._sessions))
-            self._checkpointed = global_position
-        except RecorderError:
-            log.exception("checkpoint at global position %d failed", global_position)
+    def _maintain_until_closed(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self._maintain()
+            except Exception:  # the thread must outlive one failed round
+                log.exception("maintenance failed")
+
+    def _maintain(self) -> None:
+        """One round: save the sessions' last uses, and a checkpoint if one is due."""
+        unsaved, self._unsaved = self._unsaved, set()
+        if unsaved:
+            touches = {sid: self._touches[sid] for sid in unsaved if sid in self._touches}
+            try:
+                self.recorder.save_touches(touches)
+            except RecorderError:
+                self._unsaved |= unsaved  # try again next round
+                log.exception("could not record the last use of %d sessions", len(touches))
+        if self.projector.global_position - self._checkpointed >= self.checkpoint_every:
+            self.checkpoint()
+
+    # -- committing -----------------------------------------------------------------------
 
     def _lead(self, me: _Job) -> None:
         """Commit every waiting command as one group, then pass the lead on."""
@@ -352,11 +352,11 @@ class Store:
             jobs, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
         try:
             self._run_group(jobs)
-        except Exception:  # a bug, not bad input: fail the group loudly, keep serving
+        except Exception:  # a bug, not bad input: fail what is unanswered, keep serving
             log.exception("commit failed for a group of %d commands", len(jobs))
             for job in jobs:
                 if job.written is None and job.error is None:
-                    job.error = Unavailable("internal error while writing")
+                    job.error = InternalError("internal error while writing; see the server log")
         finally:
             for job in jobs:
                 if job is not me:
@@ -370,16 +370,49 @@ class Store:
                     self._leading = False
 
     def _run_group(self, jobs: list[_Job]) -> None:
+        """Decide and commit ``jobs``, deciding again those whose session moved."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            jobs = self._attempt(jobs, self._write_context())
+            if not jobs:
+                return
+            try:
+                self.projector.catch_up()
+            except RecorderError as unreadable:  # the conflicting appends wrote nothing
+                log.error("cannot read the log to catch up after a conflict: %s", unreadable)
+                for job in jobs:
+                    job.error = Unavailable(
+                        f"session {job.session_id!r} was changed by another writer and the "
+                        "event log cannot be read now; nothing was recorded, retry later",
+                        info={"session_id": job.session_id[:200]},
+                    )
+                return
+            if attempt == MAX_ATTEMPTS:
+                for job in jobs:
+                    state = self.projector.published(job.session_id)
+                    job.error = VersionConflict(
+                        f"session {job.session_id!r} kept changing while this write was "
+                        f"decided ({MAX_ATTEMPTS} tries); read it again and retry",
+                        info={
+                            "session_id": job.session_id[:200],
+                            "current_position": str(state.position if state else 0),
+                        },
+                    )
+
+    def _write_context(self) -> WriteContext:
         now = self._clock()
         if now.timestamp() < self._last_time:  # the wall clock stepped back: keep order
             now = datetime.fromtimestamp(self._last_time, UTC)
-        ctx = WriteContext(now=now, limits=self.limits)
+        return WriteContext(now=now, limits=self.limits)
+
+    def _attempt(self, jobs: list[_Job], ctx: WriteContext) -> list[_Job]:
+        """Decide every job and commit what was accepted; returns the jobs to decide again
+        (their session moved under them)."""
         working: dict[str, SessionState | None] = {}
         accepted: list[_Accepted] = []
         for job in jobs:
             sid = job.session_id
             if sid not in working:
-                published = self._sessions.get(sid)
+                published = self.projector.published(sid)
                 working[sid] = published.copy() if published is not None else None
             state = working[sid]
             try:
@@ -389,11 +422,11 @@ class Store:
                 continue
             base = state.position if state is not None else 0
             try:
-                after = self._fold(state, sid, base, decision.events)
+                after = _fold(state, sid, base, decision.events)
                 answer = decision.respond(after)
             except Exception:
                 log.exception("fold failed for %s on session %r", type(job.command).__name__, sid)
-                job.error = Unavailable("internal error while applying a change")
+                job.error = InternalError("internal error while applying a change")
                 working[sid] = self._refold(sid, accepted)
                 continue
             working[sid] = after
@@ -401,74 +434,130 @@ class Store:
             accepted.append(
                 _Accepted(job, Append(sid, base, decision.events), Written(answer, position))
             )
-        self._commit(accepted, working)
-
-    @staticmethod
-    def _fold(
-        state: SessionState | None, sid: str, base: int, events: list[NewEvent]
-    ) -> SessionState | None:
-        # global_position 0 is provisional: the projection never reads global positions.
-        for offset, event in enumerate(events, start=1):
-            state = apply_event(state, RecordedEvent.of(event, sid, base + offset, 0))
-        return state
+        return self._commit(accepted, working)
 
     def _refold(self, sid: str, accepted: list[_Accepted]) -> SessionState | None:
         """The working state of ``sid`` rebuilt from the published one and the decisions
         accepted so far (after a fold failed half-way through the working copy)."""
-        published = self._sessions.get(sid)
+        published = self.projector.published(sid)
         state = published.copy() if published is not None else None
         for item in accepted:
             if item.append.session_id == sid:
-                state = self._fold(
-                    state, sid, item.append.expected_position, list(item.append.events)
-                )
+                state = _fold(state, sid, item.append.expected_position, item.append.events)
         return state
 
-    def _commit(self, accepted: list[_Accepted], working: dict[str, SessionState | None]) -> None:
-        appends = [item.append for item in accepted if item.append.events]
-        recorded: list[RecordedEvent] = []
-        if appends:
+    def _commit(
+        self, accepted: list[_Accepted], working: Mapping[str, SessionState | None]
+    ) -> list[_Job]:
+        """Append the accepted decisions, hand what was recorded to the projector, answer;
+        returns the jobs whose appends conflicted."""
+        writing = [item for item in accepted if item.append.events]
+        if writing:
             try:
-                recorded = self.recorder.append_many(appends)
+                results = self.recorder.append_many([item.append for item in writing])
             except RecorderError as failure:
-                # Nothing was written and nothing published: the working copies are dropped.
-                log.error("append failed; %d commands refused: %s", len(accepted), failure)
-                for item in accepted:
-                    item.job.error = Unavailable(f"the event log could not be written: {failure}")
-                return
-        if recorded:
-            self._last_time = max(self._last_time, recorded[-1].recorded_at.timestamp())
-            self._last_global = recorded[-1].global_position
-        now = self._monotonic()
-        with self._index_lock:
-            for event in recorded:
-                index = self._indexes.get(event.session_id)
-                if index is not None:
-                    index.apply(event)
-            for sid in {append.session_id for append in appends}:
-                state = working[sid]
-                if state is not None:
-                    self._sessions[sid] = state
-                    self._touched[sid] = now
-                    index = self._indexes.get(sid)
-                    if index is not None and index.position == state.position:
-                        index.offer_snapshot(state, copy=False)
-        with self._applied:
-            self._applied.notify_all()
-        if recorded and recorded[-1].global_position - self._checkpointed >= self.checkpoint_every:
-            self._checkpoint(recorded[-1].global_position)
-        if recorded:
-            for listener in list(self._listeners):
-                try:
-                    listener(recorded)
-                except Exception:  # a listener's bug must not fail the writers
-                    log.exception("listener failed")
+                return self._settle_unknown(accepted, writing, failure)
+        else:
+            results = []
+        retry: list[_Job] = []
+        recorded: list[RecordedEvent] = []
+        for item, result in zip(writing, results, strict=True):
+            if isinstance(result, Conflict):
+                retry.append(item.job)
+            else:
+                recorded.extend(result.events)
+        retrying = {job.session_id for job in retry}
+        self._publish(recorded, {sid: s for sid, s in working.items() if sid not in retrying})
         for item in accepted:
-            item.job.written = item.written
+            if item.job not in retry:
+                item.job.written = item.written
+        return retry
+
+    def _publish(
+        self, recorded: Sequence[RecordedEvent], folded: Mapping[str, SessionState | None]
+    ) -> None:
+        """Hand recorded events to the projector; a write is a use of its session (an
+        import's events may carry old times, so the commit's own time counts)."""
+        if not recorded:
+            return
+        self._last_time = max(self._last_time, recorded[-1].recorded_at.timestamp())
+        self.projector.apply(recorded, folded)
+        now = self._clock()
+        for sid in {event.session_id for event in recorded}:
+            state = self.projector.published(sid)
+            if state is not None and state.ttl_seconds > 0:
+                self._touch(sid, now)
+
+    def _settle_unknown(
+        self, accepted: list[_Accepted], writing: list[_Accepted], failure: RecorderError
+    ) -> list[_Job]:
+        """After an append whose outcome is unknown: read the log, answer each command
+        from what it shows, and return those whose session someone else moved."""
+        log.error("append of %d commands failed: %s", len(writing), failure)
+        try:
+            self.projector.catch_up()
+            landed = [self._landed(item.append) for item in writing]
+        except RecorderError as unreadable:
+            log.error("and the log cannot be read to settle it: %s", unreadable)
+            for item in writing:
+                item.job.error = CommitOutcomeUnknown(
+                    f"session {item.append.session_id!r}: the event log failed while "
+                    "recording this write and cannot be read back, so it may or may not "
+                    "have been recorded; read the session before writing again",
+                    info={"session_id": item.append.session_id[:200]},
+                )
+            landed = None
+        retry: list[_Job] = []
+        if landed is not None:
+            for item, outcome in zip(writing, landed, strict=True):
+                if outcome is True:
+                    item.job.written = item.written
+                elif outcome is False:
+                    item.job.error = Unavailable(
+                        "the event log could not be written; nothing was recorded, so the "
+                        "call is safe to retry",
+                        info={"session_id": item.append.session_id[:200]},
+                    )
+                else:
+                    retry.append(item.job)
+        for item in accepted:
+            if not item.append.events:  # decided with nothing to write: answered as is
+                item.job.written = item.written
+        return retry
+
+    def _landed(self, append: Append) -> bool | None:
+        """Whether the log holds ``append``'s events: True (ours), False (nothing after
+        its expected position), None (someone else's events are there)."""
+        sid, base = append.session_id, append.expected_position
+        found = self.recorder.read_session(sid, base + 1, base + len(append.events))
+        if not found:
+            return False
+        if len(found) == len(append.events) and all(
+            _same_event(new, event) for new, event in zip(append.events, found, strict=True)
+        ):
+            return True
+        return None
 
 
-@dataclass(slots=True)
-class _Accepted:
-    job: _Job
-    append: Append
-    written: Written[Any]
+def _fold(
+    state: SessionState | None, sid: str, base: int, events: Sequence[NewEvent]
+) -> SessionState | None:
+    # global_position 0 is provisional: the projection never reads global positions.
+    for offset, event in enumerate(events, start=1):
+        state = apply_event(state, RecordedEvent.of(event, sid, base + offset, 0))
+    return state
+
+
+def _same_event(new: NewEvent, recorded: RecordedEvent) -> bool:
+    """Whether ``recorded`` is ``new`` as the log stores it (JSON-normalised)."""
+    return (
+        new.type == recorded.type
+        and new.recorded_at == recorded.recorded_at
+        and new.source == recorded.source
+        and _canonical(new.payload) == _canonical(recorded.payload)
+        and _canonical(new.metadata) == _canonical(recorded.metadata)
+    )
+
+
+def _canonical(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, default=dict)

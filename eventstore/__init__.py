@@ -2,15 +2,32 @@
 
 from varstore.eventstore.events import EventType, NewEvent, RecordedEvent
 from varstore.eventstore.memory import MemoryRecorder
-from varstore.eventstore.recorder import Append, PositionConflict, Recorder, RecorderError
+from varstore.eventstore.recorder import (
+    Append,
+    AppendResult,
+    Conflict,
+    DerivedStore,
+    EventAppender,
+    EventReader,
+    PositionConflict,
+    Recorded,
+    Recorder,
+    RecorderError,
+)
 from varstore.eventstore.sqlite import SQLiteRecorder
 
 __all__ = [
     "Append",
+    "AppendResult",
+    "Conflict",
+    "DerivedStore",
+    "EventAppender",
+    "EventReader",
     "EventType",
     "MemoryRecorder",
     "NewEvent",
     "PositionConflict",
+    "Recorded",
     "RecordedEvent",
     "Recorder",
     "RecorderError",

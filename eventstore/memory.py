@@ -10,11 +10,18 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from varstore.eventstore.events import NewEvent, RecordedEvent
-from varstore.eventstore.recorder import Append, PositionConflict, Recorder, RecorderError
+from varstore.eventstore.recorder import (
+    Append,
+    AppendResult,
+    Conflict,
+    Recorded,
+    Recorder,
+    RecorderError,
+)
 
 __all__ = ["MemoryRecorder"]
 
@@ -31,31 +38,41 @@ class MemoryRecorder(Recorder):
         # The global log: an event's global position is its index + 1.
         self._log: list[RecordedEvent] = []
         self._sessions: dict[str, list[RecordedEvent]] = {}
+        self._checkpoint: tuple[int, bytes] | None = None
+        self._touches: dict[str, datetime] = {}
         self._closed = False
 
-    def append_many(self, appends: Sequence[Append]) -> list[RecordedEvent]:
-        """Record every append, all or nothing (see :meth:`Recorder.append_many`)."""
+    def append_many(self, appends: Sequence[Append]) -> list[AppendResult]:
+        """Record every append whose expected position holds, as one transaction (see
+        :meth:`Recorder.append_many`)."""
         with self._lock:
             self._check_open()
-            # Validate and build everything before storing anything: all or nothing.
+            # Build everything before storing anything: an unstorable event fails the call.
             last: dict[str, int] = {}
+            results: list[AppendResult] = []
             recorded: list[RecordedEvent] = []
+            conflicted: set[str] = set()  # once an append conflicts, its session's later ones do
             for append in appends:
                 sid = append.session_id
                 actual = last.get(sid)
                 if actual is None:
                     actual = len(self._sessions.get(sid, ()))
-                if append.expected_position != actual:
-                    raise PositionConflict(sid, append.expected_position, actual)
+                if append.expected_position != actual or sid in conflicted:
+                    results.append(Conflict(sid, append.expected_position, actual))
+                    conflicted.add(sid)
+                    continue
+                mine: list[RecordedEvent] = []
                 for new in append.events:
                     actual += 1
-                    global_position = len(self._log) + len(recorded) + 1
-                    recorded.append(_recorded(new, sid, actual, global_position))
+                    global_position = len(self._log) + len(recorded) + len(mine) + 1
+                    mine.append(_recorded(new, sid, actual, global_position))
+                recorded.extend(mine)
+                results.append(Recorded(tuple(mine)))
                 last[sid] = actual
             for event in recorded:
                 self._log.append(event)
                 self._sessions.setdefault(event.session_id, []).append(event)
-            return recorded
+            return results
 
     def read_session(
         self, session_id: str, from_position: int = 1, to_position: int | None = None
@@ -70,25 +87,36 @@ class MemoryRecorder(Recorder):
             stop = len(events) if to_position is None else max(min(to_position, len(events)), 0)
             return events[start:stop]
 
-    def read_all(self, after_global_position: int = 0) -> Iterator[RecordedEvent]:
-        """Every event after the given global position (see :meth:`Recorder.read_all`).
+    def read_all(
+        self, after_global_position: int = 0, limit: int | None = None
+    ) -> Iterator[RecordedEvent]:
+        """Events after the given global position (see :meth:`Recorder.read_all`).
 
         Lazy and index-based: it copies a chunk at a time under the lock and holds no lock
         while the caller consumes, so appends (and other reads) may happen meanwhile.
         """
         with self._lock:
             self._check_open()  # fail at the call, not at the first next()
-        return self._read_all(max(after_global_position, 0))
+        start = max(after_global_position, 0)
+        stop = None if limit is None else start + max(limit, 0)
+        return self._read_all(start, stop)
 
-    def _read_all(self, index: int) -> Iterator[RecordedEvent]:
-        while True:
+    def _read_all(self, index: int, stop: int | None) -> Iterator[RecordedEvent]:
+        while stop is None or index < stop:
+            end = index + _CHUNK if stop is None else min(index + _CHUNK, stop)
             with self._lock:
                 self._check_open()
-                chunk = self._log[index : index + _CHUNK]
+                chunk = self._log[index:end]
             yield from chunk
-            if len(chunk) < _CHUNK:
+            if len(chunk) < end - index:
                 return
             index += len(chunk)
+
+    def last_global_position(self) -> int:
+        """The highest global position; 0 while the log is empty."""
+        with self._lock:
+            self._check_open()
+            return len(self._log)
 
     def last_position(self, session_id: str) -> int:
         """The position of a session's last event; 0 if it has none."""
@@ -96,12 +124,50 @@ class MemoryRecorder(Recorder):
             self._check_open()
             return len(self._sessions.get(session_id, ()))
 
+    def save_checkpoint(self, global_position: int, data: bytes) -> None:
+        """Keep one checkpoint, in memory like the log itself (see Recorder)."""
+        with self._lock:
+            self._check_open()
+            self._checkpoint = (global_position, bytes(data))
+
+    def load_checkpoint(self) -> tuple[int, bytes] | None:
+        """The checkpoint, or None (see Recorder)."""
+        with self._lock:
+            self._check_open()
+            return self._checkpoint
+
+    def drop_checkpoint(self) -> None:
+        """Forget the checkpoint (see Recorder)."""
+        with self._lock:
+            self._check_open()
+            self._checkpoint = None
+
+    def save_touches(self, touches: Mapping[str, datetime]) -> None:
+        """Keep each session's latest use (see Recorder)."""
+        with self._lock:
+            self._check_open()
+            for session_id, moment in touches.items():
+                if moment.utcoffset() is None:
+                    raise RecorderError(f"touch of {session_id!r} must be timezone-aware")
+                moment = moment.astimezone(UTC)
+                known = self._touches.get(session_id)
+                if known is None or moment > known:
+                    self._touches[session_id] = moment
+
+    def load_touches(self) -> dict[str, datetime]:
+        """Every session's latest recorded use (see Recorder)."""
+        with self._lock:
+            self._check_open()
+            return dict(self._touches)
+
     def close(self) -> None:
         """Drop every event; later calls raise RecorderError. Idempotent."""
         with self._lock:
             self._closed = True
             self._log = []
             self._sessions = {}
+            self._checkpoint = None
+            self._touches = {}
 
     def _check_open(self) -> None:
         if self._closed:

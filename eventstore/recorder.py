@@ -1,26 +1,54 @@
 """The recorder contract: the one narrow door to an append-only, per-session event log.
 
-Every backend (memory, SQLite, later PostgreSQL) implements :class:`Recorder` and passes
-the same contract suite, ``tests/test_recorder_contract.py``.
+Layered as the eventsourcing library layers its recorders, each layer one more capability:
+
+* :class:`EventAppender`: append events to sessions, each append checked against the position
+  its session is expected to be at; one result per append.
+* :class:`EventReader`: read a session between two positions, everything after a global
+  position (with a limit), the highest global position.
+* :class:`DerivedStore`: what is kept *beside* the log: the checkpoint of the projections and
+  sessions' last activity (durable touches for TTL). Derived data: losing it loses no event.
+* :class:`Recorder`: all three, plus ``close``. Every backend (memory, SQLite, later
+  PostgreSQL) implements it and passes one contract suite, ``tests/test_recorder_contract.py``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from varstore.eventstore.events import NewEvent, RecordedEvent
 
-__all__ = ["Append", "PositionConflict", "Recorder", "RecorderError"]
+__all__ = [
+    "Append",
+    "AppendResult",
+    "Conflict",
+    "DerivedStore",
+    "EventAppender",
+    "EventReader",
+    "PositionConflict",
+    "Recorded",
+    "Recorder",
+    "RecorderError",
+]
 
 
 class RecorderError(Exception):
-    """The log could not be read or written (I/O, corruption, closed recorder)."""
+    """The log could not be read or written (I/O, corruption, closed recorder).
+
+    Raised by an append, it does not say whether the append was recorded: a failed COMMIT
+    may still have reached the disk. Callers read the log to find out.
+    """
 
 
 class PositionConflict(RecorderError):
-    """An append's expected position is not the session's last position: someone wrote first."""
+    """An append's expected position is not the session's last position: someone wrote first.
+
+    Raised only by the single-append convenience :meth:`EventAppender.append`;
+    ``append_many`` reports a :class:`Conflict` per append instead.
+    """
 
     def __init__(self, session_id: str, expected: int, actual: int) -> None:
         super().__init__(
@@ -41,27 +69,62 @@ class Append:
     events: Sequence[NewEvent]
 
 
-class Recorder(ABC):
-    """An append-only log of events, ordered per session and globally."""
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An append that was recorded: its events as the log now holds them."""
+
+    events: tuple[RecordedEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """An append that was not recorded because its session was at ``actual``, not at the
+    ``expected`` position (another writer came first). Nothing of it was written."""
+
+    session_id: str
+    expected: int
+    actual: int
+
+
+#: What ``append_many`` reports for each append, in order.
+AppendResult = Recorded | Conflict
+
+
+class EventAppender(ABC):
+    """Appending: the only way events get into the log."""
 
     @abstractmethod
-    def append_many(self, appends: Sequence[Append]) -> list[RecordedEvent]:
-        """Record every append in one durable transaction, all or nothing.
+    def append_many(self, appends: Sequence[Append]) -> list[AppendResult]:
+        """Record every append whose expected position holds, in ONE durable transaction.
 
-        Appends are applied in order, so two appends to one session chain their expected
-        positions. Returns the recorded events in order.
+        Appends are taken in order, so two appends to one session chain their expected
+        positions (and when the first conflicts, so does the second). An append that
+        conflicts writes nothing and does not stop the others. Returns one result per
+        append, in order.
 
         Raises:
-            PositionConflict: an append's expected position is not the session's last
-                position (nothing is written).
-            RecorderError: the log could not be written (nothing is written).
+            RecorderError: the log could not be written. Whether the transaction was
+                recorded is unknown (read the log); a backend that knows nothing was written
+                says so in the message.
         """
 
     def append(
         self, session_id: str, expected_position: int, events: Sequence[NewEvent]
     ) -> list[RecordedEvent]:
-        """Record ``events`` after ``expected_position`` in one session (see append_many)."""
-        return self.append_many([Append(session_id, expected_position, events)])
+        """Record ``events`` after ``expected_position`` in one session.
+
+        Raises:
+            PositionConflict: the session is not at ``expected_position`` (nothing written).
+            RecorderError: as for :meth:`append_many`.
+        """
+        [result] = self.append_many([Append(session_id, expected_position, events)])
+        if isinstance(result, Conflict):
+            raise PositionConflict(result.session_id, result.expected, result.actual)
+        return list(result.events)
+
+
+class EventReader(ABC):
+    """Reading: one session between positions, or everything in global order."""
 
     @abstractmethod
     def read_session(
@@ -71,25 +134,54 @@ class Recorder(ABC):
         (an unknown session has none)."""
 
     @abstractmethod
-    def read_all(self, after_global_position: int = 0) -> Iterator[RecordedEvent]:
-        """Every event with a global position above the given one, in global order."""
+    def read_all(
+        self, after_global_position: int = 0, limit: int | None = None
+    ) -> Iterator[RecordedEvent]:
+        """Events with a global position above the given one, in global order, at most
+        ``limit`` of them (all without one). Lazy: appends may happen while it is consumed."""
 
     @abstractmethod
     def last_position(self, session_id: str) -> int:
         """The position of a session's last event; 0 if it has none."""
 
+    @abstractmethod
+    def last_global_position(self) -> int:
+        """The highest global position in the log; 0 while it is empty."""
+
+
+class DerivedStore(ABC):
+    """What is kept beside the log: one checkpoint, and each session's last activity.
+
+    Both are derived data: dropping them loses no event (start-up folds the log instead,
+    and a session without a recorded touch counts its idle time from its last event).
+    """
+
+    @abstractmethod
     def save_checkpoint(self, global_position: int, data: bytes) -> None:
         """Keep ``data`` (derived state as of ``global_position``), replacing any earlier
-        checkpoint. Checkpoints are derived data: losing one loses no event."""
-        self._checkpoint = (global_position, bytes(data))
+        checkpoint."""
 
+    @abstractmethod
     def load_checkpoint(self) -> tuple[int, bytes] | None:
         """The latest checkpoint, or None."""
-        return getattr(self, "_checkpoint", None)
 
+    @abstractmethod
     def drop_checkpoint(self) -> None:
         """Forget the checkpoint (start-up then folds the whole log)."""
-        self.__dict__.pop("_checkpoint", None)
+
+    @abstractmethod
+    def save_touches(self, touches: Mapping[str, datetime]) -> None:
+        """Record that each session was last used at the given (aware) time; a time older
+        than the one already recorded for a session is ignored."""
+
+    @abstractmethod
+    def load_touches(self) -> dict[str, datetime]:
+        """Every session's last recorded use, in UTC."""
+
+
+class Recorder(EventAppender, EventReader, DerivedStore):
+    """An append-only log of events, ordered per session and globally, and the derived data
+    kept beside it."""
 
     @abstractmethod
     def close(self) -> None:

@@ -1,9 +1,11 @@
 """A recorder on one SQLite file in WAL mode: the durable single-node backend.
 
-The file holds one table, ``events`` (see ``_CREATE_EVENTS``), and ``PRAGMA user_version``
-records the schema version so later versions can migrate. While a recorder is open it holds an
-exclusive ``flock`` on the side file ``<path>.lock``: one varstore process per database, which
-is also what lets the recorder hand out global positions from memory.
+The file holds the log, ``events`` (see ``_CREATE_EVENTS``), and beside it the derived
+``checkpoints`` and ``touches`` tables; ``PRAGMA user_version`` records the schema version so
+later versions can migrate. While a recorder is open it holds an exclusive ``flock`` on the
+side file ``<path>.lock``: one varstore process per database. Positions are nevertheless
+read from the file inside each write transaction, never from memory, so a second writer
+(which the lock keeps out) could only ever cause a reported conflict, not a corrupt log.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from typing import Any, Literal
 from pydantic_core import from_json
 
 from varstore.eventstore.events import NewEvent, RecordedEvent
-from varstore.eventstore.recorder import Append, PositionConflict, Recorder, RecorderError
+from varstore.eventstore.recorder import (
+    Append,
+    AppendResult,
+    Conflict,
+    Recorded,
+    Recorder,
+    RecorderError,
+)
 
 __all__ = ["SQLiteRecorder"]
 
@@ -50,6 +59,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     global_position INTEGER NOT NULL,
     data BLOB NOT NULL
+)
+"""
+
+_CREATE_TOUCHES = """
+CREATE TABLE IF NOT EXISTS touches (
+    session_id     TEXT    PRIMARY KEY,
+    touched_at_us  INTEGER NOT NULL  -- microseconds since the Unix epoch, UTC
 )
 """
 
@@ -102,7 +118,6 @@ class SQLiteRecorder(Recorder):
             with _translated(f"cannot open database {self._path}"):
                 writer = _connect(self._path, synchronous)
                 self._migrate(writer)
-                self._last_global = _last_global(writer)
                 reader = _connect(self._path, synchronous)
                 reader.execute("PRAGMA query_only = ON")
         except BaseException:
@@ -119,8 +134,8 @@ class SQLiteRecorder(Recorder):
         """The database file's path."""
         return self._path
 
-    def append_many(self, appends: Sequence[Append]) -> list[RecordedEvent]:
-        """Record every append in one transaction, all or nothing (see
+    def append_many(self, appends: Sequence[Append]) -> list[AppendResult]:
+        """Record every append whose expected position holds, in one transaction (see
         :meth:`Recorder.append_many`)."""
         # Encode outside the lock: JSON work for a big batch should not hold up other writers.
         encoded = [[_encode(new, append.session_id) for new in append.events] for append in appends]
@@ -128,37 +143,42 @@ class SQLiteRecorder(Recorder):
             self._check_open()
             if not appends:
                 return []
-            try:
-                with _immediate_transaction(self._writer):
-                    rows = self._positioned(appends, encoded)
+            with _immediate_transaction(self._writer):
+                planned = self._positioned(appends, encoded)
+                rows = [row for rows in planned if not isinstance(rows, Conflict) for row in rows]
+                if rows:
                     self._writer.executemany(_INSERT, rows)
-            except BaseException:
-                # A failed COMMIT may still have reached the disk: trust the file, not memory.
-                with contextlib.suppress(sqlite3.Error):
-                    self._last_global = _last_global(self._writer)
-                raise
-            if rows:
-                self._last_global = rows[-1][0]
-        return [_decode(row) for row in rows]
+        return [
+            rows if isinstance(rows, Conflict) else Recorded(tuple(map(_decode, rows)))
+            for rows in planned
+        ]
 
-    def _positioned(self, appends: Sequence[Append], encoded: list[list[_Fields]]) -> list[_Row]:
-        """The rows to insert, or PositionConflict; runs inside the write transaction."""
-        rows: list[_Row] = []
+    def _positioned(
+        self, appends: Sequence[Append], encoded: list[list[_Fields]]
+    ) -> list[list[_Row] | Conflict]:
+        """Each append's rows, or its Conflict; runs inside the write transaction, so the
+        positions it reads cannot move before the rows are inserted."""
+        planned: list[list[_Row] | Conflict] = []
         last: dict[str, int] = {}  # chains the appends of one session within the call
-        global_position = self._last_global
+        conflicted: set[str] = set()  # once an append conflicts, its session's later ones do
+        global_position = _last_global(self._writer)
         for append, events in zip(appends, encoded, strict=True):
             sid = append.session_id
             actual = last.get(sid)
             if actual is None:
                 actual = _last_position(self._writer, sid)
-            if append.expected_position != actual:
-                raise PositionConflict(sid, append.expected_position, actual)
+            if append.expected_position != actual or sid in conflicted:
+                planned.append(Conflict(sid, append.expected_position, actual))
+                conflicted.add(sid)
+                continue
+            rows: list[_Row] = []
             for fields in events:
                 actual += 1
                 global_position += 1
                 rows.append((global_position, sid, actual, *fields))
+            planned.append(rows)
             last[sid] = actual
-        return rows
+        return planned
 
     def read_session(
         self, session_id: str, from_position: int = 1, to_position: int | None = None
@@ -173,28 +193,38 @@ class SQLiteRecorder(Recorder):
             ).fetchall()
         return [_decode(row) for row in rows]
 
-    def read_all(self, after_global_position: int = 0) -> Iterator[RecordedEvent]:
-        """Every event after the given global position (see :meth:`Recorder.read_all`).
+    def read_all(
+        self, after_global_position: int = 0, limit: int | None = None
+    ) -> Iterator[RecordedEvent]:
+        """Events after the given global position (see :meth:`Recorder.read_all`).
 
         Lazy: it queries ``_CHUNK`` rows at a time and holds no lock between chunks, so appends
         and other reads may happen while the caller consumes. It stops once caught up.
         """
         with self._read_lock:
             self._check_open()  # fail at the call, not at the first next()
-        return self._read_all(_clamp(after_global_position))
+        return self._read_all(_clamp(after_global_position), limit)
 
-    def _read_all(self, after: int) -> Iterator[RecordedEvent]:
-        while True:
+    def _read_all(self, after: int, limit: int | None) -> Iterator[RecordedEvent]:
+        left = _INT64_MAX if limit is None else max(limit, 0)
+        while left > 0:
             with self._read_lock, _translated(f"cannot read {self._path}"):
                 self._check_open()
                 rows = self._reader.execute(
                     f"{_SELECT} WHERE global_position > ? ORDER BY global_position LIMIT ?",
-                    (after, _CHUNK),
+                    (after, min(_CHUNK, left)),
                 ).fetchall()
             yield from map(_decode, rows)
-            if len(rows) < _CHUNK:
+            if len(rows) < min(_CHUNK, left):
                 return
             after = rows[-1][0]
+            left -= len(rows)
+
+    def last_global_position(self) -> int:
+        """The highest global position; 0 while the log is empty."""
+        with self._read_lock, _translated(f"cannot read {self._path}"):
+            self._check_open()
+            return _last_global(self._reader)
 
     def last_position(self, session_id: str) -> int:
         """The position of a session's last event; 0 if it has none."""
@@ -232,8 +262,9 @@ class SQLiteRecorder(Recorder):
                     f"database {self._path} has schema version {version}; this varstore"
                     f" supports version {_SCHEMA_VERSION}"
                 )
-            # Derived data beside the log; a database without it simply has no checkpoint.
+            # Derived data beside the log; a database without it simply has none.
             conn.execute(_CREATE_CHECKPOINTS)
+            conn.execute(_CREATE_TOUCHES)
 
     def save_checkpoint(self, global_position: int, data: bytes) -> None:
         """Keep one checkpoint row, replacing the previous one (see Recorder)."""
@@ -261,6 +292,30 @@ class SQLiteRecorder(Recorder):
             self._check_open()
             with _immediate_transaction(self._writer):
                 self._writer.execute("DELETE FROM checkpoints")
+
+    def save_touches(self, touches: Mapping[str, datetime]) -> None:
+        """Upsert each session's latest use, keeping the later time (see Recorder)."""
+        rows = []
+        for session_id, moment in touches.items():
+            if moment.utcoffset() is None:
+                raise RecorderError(f"touch of {session_id!r} must be timezone-aware")
+            rows.append((session_id, (moment.astimezone(UTC) - _EPOCH) // _MICROSECOND))
+        with self._write_lock, _translated(f"cannot record session use in {self._path}"):
+            self._check_open()
+            with _immediate_transaction(self._writer):
+                self._writer.executemany(
+                    "INSERT INTO touches (session_id, touched_at_us) VALUES (?, ?) "
+                    "ON CONFLICT (session_id) DO UPDATE SET touched_at_us = "
+                    "MAX(touched_at_us, excluded.touched_at_us)",
+                    rows,
+                )
+
+    def load_touches(self) -> dict[str, datetime]:
+        """Every session's latest recorded use (see Recorder)."""
+        with self._read_lock, _translated(f"cannot read session use in {self._path}"):
+            self._check_open()
+            rows = self._reader.execute("SELECT session_id, touched_at_us FROM touches").fetchall()
+        return {str(sid): _EPOCH + int(us) * _MICROSECOND for sid, us in rows}
 
 
 @contextlib.contextmanager

@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from varstore.api import commands
 from varstore.api.store import Store, Written
-from varstore.eventstore import Append, RecordedEvent, RecorderError
+from varstore.eventstore import Append, AppendResult, RecorderError
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.projections import VariableState
 from varstore.types import SessionNotFound, Unavailable, ValidationError
@@ -27,7 +28,7 @@ class CountingRecorder(MemoryRecorder):
         self.gate = threading.Event()
         self.gate.set()
 
-    def append_many(self, appends: Sequence[Append]) -> list[RecordedEvent]:
+    def append_many(self, appends: Sequence[Append]) -> list[AppendResult]:
         self.gate.wait()
         self.transactions += 1
         if self.fail_next:
@@ -37,11 +38,16 @@ class CountingRecorder(MemoryRecorder):
 
 
 class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    """A wall clock that moves only when told to."""
 
-    def __call__(self) -> float:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
         return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 def test_concurrent_writers_share_transactions() -> None:
@@ -108,15 +114,15 @@ def test_a_failed_append_publishes_nothing_and_reports_unavailable() -> None:
 def test_an_idle_session_expires_as_an_event() -> None:
     clock = FakeClock()
     recorder = MemoryRecorder()
-    store = Store(recorder, monotonic=clock)
+    store = Store(recorder, clock=clock)
     try:
         store.execute("s", commands.CreateSession("s", ttl_seconds=10))
         store.execute("keep", commands.CreateSession("keep"))
-        clock.now += 9
+        clock.advance(9)
         store.session("s")  # a read touches the session
-        clock.now += 9
+        clock.advance(9)
         assert store.expire_idle_sessions() == 0
-        clock.now += 2
+        clock.advance(2)
         assert store.expire_idle_sessions() == 1
         with pytest.raises(SessionNotFound):
             store.session("s")

@@ -1,0 +1,309 @@
+"""The projector: the one path from recorded events to what readers see.
+
+Only the projector moves the published session states, the per-session indexes (history,
+event times, snapshots), the last applied global position and, through its listeners, the
+watch fan-out; and it moves them only by applying events the log *recorded*. The committer
+hands it what it recorded; :meth:`Projector.catch_up` reads what it has not seen (another
+writer's events, or an append whose outcome was unknown); a tailer of a shared log will
+use the same door. Applying is idempotent: positions already applied are skipped, so the
+same event handed over twice, or by two paths, is folded once.
+
+Invariants:
+
+* A published :class:`SessionState` is never mutated; the projector folds into a copy and
+  swaps the dict entry, so a reader holding one sees a stable cut.
+* Every event with a global position ``<= global_position`` has been applied. Events above
+  it may be applied too (our own commit past another writer's event not read yet); such a
+  gap is closed by reading the log at once, so it never lasts past one apply.
+* :meth:`cut` returns the global position and the states *together*, under the publication
+  lock: each state is its session's log folded up to at least every event at or below the
+  position, which is what a checkpoint must hold (start-up skips what a state already has).
+
+Lock order: ``_apply_lock`` (one applier at a time, so listeners see commits in order), then
+``_publish`` (short: swapping states and the global position), then ``_index_lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+
+from varstore.eventstore import EventReader, RecordedEvent
+from varstore.projections import (
+    ProjectionError,
+    SessionHistory,
+    SessionIndex,
+    SessionState,
+    apply_event,
+    replay,
+)
+from varstore.types import OutOfRange, SessionNotFound
+
+__all__ = ["Listener", "Projector"]
+
+log = logging.getLogger(__name__)
+
+#: Called with the events of every apply that brought something new, in global order.
+Listener = Callable[[Sequence[RecordedEvent]], None]
+
+#: Events read from the log per query while catching up.
+CATCH_UP_PAGE = 1000
+
+
+class Projector:
+    """Published session states and indexes, moved only by recorded events."""
+
+    def __init__(self, reader: EventReader, *, snapshot_every: int) -> None:
+        self._reader = reader
+        self.snapshot_every = snapshot_every
+        # Published states, deleted sessions included (their position continues if the id
+        # is created again). Read without a lock: one dict lookup.
+        self._sessions: dict[str, SessionState] = {}
+        self._global = 0
+        self._apply_lock = threading.RLock()
+        self._publish = threading.Condition(threading.Lock())
+        # Indexes for reads of the past, built per session on first use from its log.
+        self._indexes: dict[str, SessionIndex] = {}
+        self._index_lock = threading.Lock()
+        self._listeners: list[Listener] = []
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def start(self, checkpoint: tuple[int, Mapping[str, SessionState]] | None) -> None:
+        """Publish the checkpoint's states (if any) and fold the log after its position.
+
+        A checkpoint whose states the log does not extend cleanly (a ProjectionError while
+        folding the events after it) is ignored with a warning, and the whole log folded.
+        """
+        with self._apply_lock:
+            if checkpoint is not None:
+                try:
+                    self._load(checkpoint[0], dict(checkpoint[1]))
+                    return
+                except ProjectionError as problem:
+                    log.warning("ignoring the checkpoint (%s); folding the whole log", problem)
+            self._load(0, {})
+
+    def _load(self, after: int, sessions: dict[str, SessionState]) -> None:
+        last = after
+        for event in self._reader.read_all(after):
+            state = sessions.get(event.session_id)
+            if state is None or event.position > state.position:
+                sessions[event.session_id] = apply_event(state, event)
+            last = event.global_position
+        with self._publish:
+            self._sessions = sessions
+            self._global = last
+            self._publish.notify_all()
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def global_position(self) -> int:
+        """Every event at or below this global position is applied."""
+        return self._global
+
+    def published(self, session_id: str) -> SessionState | None:
+        """The published state of a session, deleted ones included; None if never created."""
+        return self._sessions.get(session_id)
+
+    def states(self) -> dict[str, SessionState]:
+        """A snapshot of every published state (a C-level copy: safe while writers publish)."""
+        return self._sessions.copy()
+
+    def cut(self) -> tuple[int, dict[str, SessionState]]:
+        """The global position and the states, taken together (see the module docstring)."""
+        with self._publish:
+            return self._global, self._sessions.copy()
+
+    def wait_for(self, session_id: str, position: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until ``session_id`` is applied up to ``position``."""
+        deadline = time.monotonic() + timeout
+        with self._publish:
+            while True:
+                state = self._sessions.get(session_id)
+                if state is not None and state.position >= position:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._publish.wait(left)
+
+    def history(self, session_id: str) -> SessionHistory:
+        """The history of a session that exists or existed, or SessionNotFound."""
+        return self._index(session_id).history
+
+    def position_at_time(self, session_id: str, moment: datetime) -> int:
+        """The position of the session's last event recorded at or before ``moment``."""
+        return self._index(session_id).position_at(moment)
+
+    def state_at(self, session_id: str, position: int) -> SessionState | None:
+        """The session as it stood at ``position`` (None before its first event), folded
+        from the nearest snapshot at or before it.
+
+        Raises:
+            SessionNotFound: the session never existed.
+            OutOfRange: the position is beyond the end of the session's applied log.
+        """
+        current = self._sessions.get(session_id)
+        if current is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        if position > current.position:
+            raise OutOfRange(
+                f"position {position} is beyond the end of session {session_id!r}'s log "
+                f"(position {current.position})",
+                info={"position": str(position), "last_position": str(current.position)},
+            )
+        if position == current.position:
+            return current
+        if position <= 0:
+            return None
+        base = self._index(session_id).snapshot_before(position)
+        start = base.position + 1 if base is not None else 1
+        return replay(self._reader.read_session(session_id, start, position), base)
+
+    def drop_indexes(self) -> None:
+        """Forget every index (derived data, rebuilt from the log on demand)."""
+        with self._index_lock:
+            self._indexes.clear()
+
+    def _index(self, session_id: str) -> SessionIndex:
+        index = self._indexes.get(session_id)
+        if index is not None:
+            return index
+        if session_id not in self._sessions:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        # Built from the log without the lock, so applies (which take it to keep indexes
+        # current) never wait for a big session's build; then, under the lock, the events
+        # applied meanwhile are folded in before the index is published.
+        built = SessionIndex(self.snapshot_every)
+        state = _fold_into(built, None, self._reader.read_session(session_id))
+        with self._index_lock:
+            index = self._indexes.get(session_id)
+            if index is None:
+                tail = self._reader.read_session(session_id, built.position + 1)
+                _fold_into(built, state, tail)
+                index = self._indexes[session_id] = built
+        return index
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with the newly applied events of every apply, in order, on the
+        applying thread (so it must be quick). Returns the function that unsubscribes it."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    # -- applying -------------------------------------------------------------------------
+
+    def apply(
+        self,
+        events: Sequence[RecordedEvent],
+        folded: Mapping[str, SessionState | None] | None = None,
+    ) -> None:
+        """Apply recorded ``events`` (any sessions, in global order); skip what is applied.
+
+        ``folded`` may hold, per session, the state the committer already folded from the
+        published state through exactly these events while deciding; it is adopted instead
+        of folding again when its position is the session's last event here and the
+        published state is where the events start (so it is that very fold).
+        """
+        if not events:
+            return
+        with self._apply_lock:
+            fresh = self._apply(events, folded or {})
+            self._notify(fresh)
+            if events[-1].global_position > self._global:
+                self.catch_up()  # another writer's events sit below ours: read them now
+
+    def catch_up(self) -> int:
+        """Apply every event the log holds after the global position; returns how many
+        were new. Raises RecorderError if the log cannot be read."""
+        new = 0
+        while True:
+            with self._apply_lock:
+                page = list(self._reader.read_all(self._global, CATCH_UP_PAGE))
+                fresh = self._apply(page, {})
+                self._notify(fresh)
+            new += len(fresh)
+            if len(page) < CATCH_UP_PAGE:
+                return new
+
+    def _apply(
+        self, events: Sequence[RecordedEvent], folded: Mapping[str, SessionState | None]
+    ) -> list[RecordedEvent]:
+        by_session: dict[str, list[RecordedEvent]] = {}
+        for event in events:
+            by_session.setdefault(event.session_id, []).append(event)
+        fresh: list[RecordedEvent] = []
+        states: dict[str, SessionState] = {}
+        for sid, its_events in by_session.items():
+            published = self._sessions.get(sid)
+            done = published.position if published is not None else 0
+            new = [event for event in its_events if event.position > done]
+            if not new:
+                continue
+            if new[0].position != done + 1:  # pragma: no cover - a tailer skipped a page
+                new = self._reader.read_session(sid, done + 1, new[-1].position)
+            hint = folded.get(sid)
+            if (
+                hint is not None
+                and hint.position == new[-1].position
+                and len(new) == len(its_events)
+            ):
+                states[sid] = hint
+            else:
+                state = published.copy() if published is not None else None
+                states[sid] = replay(new, state)  # type: ignore[assignment]
+            fresh.extend(new)
+        if not fresh:
+            self._advance(events)
+            return fresh
+        fresh.sort(key=lambda event: event.global_position)
+        with self._index_lock:
+            for event in fresh:
+                index = self._indexes.get(event.session_id)
+                if index is not None:
+                    index.apply(event)
+            for sid, state in states.items():
+                index = self._indexes.get(sid)
+                if index is not None and index.position == state.position:
+                    index.offer_snapshot(state, copy=False)
+        with self._publish:
+            self._sessions.update(states)
+            self._advance(events)
+            self._publish.notify_all()
+        return fresh
+
+    def _advance(self, events: Iterable[RecordedEvent]) -> None:
+        """Move the global position over the contiguous run of ``events`` that follows it."""
+        for event in events:
+            if event.global_position == self._global + 1:
+                self._global = event.global_position
+            elif event.global_position > self._global + 1:
+                return
+
+    def _notify(self, fresh: Sequence[RecordedEvent]) -> None:
+        if not fresh:
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(fresh)
+            except Exception:  # a listener's bug must not fail the writers
+                log.exception("listener failed")
+
+
+def _fold_into(
+    index: SessionIndex, state: SessionState | None, events: Sequence[RecordedEvent]
+) -> SessionState | None:
+    for event in events:
+        state = apply_event(state, event)
+        index.apply(event)
+        index.offer_snapshot(state, copy=True)
+    return state
