@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import BACKENDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +31,6 @@ from varstore.eventstore import (
     AppendResult,
     Conflict,
     EventType,
-    MemoryRecorder,
     NewEvent,
     PositionConflict,
     Recorded,
@@ -42,10 +42,6 @@ from varstore.eventstore import (
 
 RecorderFactory = Callable[[], Recorder]
 
-BACKENDS: dict[str, Callable[[Path], Recorder]] = {
-    "memory": lambda directory: MemoryRecorder(),
-    "sqlite": lambda directory: SQLiteRecorder(directory / "events.db"),
-}
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 

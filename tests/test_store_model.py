@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import grpc
 import pytest
+from backends import BACKENDS
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -38,6 +39,8 @@ from hypothesis.stateful import (
 )
 from servers import in_process_server, stub_for
 
+from varstore.api.store import Store
+from varstore.projections import SessionState, apply_event
 from varstore.types import ValidationError, VarstoreError
 from varstore.types.status import error_from_rpc_error
 from varstore.v1 import varstore_pb2 as pb
@@ -982,17 +985,31 @@ class StoreModel(RuleBasedStateMachine):
 # -- the test ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_stub() -> Iterator[Stub]:
-    """A stub to ONE in-process server shared by every example of the machine."""
-    with in_process_server() as running, stub_for(running.address) as stub:
-        yield stub
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def model_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stub, Store]]:
+    """ONE in-process server on one backend, shared by every example of the machine."""
+    recorder = BACKENDS[request.param](tmp_path_factory.mktemp(request.param))
+    with in_process_server(Store(recorder)) as running, stub_for(running.address) as stub:
+        yield stub, running.store
 
 
-def test_the_store_over_grpc_behaves_like_a_model_made_of_dicts(model_stub: Stub) -> None:
+def test_the_store_over_grpc_behaves_like_a_model_made_of_dicts(
+    model_server: tuple[Stub, Store],
+) -> None:
+    stub, store = model_server
+
     class StoreModelOnTheSharedServer(StoreModel):
         def __init__(self) -> None:
-            super().__init__(model_stub)
+            super().__init__(stub)
+
+        def teardown(self) -> None:
+            # What the server serves is exactly the fold of what its log holds.
+            folded: dict[str, SessionState] = {}
+            for event in store.recorder.read_all():
+                folded[event.session_id] = apply_event(folded.get(event.session_id), event)
+            assert {sid: store.published(sid) for sid in folded} == folded
 
     run_state_machine_as_test(
         StoreModelOnTheSharedServer,
