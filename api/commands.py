@@ -5,20 +5,32 @@ against the state (types, constraints, versions, limits) and either raises a
 :class:`~varstore.types.VarstoreError` (nothing is appended, no version moves) or
 returns a :class:`Decision`: the events to append, and how to answer once they are
 folded in. Deciding does no I/O; the store runs it on its writer thread.
+
+Every write is one of these, copies of logs included: :class:`ForkSession` and
+:class:`ImportSession` append a whole log in one decision, and :class:`ImportCheck`
+replays an imported log through the same deciders a live call runs, so the rules a
+writer enforces are written once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar
 
 from varstore.api.limits import Limits
 from varstore.eventstore import schema
-from varstore.eventstore.events import EventType, NewEvent
-from varstore.projections import SessionState, VariableState
+from varstore.eventstore.events import EventType, NewEvent, RecordedEvent
+from varstore.projections import (
+    ProjectionError,
+    SessionHistory,
+    SessionState,
+    VariableState,
+    apply_event,
+)
 from varstore.types import (
     TYPE_NAMES,
     AlreadyExists,
@@ -29,12 +41,15 @@ from varstore.types import (
     SessionNotFound,
     ValidationError,
     VariableNotFound,
+    VarstoreError,
     VersionConflict,
     coerce,
     describe,
 )
 
 __all__ = [
+    "CLOCK_SKEW",
+    "SCHEMA_VERSION",
     "BatchResult",
     "Command",
     "CreateSession",
@@ -42,6 +57,9 @@ __all__ = [
     "DeleteSession",
     "DeleteVariable",
     "ExpireSession",
+    "ForkSession",
+    "ImportCheck",
+    "ImportSession",
     "RegisterVariable",
     "RollbackVariable",
     "SetVariable",
@@ -49,7 +67,9 @@ __all__ = [
     "WriteContext",
     "check_metadata",
     "check_name",
+    "check_unused",
     "find_variable",
+    "import_refusal",
     "live",
 ]
 
@@ -480,3 +500,286 @@ class DeleteVariable:
         payload = schema.VariableDeleted(variable_id=variable.id)
         event = _event(EventType.VARIABLE_DELETED, payload, ctx, self.source, self.metadata)
         return Decision([event], lambda after: variable)
+
+
+# -- copies of logs ---------------------------------------------------------------------------
+
+#: How far in the future (by the store's clock) an imported event may have been recorded.
+#: Later times would hold every later write's timestamp back, so they are refused.
+CLOCK_SKEW: Final = timedelta(minutes=5)
+#: The only payload schema version this server reads.
+SCHEMA_VERSION: Final = 1
+
+
+def check_unused(state: SessionState | None, session_id: str) -> None:
+    """ALREADY_EXISTS unless ``session_id`` has never recorded an event."""
+    if state is not None:
+        status = "a deleted session's log" if state.deleted else "a live session"
+        raise AlreadyExists(
+            f"session id {session_id!r} is taken ({status}, {state.position} events); "
+            "a fork or an import needs an id that was never used",
+            info={"session_id": session_id},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ForkSession:
+    """Start ``session_id`` as a copy of ``events`` (the origin's log up to
+    ``origin_position``, already read) followed by a SessionForked event."""
+
+    session_id: str
+    origin_session_id: str
+    origin_position: int
+    events: Sequence[NewEvent]
+    source: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[SessionState]:
+        """All the copies and the fork event, if the new id was never used."""
+        check_name(self.session_id, ctx.limits, "session id")
+        check_metadata(self.metadata, ctx.limits)
+        check_unused(state, self.session_id)
+        payload = schema.SessionForked(
+            origin_session_id=self.origin_session_id, origin_position=self.origin_position
+        )
+        fork = _event(EventType.SESSION_FORKED, payload, ctx, self.source, self.metadata)
+        return Decision([*self.events, fork], lambda after: live(after, self.session_id))
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSession:
+    """Start ``session_id`` with ``events`` (checked by :class:`ImportCheck`)."""
+
+    session_id: str
+    events: Sequence[NewEvent]
+
+    def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[SessionState]:
+        """Every event, if the id was never used and no event is from the future."""
+        check_unused(state, self.session_id)
+        latest = max(event.recorded_at for event in self.events)
+        if latest > ctx.now + CLOCK_SKEW:
+            raise ValidationError(
+                f"import refused: events recorded as late as {latest.isoformat()}, which is "
+                f"in the future by this server's clock ({ctx.now.isoformat()})"
+            )
+
+        def respond(after: SessionState | None) -> SessionState:
+            assert after is not None  # there is at least one event
+            return after
+
+        return Decision(list(self.events), respond)
+
+
+def import_refusal(
+    position: int,
+    event_type: str,
+    problem: str,
+    kind: type[ValidationError | LimitExceeded] = ValidationError,
+    info: Mapping[str, str] | None = None,
+) -> ValidationError | LimitExceeded:
+    """The error that refuses a whole import because of the event at ``position``."""
+    return kind(
+        f"import refused: event at position {position} ({event_type or 'no type'}): {problem}",
+        info={**(info or {}), "position": str(position)},
+    )
+
+
+class ImportCheck:
+    """Replays an imported log, one event at a time, through the deciders of the live
+    commands, and keeps the events to append.
+
+    Each event must come at the next position, from the same session as the events
+    before it, no earlier than the event before. Then the live command that would have
+    written it (CreateSession; RegisterVariable; SetVariable, or RollbackVariable with the
+    value the variable had at that version; SetVariables, atomic, for a BatchApplied;
+    DeleteVariable; DeleteSession, or the sweeper's ExpireSession for reason "expired";
+    ForkSession for the marker, which must name the position before it) decides on the
+    state so far, at the event's own time and under the server's limits. Its refusal
+    refuses the import with the same reason text a live call gets; else it must decide
+    exactly the imported event (type and payload: ids derived from the log must match).
+    The decided event, with the imported source and metadata, is folded in and kept.
+    """
+
+    def __init__(self, session_id: str, limits: Limits) -> None:
+        self.session_id = session_id
+        self.limits = limits
+        self.state: SessionState | None = None
+        self.events: list[NewEvent] = []
+        self._history = SessionHistory()
+        self._origin_session = ""
+        self._last_time: datetime | None = None
+
+    @property
+    def position(self) -> int:
+        """Position of the last event accepted (0 before the first)."""
+        return len(self.events)
+
+    def add(self, event: RecordedEvent) -> None:
+        """Check ``event`` (with the session id and position it was exported with) and
+        keep it, or raise ValidationError or LimitExceeded naming its position."""
+        expected = self.position + 1
+        if event.position != expected:
+            problem = (
+                "positions must start at 1"
+                if expected == 1
+                else f"the event before is at position {expected - 1}: positions must have no gap"
+            )
+            raise ValidationError(
+                f"import refused: event at position {event.position}: {problem}",
+                info={"position": str(event.position)},
+            )
+        if expected == 1:
+            self._origin_session = event.session_id
+        elif event.session_id != self._origin_session:
+            self._refuse(
+                event,
+                f"it is from session {event.session_id!r}, the events before it from "
+                f"session {self._origin_session!r}",
+            )
+        if self._last_time is not None and event.recorded_at < self._last_time:
+            self._refuse(
+                event,
+                f"recorded_at {event.recorded_at.isoformat()} is earlier than the event "
+                f"before ({self._last_time.isoformat()})",
+            )
+        command = self._command(event)
+        try:
+            if isinstance(command, CreateSession | ExpireSession):  # they take no metadata
+                check_metadata(event.metadata, self.limits)
+            # A fork's command ran on the new id before anything was in it: its copies and
+            # marker were appended together.
+            basis = None if isinstance(command, ForkSession) else self.state
+            decision = command.decide(basis, WriteContext(event.recorded_at, self.limits))
+        except VarstoreError as refused:
+            raise self._refusal(event, refused) from None
+        if len(decision.events) != 1:  # ExpireSession decides nothing outside a live session
+            self._refuse(event, f"outside a live session: the live command records no {event.type}")
+        decided = decision.events[0]
+        self._compare(event, decided)
+        kept = dataclasses.replace(
+            decided,
+            source=event.source,
+            metadata=dict(event.metadata),
+            schema_version=event.schema_version,
+        )
+        recorded = RecordedEvent.of(kept, self.session_id, expected, 0)
+        try:
+            self.state = apply_event(self.state, recorded)
+        except ProjectionError as problem:
+            self._refuse(event, str(problem))
+        self._history.apply(recorded)
+        self._last_time = event.recorded_at
+        self.events.append(kept)
+
+    def _command(self, event: RecordedEvent) -> Command[object]:
+        """The live command that would have recorded ``event`` in this session."""
+        session_id, payload = self.session_id, event.payload
+        source, metadata = event.source, event.metadata
+        if event.type == EventType.SESSION_CREATED:
+            return CreateSession(
+                session_id, payload.get("metadata", {}), payload.get("ttl_seconds", 0), source
+            )
+        if event.type == EventType.SESSION_DELETED:
+            if payload.get("reason") == "expired":
+                return ExpireSession(session_id, lambda state: True)
+            return DeleteSession(session_id, source, metadata)
+        if event.type == EventType.SESSION_FORKED:
+            # The copies are the events before it, each checked already; a fork's copy ends
+            # right before its marker.
+            return ForkSession(
+                session_id, payload["origin_session_id"], event.position - 1, (), source, metadata
+            )
+        if event.type == EventType.VARIABLE_REGISTERED:
+            return RegisterVariable(
+                session_id,
+                payload["name"],
+                payload["type"],
+                payload["value"],
+                payload.get("constraints", {}),
+                metadata,
+                source,
+            )
+        if event.type == EventType.VARIABLE_UPDATED:
+            back = payload.get("rollback_to_version")
+            if back is None:
+                return SetVariable(
+                    session_id, payload["variable_id"], payload["value"], metadata, source=source
+                )
+            # A live rollback takes the value from the history, as this does.
+            earlier = self._history.value_at_version(payload["variable_id"], back)
+            return RollbackVariable(
+                session_id,
+                payload["variable_id"],
+                back,
+                payload["value"] if earlier is None else earlier,
+                metadata,
+                source=source,
+            )
+        if event.type == EventType.BATCH_APPLIED:
+            updates: dict[str, object] = {}
+            for item in payload["updates"]:
+                if item["variable_id"] in updates:
+                    self._refuse(
+                        event, f"variable {item['variable_id']!r} changes twice in one batch"
+                    )
+                updates[item["variable_id"]] = item["value"]
+            if not updates:
+                self._refuse(event, "a batch with no updates")
+            return SetVariables(session_id, updates, metadata, atomic=True, source=source)
+        if event.type == EventType.VARIABLE_DELETED:
+            return DeleteVariable(
+                session_id, payload["variable_id"], source=source, metadata=metadata
+            )
+        self._refuse(event, f"unknown event type {event.type!r}")  # pragma: no cover
+
+    def _compare(self, event: RecordedEvent, decided: NewEvent) -> None:
+        """Refuse ``event`` unless it is what the live command decided."""
+        if decided.type != event.type:  # pragma: no cover - every command maps its own type
+            self._refuse(event, f"the live command records a {decided.type} here")
+        imported, wanted = dict(event.payload), dict(decided.payload)
+        for key in sorted(imported.keys() | wanted.keys()):
+            got, due = imported.get(key), wanted.get(key)
+            if got == due:
+                continue
+            if event.type == EventType.VARIABLE_REGISTERED and key == "variable_id":
+                problem = (
+                    f"variable {imported['name']!r} registered at position {event.position} "
+                    f"must have the id {due!r}, not {got!r}"
+                )
+            elif event.type == EventType.SESSION_FORKED and key == "origin_position":
+                problem = (
+                    f"origin_position is {got}, not the position before the event ({due}): "
+                    "a fork's marker sits where its copy of the origin ends"
+                )
+            else:
+                problem = f"{key} is {_shown(got)}, where the live command records {_shown(due)}"
+            self._refuse(event, problem)
+
+    def _refusal(
+        self, event: RecordedEvent, refused: VarstoreError
+    ) -> ValidationError | LimitExceeded:
+        """The import's refusal for what the live command refused: the same words; the
+        state errors a live caller could fix (NOT_FOUND, ALREADY_EXISTS) name the log's
+        fault first, and become INVALID_ARGUMENT, since the log itself is wrong."""
+        if isinstance(refused, LimitExceeded):
+            return import_refusal(
+                event.position, event.type, refused.message, LimitExceeded, refused.info
+            )
+        problem = refused.message
+        if isinstance(refused, SessionNotFound):
+            problem = f"outside a live session: {problem}"
+        elif isinstance(refused, VariableNotFound):
+            problem = f"unknown variable: {problem}"
+        elif isinstance(refused, AlreadyExists):
+            twice = "created" if event.type == EventType.SESSION_CREATED else "registered"
+            problem = f"{twice} twice: {problem}"
+        return import_refusal(event.position, event.type, problem, info=refused.info)
+
+    def _refuse(self, event: RecordedEvent, problem: str) -> NoReturn:
+        raise import_refusal(event.position, event.type, problem)
+
+
+def _shown(value: object) -> str:
+    """A payload field as a refusal shows it (cut short)."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
