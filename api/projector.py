@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from varstore.eventstore import EventReader, RecordedEvent
@@ -229,15 +229,22 @@ class Projector:
         while True:
             with self._apply_lock:
                 page = list(self._reader.read_all(self._global, CATCH_UP_PAGE))
-                fresh = self._apply(page, {})
+                # Everything up to the page's end is now applied, whatever its numbering.
+                fresh = self._apply(page, {}, complete=True)
                 self._notify(fresh)
             new += len(fresh)
             if len(page) < CATCH_UP_PAGE:
                 return new
 
     def _apply(
-        self, events: Sequence[RecordedEvent], folded: Mapping[str, SessionState | None]
+        self,
+        events: Sequence[RecordedEvent],
+        folded: Mapping[str, SessionState | None],
+        complete: bool = False,
     ) -> list[RecordedEvent]:
+        """Fold, index and publish ``events``; returns the ones that were new. With
+        ``complete``, ``events`` is every event after the global position up to its last
+        one (a read of the log), so the global position moves to that last one."""
         by_session: dict[str, list[RecordedEvent]] = {}
         for event in events:
             by_session.setdefault(event.session_id, []).append(event)
@@ -263,7 +270,8 @@ class Projector:
                 states[sid] = replay(new, state)  # type: ignore[assignment]
             fresh.extend(new)
         if not fresh:
-            self._advance(events)
+            with self._publish:
+                self._advance(events, complete)
             return fresh
         fresh.sort(key=lambda event: event.global_position)
         with self._index_lock:
@@ -277,12 +285,17 @@ class Projector:
                     index.offer_snapshot(state, copy=False)
         with self._publish:
             self._sessions.update(states)
-            self._advance(events)
+            self._advance(events, complete)
             self._publish.notify_all()
         return fresh
 
-    def _advance(self, events: Iterable[RecordedEvent]) -> None:
-        """Move the global position over the contiguous run of ``events`` that follows it."""
+    def _advance(self, events: Sequence[RecordedEvent], complete: bool) -> None:
+        """Move the global position over the contiguous run of ``events`` that follows it
+        (or, for a complete read, to its end). Called under ``_publish``."""
+        if complete:
+            if events:
+                self._global = max(self._global, events[-1].global_position)
+            return
         for event in events:
             if event.global_position == self._global + 1:
                 self._global = event.global_position
