@@ -14,7 +14,6 @@ writer enforces are written once.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +23,7 @@ from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar
 from varstore.api.limits import Limits
 from varstore.eventstore import schema
 from varstore.eventstore.events import EventType, NewEvent, RecordedEvent
-from varstore.projections import (
-    ProjectionError,
-    SessionHistory,
-    SessionState,
-    VariableState,
-    apply_event,
-)
+from varstore.projections import ProjectionError, SessionState, VariableState, apply_event
 from varstore.types import (
     TYPE_NAMES,
     AlreadyExists,
@@ -605,7 +598,9 @@ class ImportCheck:
         self.limits = limits
         self.state: SessionState | None = None
         self.events: list[NewEvent] = []
-        self._history = SessionHistory()
+        #: Each variable's value at every version, for rollbacks (what the live call reads
+        #: from the session's history; ids are never reused, so no entry goes stale).
+        self._versions: dict[str, list[PyValue]] = {}
         self._origin_session = ""
         self._last_time: datetime | None = None
 
@@ -644,7 +639,7 @@ class ImportCheck:
             )
         command = self._command(event)
         try:
-            if isinstance(command, CreateSession | ExpireSession):  # they take no metadata
+            if isinstance(command, (CreateSession, ExpireSession)):  # they take no metadata
                 check_metadata(event.metadata, self.limits)
             # A fork's command ran on the new id before anything was in it: its copies and
             # marker were appended together.
@@ -656,18 +651,20 @@ class ImportCheck:
             self._refuse(event, f"outside a live session: the live command records no {event.type}")
         decided = decision.events[0]
         self._compare(event, decided)
-        kept = dataclasses.replace(
-            decided,
-            source=event.source,
-            metadata=dict(event.metadata),
-            schema_version=event.schema_version,
+        kept = NewEvent(
+            decided.type,
+            decided.payload,
+            decided.recorded_at,
+            event.source,
+            event.metadata,
+            event.schema_version,
         )
         recorded = RecordedEvent.of(kept, self.session_id, expected, 0)
         try:
             self.state = apply_event(self.state, recorded)
         except ProjectionError as problem:
             self._refuse(event, str(problem))
-        self._history.apply(recorded)
+        self._remember(kept)
         self._last_time = event.recorded_at
         self.events.append(kept)
 
@@ -706,7 +703,8 @@ class ImportCheck:
                     session_id, payload["variable_id"], payload["value"], metadata, source=source
                 )
             # A live rollback takes the value from the history, as this does.
-            earlier = self._history.value_at_version(payload["variable_id"], back)
+            versions = self._versions.get(payload["variable_id"], [])
+            earlier = versions[back] if 0 <= back < len(versions) else None
             return RollbackVariable(
                 session_id,
                 payload["variable_id"],
@@ -732,11 +730,23 @@ class ImportCheck:
             )
         self._refuse(event, f"unknown event type {event.type!r}")  # pragma: no cover
 
+    def _remember(self, event: NewEvent) -> None:
+        payload = event.payload
+        if event.type == EventType.VARIABLE_REGISTERED:
+            self._versions[payload["variable_id"]] = [payload["value"]]
+        elif event.type == EventType.VARIABLE_UPDATED:
+            self._versions[payload["variable_id"]].append(payload["value"])
+        elif event.type == EventType.BATCH_APPLIED:
+            for item in payload["updates"]:
+                self._versions[item["variable_id"]].append(item["value"])
+
     def _compare(self, event: RecordedEvent, decided: NewEvent) -> None:
         """Refuse ``event`` unless it is what the live command decided."""
         if decided.type != event.type:  # pragma: no cover - every command maps its own type
             self._refuse(event, f"the live command records a {decided.type} here")
-        imported, wanted = dict(event.payload), dict(decided.payload)
+        imported, wanted = event.payload, decided.payload
+        if imported == wanted:
+            return
         for key in sorted(imported.keys() | wanted.keys()):
             got, due = imported.get(key), wanted.get(key)
             if got == due:
