@@ -7,23 +7,29 @@ with connect("127.0.0.1:50051") as client:
     ctx.get_variable("temperature")          # 0.7
 """
 
-from varstore.client._async import AsyncClient, AsyncSessionContext, AsyncSessionView, aconnect
-from varstore.client._core import MISSING, ChangeInfo, SessionInfo, VariableInfo
-from varstore.client._sync import Client, SessionContext, SessionView, connect
-from varstore.client._watch import (
+from varstore.client._async import (
+    AsyncClient,
+    AsyncSessionContext,
+    AsyncSessionView,
     AsyncWatchStream,
-    WatchInitial,
-    WatchItem,
-    WatchProgress,
-    WatchStream,
-    WatchUpdate,
+    aconnect,
 )
+from varstore.client._core import MISSING, ChangeInfo, SessionInfo, VariableInfo
+from varstore.client._sync import Client, SessionContext, SessionView, WatchStream, connect
+from varstore.client._watch import WatchInitial, WatchItem, WatchProgress, WatchUpdate
 from varstore.types.errors import (
     AlreadyExists,
+    Cancelled,
+    CommitOutcomeUnknown,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InternalError,
     LimitExceeded,
     NotFound,
     OutOfRange,
+    PermissionDenied,
     SessionNotFound,
+    Unauthenticated,
     Unavailable,
     ValidationError,
     VariableNotFound,
@@ -38,15 +44,22 @@ __all__ = [
     "AsyncSessionContext",
     "AsyncSessionView",
     "AsyncWatchStream",
+    "Cancelled",
     "ChangeInfo",
     "Client",
+    "CommitOutcomeUnknown",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InternalError",
     "LimitExceeded",
     "NotFound",
     "OutOfRange",
+    "PermissionDenied",
     "SessionContext",
     "SessionInfo",
     "SessionNotFound",
     "SessionView",
+    "Unauthenticated",
     "Unavailable",
     "ValidationError",
     "VariableInfo",

@@ -1,50 +1,175 @@
-"""The synchronous client: :class:`SessionContext` on a ``grpc.Channel``, and
-:func:`connect`, which owns its channel. Mirrors :mod:`varstore.client._async` line for
-line; every decision lives in :mod:`varstore.client._core`."""
+"""The synchronous client: :class:`SessionContext`, :class:`SessionView`,
+:class:`WatchStream`, :class:`Client` and :func:`connect`.
+
+Every operation is written once, as a flow (:mod:`varstore.client._session`,
+:mod:`varstore.client._client`, :mod:`varstore.client._watch`); this module only performs
+the effects flows ask for, with blocking calls. Its mirror,
+:mod:`varstore.client._async`, does the same with ``await``.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
-from types import TracebackType
+from collections.abc import Mapping
 from typing import Any, Self, TypeVar
 
 import grpc
 
-from varstore.client import transfer
-from varstore.client._core import (
-    MISSING,
-    ChangeInfo,
-    ContextCore,
-    SessionInfo,
-    VariableInfo,
-    point_fields,
-    session_request,
-)
-from varstore.client._watch import WatchStream, watch_request
-from varstore.types import AlreadyExists, SessionNotFound, VariableNotFound, VarstoreError
-from varstore.types.status import error_from_rpc_error
-from varstore.v1 import varstore_pb2 as pb
+from varstore.client import _effects as effects
+from varstore.client._channels import open_channel
+from varstore.client._client import ClientOps
+from varstore.client._core import MISSING
+from varstore.client._flow import Flow, Runner, Sync
+from varstore.client._session import SessionOps, ViewOps
+from varstore.client._watch import WatchItem, WatchPosition, WatchStreamBase
+from varstore.types import VarstoreError
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
 
-__all__ = ["Client", "SessionContext", "SessionView", "connect"]
+__all__ = ["Client", "SessionContext", "SessionView", "WatchStream", "connect"]
 
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-
-
-def _call(method: Callable[..., Response], request: Any, timeout: float) -> Response:
-    """Make one call; a failure becomes its VarstoreError (the client's one mapping)."""
-    try:
-        return method(request, timeout=timeout)
-    except grpc.RpcError as failure:
-        raise error_from_rpc_error(failure) from failure
+T = TypeVar("T")
 
 
-class SessionContext:
+class _Line:
+    """The server stream one run has open. ``stop`` may come from any thread: it cancels
+    the call and ends a pause, and the run stops before its next effect."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        # Guards _call: stop() on one thread, open() on the run's.
+        self._lock = threading.Lock()
+        self._call: Any = None
+
+    def open(self, stub: pb_grpc.VariableStoreStub, effect: effects.Open) -> None:
+        try:
+            call = getattr(stub, effect.method)(effect.request, timeout=effect.timeout)
+        except ValueError as closed:
+            raise effects.ChannelClosed(str(closed)) from closed
+        with self._lock:
+            previous, self._call = self._call, call
+            if self.stopped.is_set():
+                call.cancel()
+        if previous is not None:
+            previous.cancel()
+
+    def receive(self) -> Any:
+        try:
+            return next(self._call)
+        except StopIteration:
+            return effects.END
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+
+
+class _Driver:
+    """Performs the effects of flows with blocking calls on one stub: the only place the
+    sync client does I/O. A failure is thrown into the flow where it waits."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = pb_grpc.VariableStoreStub(channel)
+
+    def run(self, flow: Flow[T]) -> T:
+        """``flow``'s result, once it has run to its end."""
+        runner = Runner(flow)
+        while not runner.done:
+            self._perform(runner)
+        return runner.result
+
+    def next_item(self, runner: Runner[None], line: _Line) -> WatchItem | None:
+        """Run a streaming flow on ``line`` up to the item it emits next; None once it
+        ended or was stopped."""
+        while not line.stopped.is_set() and not runner.done:
+            effect = runner.effect
+            if isinstance(effect, effects.Emit):
+                runner.send(None)
+                return effect.item  # type: ignore[no-any-return]
+            self._perform(runner, line)
+        return None
+
+    def _perform(self, runner: Runner[Any], line: _Line | None = None) -> None:
+        try:
+            answer = self._answer(runner.effect, line)
+        except Exception as failure:  # noqa: BLE001 - the flow decides what it means
+            runner.fail(failure)
+        else:
+            runner.send(answer)
+
+    def _answer(self, effect: object, line: _Line | None) -> Any:
+        if isinstance(effect, effects.Call):
+            return getattr(self.stub, effect.method)(effect.request, timeout=effect.timeout)
+        if isinstance(effect, effects.Blocking):
+            return effect.function(self.stub, *effect.args, **effect.kwargs)
+        if isinstance(effect, effects.Background):
+            return _Watcher(self, effect)
+        if isinstance(effect, effects.Stop):
+            return effect.handle.stop()
+        assert line is not None, f"{effect!r} outside a streaming run"
+        if effect is effects.RECEIVE:
+            return line.receive()
+        if isinstance(effect, effects.Open):
+            return line.open(self.stub, effect)
+        if isinstance(effect, effects.Sleep):
+            line.stopped.wait(effect.seconds)
+            return None
+        raise TypeError(f"no way to perform {effect!r}")
+
+
+class _Watcher:
+    """A daemon thread running a background flow (a cache's watch) until stopped."""
+
+    def __init__(self, driver: _Driver, effect: effects.Background) -> None:
+        self._line = _Line()
+        runner = Runner(effect.flow)
+        self.thread = threading.Thread(
+            target=driver.next_item, args=(runner, self._line), name=effect.name, daemon=True
+        )
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel its call, end its pause, and wait for the thread to end."""
+        self._line.stop()
+        self.thread.join(timeout)
+
+
+class WatchStream(WatchStreamBase[_Line]):
+    """The items of one watch, an iterator (see :meth:`SessionContext.watch`);
+    :meth:`close`, or leaving ``with``, cancels the call."""
+
+    def __init__(self, driver: _Driver, flow: Flow[None], seen: WatchPosition) -> None:
+        super().__init__(Runner(flow), _Line(), seen)
+        self._driver = driver
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> WatchItem:
+        try:
+            item = self._driver.next_item(self._runner, self._line)
+        except VarstoreError:
+            if not self._line.stopped.is_set():
+                raise
+            item = None  # closed from another thread while waiting
+        if item is None:
+            raise StopIteration
+        return item
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class SessionView(ViewOps[Sync]):
+    """The session as it stood at one position or moment (``ctx.at(point)``): reads only,
+    never cached."""
+
+
+class SessionContext(SessionOps[Sync, grpc.Channel, WatchStream, SessionView]):
     """Variables of one session, with a cache: the seed's ``SessionContext``, synchronous.
 
     Args:
@@ -59,74 +184,16 @@ class SessionContext:
         clock: Monotonic seconds for the cache's TTL (injectable for tests).
     """
 
-    def __init__(
-        self,
-        session_id: str,
-        channel: grpc.Channel,
-        config: Mapping[str, Any] | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.session_id = session_id
-        self.channel = channel
-        self._stub = pb_grpc.VariableStoreStub(channel)
-        self._core = ContextCore(session_id, config or {}, clock)
-        self._session_known = False
-        self._owned_channel = False
-        self._watch: _CacheWatch | None = None
+    _driver: _Driver
 
-    @property
-    def metadata(self) -> dict[str, str]:
-        """The session metadata this context creates its session with."""
-        return self._core.metadata
+    def _driver_for(self, channel: grpc.Channel) -> _Driver:
+        return _Driver(channel)
 
-    @property
-    def source(self) -> str:
-        """The name recorded as the source of this context's writes."""
-        return self._core.source
+    def _stream(self, flow: Flow[None], seen: WatchPosition) -> WatchStream:
+        return WatchStream(self._driver, flow, seen)
 
-    def _send(self, method: Callable[..., Response], request: Any) -> Response:
-        try:
-            response = _call(method, request, self._core.timeout)
-        except SessionNotFound:
-            if self._session_known or not self._core.create_session:
-                raise
-            self._create_session()
-            response = _call(method, request, self._core.timeout)
-        except VarstoreError:
-            self._session_known = True  # any other answer means the session was there
-            raise
-        self._session_known = True
-        if self._core.watch_due(_served_at(response)):
-            self._watch = _CacheWatch(self._stub, self._core)
-        return response
-
-    def _create_session(self) -> None:
-        request = self._core.create_session_request()
-        with contextlib.suppress(AlreadyExists):  # someone else created it first: as good
-            _call(self._stub.CreateSession, request, self._core.timeout)
-        self._session_known = True
-
-    # -- variables --------------------------------------------------------------------------
-
-    def register_variable(
-        self,
-        name: str,
-        type: str,
-        initial_value: Any,
-        constraints: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> str:
-        """Register a variable; returns its id. Does not touch the cache.
-
-        Raises:
-            ValidationError: unknown type, a value or constraint that is not acceptable.
-            AlreadyExists: the session has a variable of that name.
-        """
-        request = self._core.register_request(name, type, initial_value, constraints, metadata)
-        response = self._send(self._stub.RegisterVariable, request)
-        self._core.remember_register(name, response.variable_id, response.header.position)
-        return response.variable_id
+    def _view(self, fields: dict[str, Any]) -> SessionView:
+        return SessionView(self._run, self._core, fields)
 
     def get_variable(self, name: str, default: Any = MISSING, bypass_cache: bool = False) -> Any:
         """A variable's value (by name or id), from the cache when fresh.
@@ -138,470 +205,25 @@ class SessionContext:
             SessionNotFound, Unavailable, VarstoreError: for other failures.
         """
         hit, value = self._core.cached(name, bypass_cache)
-        if hit:
-            return value
-        try:
-            response = self._send(self._stub.GetVariable, self._core.get_request(name))
-        except VariableNotFound as missing:
-            return self._core.default_or_raise(missing, default)
-        return self._core.remember_read(response.variable, response.header.position)
-
-    def set_variable(
-        self,
-        name: str,
-        value: Any,
-        metadata: Mapping[str, str] | None = None,
-        expected_version: int | None = None,
-    ) -> int:
-        """Set a variable's value; returns its new version.
-
-        Raises:
-            ValidationError: the value is of the wrong type or breaks a constraint
-                (e.g. "value 150 is above maximum 100").
-            VersionConflict: ``expected_version`` is not the current version.
-            VariableNotFound: no such variable.
-        """
-        request = self._core.set_request(name, value, metadata, expected_version)
-        response = self._send(self._stub.SetVariable, request)
-        self._core.remember_write(response.variable, response.header.position)
-        return response.new_version
-
-    def get_variables(
-        self,
-        names: Iterable[str],
-        defaults: Mapping[str, Any] | None = None,
-        bypass_cache: bool = False,
-    ) -> dict[str, Any]:
-        """Values of many variables, keyed as asked; cache first, then one call for the rest.
-
-        A missing variable takes its value from ``defaults``, or is left out.
-
-        Raises:
-            SessionNotFound, LimitExceeded, Unavailable, VarstoreError.
-        """
-        results: dict[str, Any] = {}
-        wanted: list[str] = []
-        for name in names:
-            hit, value = self._core.cached(name, bypass_cache)
-            if hit:
-                results[name] = value
-            else:
-                wanted.append(name)
-        if wanted:
-            response = self._send(self._stub.GetVariables, self._core.get_many_request(wanted))
-            for name, variable in response.variables.items():
-                results[name] = self._core.remember_read(variable, response.header.position)
-            for name in response.missing_variables:
-                if defaults is not None and name in defaults:
-                    results[name] = defaults[name]
-        return results
-
-    def update_variables(
-        self,
-        updates: Mapping[str, Any],
-        metadata: Mapping[str, str] | None = None,
-        atomic: bool = True,
-    ) -> dict[str, bool | str]:
-        """Set many variables; returns, per name, True or why the server refused it.
-
-        Atomic (the default): all or nothing, as one event at one position.
-
-        Raises:
-            ValidationError: an atomic batch was refused; ``violations`` says why, per name.
-            VersionConflict, LimitExceeded, SessionNotFound, Unavailable.
-        """
-        request = self._core.set_many_request(updates, metadata, atomic)
-        response = self._send(self._stub.SetVariables, request)
-        return self._core.remember_batch(updates, response)
-
-    def list_variables(self, pattern: str | None = None) -> list[VariableInfo]:
-        """The session's variables (optionally those whose names match a glob), by name.
-
-        Raises:
-            SessionNotFound, Unavailable, VarstoreError.
-        """
-        response = self._send(self._stub.ListVariables, self._core.list_request(pattern))
-        return [VariableInfo.from_proto(variable) for variable in response.variables]
-
-    def delete_variable(self, name: str) -> None:
-        """Delete a variable (by name or id) and forget it in the cache.
-
-        Raises:
-            VariableNotFound, SessionNotFound, Unavailable.
-        """
-        response = self._send(self._stub.DeleteVariable, self._core.delete_request(name))
-        self._core.remember_delete(name, response.variable, response.header.position)
-
-    # -- watching ---------------------------------------------------------------------------
-
-    def watch(
-        self,
-        from_position: int = 0,
-        variables: Iterable[str] | None = None,
-        include_initial: bool = False,
-        progress_interval: float | None = None,
-        timeout: float | None = None,
-    ) -> WatchStream:
-        """Stream the session's changes after ``from_position``, then live.
-
-        ``for item in ctx.watch()`` yields a ``WatchInitial`` first when
-        ``include_initial`` (the watched variables at ``from_position``), then one
-        ``WatchUpdate`` per event in position order (a batch is one update; each change
-        has its new and previous value), and a ``WatchProgress`` once caught up and after
-        every ``progress_interval`` seconds (default 1) without news. ``variables``
-        (names or ids) keeps only their changes. Resume a broken watch with
-        ``from_position=stream.position``: nothing is missed or repeated. Close the
-        stream (``close()``, or ``with``) to cancel it; no ``timeout`` by default.
-
-        Raises (while iterating):
-            OutOfRange: ``from_position`` is beyond the end of the log.
-            LimitExceeded: the watch fell too far behind and was dropped, or the server
-                has too many watches open.
-            SessionNotFound, Unavailable, VarstoreError.
-        """
-        request = watch_request(
-            self.session_id, from_position, variables, include_initial, progress_interval
-        )
-        known = self._session_known or not self._core.create_session
-        return WatchStream(
-            lambda: self._stub.WatchSession(request, timeout=timeout),
-            from_position,
-            None if known else self._create_session,
-        )
-
-    # -- the past ---------------------------------------------------------------------------
-
-    def history(
-        self,
-        name: str,
-        *,
-        from_version: int = 0,
-        to_version: int | None = None,
-        newest_first: bool = False,
-    ) -> list[ChangeInfo]:
-        """Every version of a variable (by id: one lifetime; by name: every variable that
-        had the name), with previous values, positions, times, sources and metadata.
-
-        Raises:
-            VariableNotFound: the session never had such a variable.
-            SessionNotFound, Unavailable.
-        """
-        changes: list[ChangeInfo] = []
-        token = ""
-        while True:
-            request = self._core.history_request(
-                name, from_version, to_version, newest_first, token
-            )
-            page = _call(self._stub.GetVariableHistory, request, self._core.timeout)
-            changes.extend(ChangeInfo.from_proto(change) for change in page.changes)
-            token = page.next_page_token
-            if not token:
-                return changes
-
-    def rollback_variable(
-        self,
-        name: str,
-        to_version: int,
-        metadata: Mapping[str, str] | None = None,
-        expected_version: int | None = None,
-    ) -> int:
-        """Give a variable an earlier version's value, as a new change; returns the new
-        version. Nothing is erased: the history shows the rollback.
-
-        Raises:
-            ValidationError: ``to_version`` is not an earlier version.
-            VersionConflict: ``expected_version`` is not the current version.
-            VariableNotFound, SessionNotFound, Unavailable.
-        """
-        request = self._core.rollback_request(name, to_version, metadata, expected_version)
-        response = self._send(self._stub.RollbackVariable, request)
-        self._core.remember_write(response.variable, response.header.position)
-        return response.new_version
-
-    def read_events(
-        self,
-        from_position: int = 1,
-        to_position: int | None = None,
-        *,
-        backwards: bool = False,
-        limit: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """The session's raw log, one dict per event in the JSON Lines export format
-        (``position``, ``type``, ``recorded_at``, ``source``, ``metadata``, ``payload``...).
-
-        Raises:
-            SessionNotFound, Unavailable.
-        """
-        events: list[dict[str, Any]] = []
-        token = ""
-        while limit is None or len(events) < limit:
-            request = pb.ReadEventsRequest(
-                session_id=self.session_id,
-                from_position=from_position,
-                backwards=backwards,
-                page_size=1000,
-                page_token=token,
-            )
-            if to_position is not None:
-                request.to_position = to_position
-            page = _call(self._stub.ReadEvents, request, self._core.timeout)
-            events.extend(transfer.event_to_json(event) for event in page.events)
-            token = page.next_page_token
-            if not token:
-                break
-        return events if limit is None else events[:limit]
-
-    def at(self, point: int | datetime) -> SessionView:
-        """A read-only view of the session as it stood at a position or a moment (reads
-        through it bypass the cache)."""
-        return SessionView(self, point_fields(point))
-
-    # -- cache ------------------------------------------------------------------------------
-
-    def set_cache_config(
-        self, ttl: float | None = None, max_size: int | None = None, enabled: bool | None = None
-    ) -> None:
-        """Change the cache's TTL (seconds), size bound, or turn it on or off."""
-        self._core.set_cache_config(ttl, max_size, enabled)
-
-    def invalidate_cache(self, name: str | None = None) -> None:
-        """Forget one variable (by name or id), or the whole cache."""
-        self._core.invalidate(name)
-
-    def get_cache_stats(self) -> dict[str, Any]:
-        """``hits``, ``misses``, ``evictions``, ``sets``, ``size``, ``hit_rate``, ``ttl``
-        (``{"enabled": False}`` when caching is off)."""
-        return self._core.stats()
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def cleanup(self) -> None:
-        """Stop the cache's watch, drop the cache (and close the channel if this context
-        owns it)."""
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.stop()
-            self._core.watch_stopped()
-        self._core.invalidate(None)
-        if self._owned_channel:
-            self.channel.close()
-
-    close = cleanup
+        return value if hit else self._driver.run(self._fetch(name, default))
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.cleanup()
 
 
-class _CacheWatch:
-    """The daemon thread that runs a "watch"-mode cache's watch: it opens the stream, hands
-    every message to the core, and reconnects with backoff from the last position applied
-    until stopped. Every decision is the core's."""
-
-    def __init__(self, stub: pb_grpc.VariableStoreStub, core: ContextCore) -> None:
-        self._stub = stub
-        self._core = core
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._call: Any = None
-        self.thread = threading.Thread(
-            target=self._run, name=f"varstore-watch-{core.session_id}", daemon=True
-        )
-        self.thread.start()
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                call = self._stub.WatchSession(self._core.watch_request())
-            except ValueError:  # the channel was closed under us
-                self._core.watch_lost(None)
-                return
-            with self._lock:
-                if self._stopping.is_set():
-                    call.cancel()
-                    return
-                self._call = call
-            error: BaseException | None = None
-            try:
-                for message in call:
-                    self._core.apply_watch_message(message)
-                    failures = 0
-            except grpc.RpcError as failure:
-                error = error_from_rpc_error(failure)
-            except Exception as failure:  # noqa: BLE001 - never let the thread die
-                error = failure
-            finally:
-                with self._lock:
-                    self._call = None
-            self._core.watch_lost(error)
-            self._stopping.wait(self._core.watch_backoff(failures))
-            failures += 1
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Cancel the stream and wait for the thread to end."""
-        self._stopping.set()
-        with self._lock:
-            if self._call is not None:
-                self._call.cancel()
-        self.thread.join(timeout)
-
-
-def _served_at(response: object) -> int:
-    """The position an answer was served at (every answer has a ``ResponseHeader``)."""
-    header: pb.ResponseHeader = getattr(response, "header")  # noqa: B009
-    return header.position
-
-
-class Client:
+class Client(ClientOps[Sync, SessionContext]):
     """A connection to a varstore server that owns its channel; opens, creates, lists and
     deletes sessions. Use :func:`connect`."""
 
     def __init__(self, address: str, config: Mapping[str, Any] | None = None) -> None:
-        self.address = address
-        self.config = dict(config or {})
-        self.channel = grpc.insecure_channel(address)
-        self._stub = pb_grpc.VariableStoreStub(self.channel)
-        self._timeout = float(self.config.get("timeout", 30.0))
+        self.channel = open_channel(address)
+        super().__init__(address, config, _Driver(self.channel))
 
-    def session(self, session_id: str, config: Mapping[str, Any] | None = None) -> SessionContext:
-        """A context on ``session_id`` (created on first use) sharing this channel."""
-        return SessionContext(session_id, self.channel, {**self.config, **(config or {})})
-
-    def create_session(
-        self,
-        session_id: str | None = None,
-        *,
-        metadata: Mapping[str, str] | None = None,
-        ttl_seconds: int = 0,
-        config: Mapping[str, Any] | None = None,
-    ) -> SessionContext:
-        """Create a session now (an id is generated when none is given).
-
-        Raises:
-            AlreadyExists: a live session has that id.
-            ValidationError: the id or TTL is not acceptable.
-        """
-        request = session_request(session_id, metadata, ttl_seconds)
-        response = _call(self._stub.CreateSession, request, self._timeout)
-        context = self.session(response.session.id, config)
-        context._session_known = True
-        return context
-
-    def get_session(self, session_id: str) -> SessionInfo:
-        """Describe one session. Raises SessionNotFound."""
-        request = pb.GetSessionRequest(session_id=session_id)
-        return SessionInfo.from_proto(_call(self._stub.GetSession, request, self._timeout).session)
-
-    def list_sessions(self) -> list[SessionInfo]:
-        """Every live session, by id."""
-        response = _call(self._stub.ListSessions, pb.ListSessionsRequest(), self._timeout)
-        return [SessionInfo.from_proto(session) for session in response.sessions]
-
-    def delete_session(self, session_id: str) -> None:
-        """Delete a session. Raises SessionNotFound."""
-        request = pb.DeleteSessionRequest(session_id=session_id)
-        _call(self._stub.DeleteSession, request, self._timeout)
-
-    # -- copies of logs (see varstore.client.transfer) ------------------------------------
-
-    def fork_session(
-        self,
-        session_id: str,
-        at_position: int = 0,
-        new_session_id: str | None = None,
-        *,
-        metadata: Mapping[str, str] | None = None,
-        config: Mapping[str, Any] | None = None,
-    ) -> SessionContext:
-        """A new session whose log is ``session_id``'s up to ``at_position`` (0: all of it),
-        then a SessionForked event; its id is ``new_session_id`` or a generated one.
-
-        Raises:
-            SessionNotFound: no such session, or it was not live at that position.
-            OutOfRange: the position is beyond its log.
-            AlreadyExists: ``new_session_id`` was used before.
-        """
-        info = transfer.fork_session(
-            self._stub,
-            session_id,
-            at_position,
-            new_session_id,
-            source=str(self.config.get("source", "python")),
-            metadata=metadata,
-            timeout=self._timeout,
-        )
-        return self._opened(info.id, config)
-
-    def export_session(
-        self,
-        session_id: str,
-        path_or_file: transfer.PathOrFile,
-        *,
-        from_position: int = 0,
-        to_position: int | None = None,
-        progress: transfer.Progress | None = None,
-        timeout: float | None = None,
-    ) -> transfer.ExportResult:
-        """Write a session's log (deleted sessions' too) as JSON Lines to a path or an open
-        text file; ``progress`` is called with the count so far. See
-        :func:`varstore.client.transfer.export_session`.
-
-        Raises:
-            SessionNotFound, ValidationError, Unavailable; OSError when writing fails.
-        """
-        return transfer.export_session(
-            self._stub,
-            session_id,
-            path_or_file,
-            from_position=from_position,
-            to_position=to_position,
-            progress=progress,
-            timeout=timeout,
-        )
-
-    def import_session(
-        self,
-        path_or_file: transfer.PathOrFile,
-        session_id: str | None = None,
-        to_position: int | None = None,
-        *,
-        progress: transfer.Progress | None = None,
-        config: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> SessionContext:
-        """A new session rebuilt from a JSON Lines export (up to ``to_position``), with
-        ``session_id`` or the exported session's id. See
-        :func:`varstore.client.transfer.import_session`.
-
-        Raises:
-            ValidationError: a bad line (named ``FILE:LINE``) or event (named by position);
-                nothing is written.
-            AlreadyExists: the id was used before.
-            OutOfRange: the export ends before ``to_position``.
-        """
-        result = transfer.import_session(
-            self._stub,
-            path_or_file,
-            session_id,
-            to_position,
-            progress=progress,
-            timeout=timeout,
-        )
-        return self._opened(result.session.id, config)
-
-    def _opened(self, session_id: str, config: Mapping[str, Any] | None) -> SessionContext:
-        """A context on a session this client just made (never re-created behind its back)."""
-        context = self.session(session_id, config)
-        context._session_known = True
-        return context
+    def _context(self, session_id: str, config: Mapping[str, Any]) -> SessionContext:
+        return SessionContext(session_id, self.channel, config)
 
     def close(self) -> None:
         """Close the channel."""
@@ -610,63 +232,10 @@ class Client:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
 def connect(address: str = "127.0.0.1:50051", config: Mapping[str, Any] | None = None) -> Client:
     """A :class:`Client` on ``address`` that owns its channel (use it as a context manager)."""
     return Client(address, config)
-
-
-class SessionView:
-    """A session as it stood at one position or moment: reads only, never cached.
-
-    Reads raise OutOfRange for a position beyond the log, and SessionNotFound for a
-    moment before the session existed.
-    """
-
-    def __init__(self, context: SessionContext, fields: dict[str, Any]) -> None:
-        self._context = context
-        self._fields = fields
-
-    def get_variable(self, name: str, default: Any = MISSING) -> Any:
-        """A variable's value then; ``default`` if it did not exist then (when given)."""
-        core = self._context._core
-        request = core.get_request(name)
-        request.MergeFrom(pb.GetVariableRequest(**self._fields))
-        try:
-            response = _call(self._context._stub.GetVariable, request, core.timeout)
-        except VariableNotFound as missing:
-            return core.default_or_raise(missing, default)
-        return VariableInfo.from_proto(response.variable).value
-
-    def get_variables(
-        self, names: Iterable[str], defaults: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Values of many variables then, keyed as asked (missing ones from defaults)."""
-        core = self._context._core
-        request = core.get_many_request(names)
-        request.MergeFrom(pb.GetVariablesRequest(**self._fields))
-        response = _call(self._context._stub.GetVariables, request, core.timeout)
-        results = {
-            name: VariableInfo.from_proto(variable).value
-            for name, variable in response.variables.items()
-        }
-        for name in response.missing_variables:
-            if defaults is not None and name in defaults:
-                results[name] = defaults[name]
-        return results
-
-    def list_variables(self, pattern: str | None = None) -> list[VariableInfo]:
-        """The variables then (optionally those whose names match a glob), by name."""
-        core = self._context._core
-        request = core.list_request(pattern)
-        request.MergeFrom(pb.ListVariablesRequest(**self._fields))
-        response = _call(self._context._stub.ListVariables, request, core.timeout)
-        return [VariableInfo.from_proto(variable) for variable in response.variables]

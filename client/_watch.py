@@ -1,5 +1,5 @@
-"""Watching a session: what a watch yields, built from the wire by I/O-free code both
-contexts share, and the two thin iterators (sync and asyncio) over a WatchSession call.
+"""Watching a session: what a watch yields, and the two watch flows (a reader's watch and
+the "watch"-mode cache's reconnecting watch), written once for both drivers.
 
 A watch yields, in order: a :class:`WatchInitial` (when asked for), then one
 :class:`WatchUpdate` per event after ``from_position`` (a batch is one update, with one
@@ -12,28 +12,27 @@ repeating an event.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Generic, Protocol, TypeVar
 
-import grpc
-
-from varstore.client._core import ChangeInfo, VariableInfo
+from varstore.client._core import ChangeInfo, ContextCore, VariableInfo
+from varstore.client._effects import END, RECEIVE, ChannelClosed, Emit, Flow, Open, Sleep
+from varstore.client._flow import Runner
 from varstore.types import PyValue, SessionNotFound, ValidationError, VarstoreError
-from varstore.types.status import error_from_rpc_error
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = [
-    "AsyncWatchStream",
     "WatchInitial",
     "WatchItem",
+    "WatchPosition",
     "WatchProgress",
-    "WatchStream",
+    "WatchStreamBase",
     "WatchUpdate",
+    "cache_watch",
     "item_from_proto",
+    "watch_flow",
     "watch_request",
 ]
 
@@ -129,7 +128,7 @@ def item_from_proto(message: pb.WatchSessionResponse) -> WatchItem:
     raise VarstoreError(f"the server sent a watch message of unknown kind {kind!r}")
 
 
-class _Position:
+class WatchPosition:
     """The last position a watch has seen, and whether it has seen anything yet."""
 
     def __init__(self, start: int) -> None:
@@ -143,37 +142,74 @@ class _Position:
         return item
 
 
-class _SyncCall(Protocol):
-    def __next__(self) -> pb.WatchSessionResponse: ...
+def watch_flow(
+    request: pb.WatchSessionRequest,
+    timeout: float | None,
+    seen: WatchPosition,
+    create_session: Callable[[], Flow[None]] | None,
+) -> Flow[None]:
+    """A reader's watch: every item, as it comes (:class:`Emit`), until the server ends
+    the stream. When the server does not know the session before anything arrived and
+    ``create_session`` is given, the session is created (once), as every other call
+    would, and the watch opened again."""
+    while True:
+        yield Open("WatchSession", request, timeout)
+        try:
+            while (message := (yield RECEIVE)) is not END:
+                yield Emit(seen.saw(message))
+        except SessionNotFound:
+            if create_session is None or seen.received:
+                raise
+            yield from create_session()
+            create_session = None
+            continue
+        return
 
-    def cancel(self) -> object: ...
+
+def cache_watch(core: ContextCore) -> Flow[None]:
+    """A "watch"-mode cache's watch, until stopped: hand every message to the core, and
+    after a failure reconnect with backoff from the last position applied (the core
+    decides everything). A closed channel ends it."""
+    failures = 0
+    while True:
+        error: BaseException | None = None
+        try:
+            yield Open("WatchSession", core.watch_request(), None)
+            while (message := (yield RECEIVE)) is not END:
+                core.apply_watch_message(message)
+                failures = 0
+        except ChannelClosed:
+            core.watch_lost(None)
+            return
+        except Exception as failure:  # noqa: BLE001 - a failed call or message: reconnect
+            error = failure
+        core.watch_lost(error)
+        yield Sleep(core.watch_backoff(failures))
+        failures += 1
 
 
-class _AsyncCall(Protocol):
-    async def read(self) -> object: ...
+class _Line(Protocol):
+    """What a stream reads from: its run's call, which can be stopped from anywhere."""
 
-    def cancel(self) -> object: ...
+    def stop(self) -> None: ...
 
 
-class WatchStream:
-    """The items of one watch (an iterator); :meth:`close` cancels the call.
+L = TypeVar("L", bound=_Line)
+
+
+class WatchStreamBase(Generic[L]):
+    """What a watch stream is, in either flavour: a run of :func:`watch_flow` on a line
+    (the call it has open), and the position it has reached.
 
     Failures raise the client's usual errors: ``LimitExceeded`` when the server dropped a
     watcher that fell behind (reconnect from :attr:`position`), ``OutOfRange`` for a
     ``from_position`` beyond the log, ``Unavailable`` when the server shuts down.
     """
 
-    def __init__(
-        self,
-        open_call: Callable[[], _SyncCall],
-        from_position: int,
-        on_missing: Callable[[], None] | None = None,
-    ) -> None:
-        self._open = open_call
-        self._on_missing = on_missing
-        self._call: _SyncCall | None = None
-        self._seen = _Position(from_position)
-        self._closed = False
+    def __init__(self, runner: Runner[None], line: L, seen: WatchPosition) -> None:
+        self._runner = runner
+        self._line = line
+        self._seen = seen
 
     @property
     def position(self) -> int:
@@ -181,123 +217,6 @@ class WatchStream:
         resume from."""
         return self._seen.position
 
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> WatchItem:
-        while True:
-            if self._closed:
-                raise StopIteration
-            if self._call is None:
-                self._call = self._open()
-            try:
-                return self._seen.saw(next(self._call))
-            except StopIteration:
-                self._closed = True
-                raise
-            except grpc.RpcError as failure:
-                if self._closed:  # closed from another thread while waiting
-                    raise StopIteration from None
-                error = error_from_rpc_error(failure)
-                on_missing, self._on_missing = self._on_missing, None
-                if isinstance(error, SessionNotFound) and on_missing and not self._seen.received:
-                    on_missing()  # create the session, as every other call would
-                    self._call = None
-                    continue
-                self._closed = True
-                raise error from failure
-
     def close(self) -> None:
         """Cancel the call (idempotent); iteration then stops."""
-        self._closed = True
-        if self._call is not None:
-            self._call.cancel()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncWatchStream:
-    """The items of one watch (an async iterator); :meth:`close` cancels the call.
-
-    Raises the same errors as :class:`WatchStream`.
-    """
-
-    def __init__(
-        self,
-        open_call: Callable[[], _AsyncCall],
-        from_position: int,
-        on_missing: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self._open = open_call
-        self._on_missing = on_missing
-        self._call: _AsyncCall | None = None
-        self._seen = _Position(from_position)
-        self._closed = False
-
-    @property
-    def position(self) -> int:
-        """The last position seen (``from_position`` until the first item): where to
-        resume from."""
-        return self._seen.position
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> WatchItem:
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._call is None:
-                self._call = self._open()
-            try:
-                message = await self._call.read()
-            except asyncio.CancelledError:
-                if self._closed:  # our own close() cancelled the read
-                    raise StopAsyncIteration from None
-                raise
-            except grpc.RpcError as failure:
-                if self._closed:
-                    raise StopAsyncIteration from None
-                error = error_from_rpc_error(failure)
-                on_missing, self._on_missing = self._on_missing, None
-                if isinstance(error, SessionNotFound) and on_missing and not self._seen.received:
-                    await on_missing()  # create the session, as every other call would
-                    self._call = None
-                    continue
-                self._closed = True
-                raise error from failure
-            if message is grpc.aio.EOF:
-                self._closed = True
-                raise StopAsyncIteration
-            assert isinstance(message, pb.WatchSessionResponse)
-            return self._seen.saw(message)
-
-    def close(self) -> None:
-        """Cancel the call (idempotent); iteration then stops."""
-        self._closed = True
-        if self._call is not None:
-            self._call.cancel()
-
-    async def aclose(self) -> None:
-        """:meth:`close`, for ``contextlib.aclosing`` and the like."""
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._line.stop()

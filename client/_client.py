@@ -1,0 +1,177 @@
+"""A client's operations (sessions, and copies of their logs), written once as flows for
+the sync :class:`~varstore.client.Client` and the :class:`~varstore.client.AsyncClient`.
+
+Forks, exports and imports read and write files through :mod:`varstore.client.transfer`
+on a blocking stub: each is one :class:`~varstore.client._flow.Blocking` effect, which
+the asyncio driver runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Generic, Protocol, TypeVar
+
+from varstore.client import transfer
+from varstore.client._core import DEFAULT_SOURCE, DEFAULT_TIMEOUT, SessionInfo, session_request
+from varstore.client._effects import Blocking, Call
+from varstore.client._flow import Driver, F, Flavoured, Flow, every_page, operation
+from varstore.v1 import varstore_pb2 as pb
+
+__all__ = ["ClientOps", "Contextual"]
+
+
+class Contextual(Protocol):
+    """What a client needs of the contexts it opens: to say the session exists."""
+
+    def _known(self) -> None: ...
+
+
+#: The context class of the client's flavour.
+C = TypeVar("C", bound=Contextual)
+
+
+class ClientOps(Flavoured[F], Generic[F, C]):
+    """A connection to a varstore server; the flavour's class adds how it opens its
+    channel, the contexts it gives, and how it closes."""
+
+    def __init__(self, address: str, config: Mapping[str, Any] | None, driver: Driver) -> None:
+        self.address = address
+        self.config = dict(config or {})
+        self._run = driver.run
+        self._timeout = float(self.config.get("timeout", DEFAULT_TIMEOUT))
+
+    def _context(self, session_id: str, config: Mapping[str, Any]) -> C:
+        """A context of this client's flavour on its channel."""
+        raise NotImplementedError
+
+    def session(self, session_id: str, config: Mapping[str, Any] | None = None) -> C:
+        """A context on ``session_id`` (created on first use) sharing this channel."""
+        return self._context(session_id, {**self.config, **(config or {})})
+
+    def _opened(self, session_id: str, config: Mapping[str, Any] | None) -> C:
+        """A context on a session this client just made (never re-created behind its back)."""
+        context = self.session(session_id, config)
+        context._known()
+        return context
+
+    def _call(self, method: str, request: Any) -> Call:
+        return Call(method, request, self._timeout)
+
+    @operation
+    def create_session(
+        self,
+        session_id: str | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        ttl_seconds: int = 0,
+        config: Mapping[str, Any] | None = None,
+    ) -> Flow[C]:
+        """Create a session now (an id is generated when none is given).
+
+        Raises:
+            AlreadyExists: a live session has that id.
+            ValidationError: the id or TTL is not acceptable.
+        """
+        request = session_request(session_id, metadata, ttl_seconds)
+        response = yield self._call("CreateSession", request)
+        return self._opened(response.session.id, config)
+
+    @operation
+    def get_session(self, session_id: str) -> Flow[SessionInfo]:
+        """Describe one session. Raises SessionNotFound."""
+        response = yield self._call("GetSession", pb.GetSessionRequest(session_id=session_id))
+        return SessionInfo.from_proto(response.session)
+
+    @operation
+    def list_sessions(self) -> Flow[list[SessionInfo]]:
+        """Every live session, by id."""
+        call = self._call("ListSessions", pb.ListSessionsRequest())
+        sessions = yield from every_page(call, lambda page: page.sessions)
+        return [SessionInfo.from_proto(session) for session in sessions]
+
+    @operation
+    def delete_session(self, session_id: str) -> Flow[None]:
+        """Delete a session. Raises SessionNotFound."""
+        yield self._call("DeleteSession", pb.DeleteSessionRequest(session_id=session_id))
+
+    # -- copies of logs (see varstore.client.transfer) ------------------------------------
+
+    @operation
+    def fork_session(
+        self,
+        session_id: str,
+        at_position: int = 0,
+        new_session_id: str | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> Flow[C]:
+        """A new session whose log is ``session_id``'s up to ``at_position`` (0: all of it),
+        then a SessionForked event; its id is ``new_session_id`` or a generated one.
+
+        Raises:
+            SessionNotFound: no such session, or it was not live at that position.
+            OutOfRange: the position is beyond its log.
+            AlreadyExists: ``new_session_id`` was used before.
+        """
+        source = str(self.config.get("source", DEFAULT_SOURCE))
+        options = {"source": source, "metadata": metadata, "timeout": self._timeout}
+        fork = Blocking(transfer.fork_session, (session_id, at_position, new_session_id), options)
+        info: SessionInfo = yield fork
+        return self._opened(info.id, config)
+
+    @operation
+    def export_session(
+        self,
+        session_id: str,
+        path_or_file: transfer.PathOrFile,
+        *,
+        from_position: int = 0,
+        to_position: int | None = None,
+        progress: transfer.Progress | None = None,
+        timeout: float | None = None,
+    ) -> Flow[transfer.ExportResult]:
+        """Write a session's log (deleted sessions' too) as JSON Lines to a path or an open
+        text file; ``progress`` is called with the count so far. See
+        :func:`varstore.client.transfer.export_session`.
+
+        Raises:
+            SessionNotFound, ValidationError, Unavailable; OSError when writing fails.
+        """
+        options = {
+            "from_position": from_position,
+            "to_position": to_position,
+            "progress": progress,
+            "timeout": timeout,
+        }
+        result: transfer.ExportResult = yield Blocking(
+            transfer.export_session, (session_id, path_or_file), options
+        )
+        return result
+
+    @operation
+    def import_session(
+        self,
+        path_or_file: transfer.PathOrFile,
+        session_id: str | None = None,
+        to_position: int | None = None,
+        *,
+        progress: transfer.Progress | None = None,
+        config: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Flow[C]:
+        """A new session rebuilt from a JSON Lines export (up to ``to_position``), with
+        ``session_id`` or the exported session's id. See
+        :func:`varstore.client.transfer.import_session`.
+
+        Raises:
+            ValidationError: a bad line (named ``FILE:LINE``) or event (named by position);
+                nothing is written.
+            AlreadyExists: the id was used before.
+            OutOfRange: the export ends before ``to_position``.
+        """
+        options = {"progress": progress, "timeout": timeout}
+        result: transfer.ImportResult = yield Blocking(
+            transfer.import_session, (path_or_file, session_id, to_position), options
+        )
+        return self._opened(result.session.id, config)
