@@ -1,8 +1,9 @@
 """The I/O-free core both session contexts share: configuration, request building, value
 conversion through the shared type system, and every cache decision.
 
-The sync and asyncio contexts only add the calls (and the ``await``); whatever can be
-decided without the network is decided here, once.
+The operations (:mod:`varstore.client._session`, written once as flows) ask it what to
+send and what an answer means; the sync and asyncio drivers only make the calls. Whatever
+can be decided without the network is decided here, once.
 """
 
 from __future__ import annotations

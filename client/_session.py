@@ -107,6 +107,12 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
             yield Call("CreateSession", request, self._core.timeout)
         self._session_known = True
 
+    def _write(self, method: str, request: Any) -> Flow[int]:
+        """A write of one variable: its new version, and its new value cached."""
+        response = yield from self._send(method, request)
+        self._core.remember_write(response.variable, response.header.position)
+        return int(response.new_version)
+
     def _fetch(self, name: str, default: Any) -> Flow[Any]:
         """A cache miss of ``get_variable``: ask the server, and cache what it says."""
         try:
@@ -154,9 +160,7 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
             VariableNotFound: no such variable.
         """
         request = self._core.set_request(name, value, metadata, expected_version)
-        response = yield from self._send("SetVariable", request)
-        self._core.remember_write(response.variable, response.header.position)
-        return int(response.new_version)
+        return (yield from self._write("SetVariable", request))
 
     @operation
     def get_variables(
@@ -309,9 +313,7 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
             VariableNotFound, SessionNotFound, Unavailable.
         """
         request = self._core.rollback_request(name, to_version, metadata, expected_version)
-        response = yield from self._send("RollbackVariable", request)
-        self._core.remember_write(response.variable, response.header.position)
-        return int(response.new_version)
+        return (yield from self._write("RollbackVariable", request))
 
     @operation
     def read_events(
