@@ -21,7 +21,7 @@ import inspect
 import re
 import typing
 from collections.abc import Callable, Coroutine, Sequence
-from types import MethodType
+from types import GeneratorType, MethodType
 from typing import (
     Any,
     ClassVar,
@@ -50,6 +50,7 @@ __all__ = [
     "Sync",
     "every_page",
     "operation",
+    "ready",
 ]
 
 P = ParamSpec("P")
@@ -167,13 +168,14 @@ class Flavoured(Generic[F]):
 
 @final
 class Ready(Generic[T]):
-    """What an operation returns instead of a flow when it can answer at once, with no
-    I/O (a read the cache answers whole): no driver runs."""
+    """The type of a result an operation gives at once (see :func:`ready`)."""
 
-    __slots__ = ("value",)
 
-    def __init__(self, value: T) -> None:
-        self.value = value
+def ready(value: T) -> Ready[T]:
+    """``value`` as an operation's result given at once, with no I/O (a read the cache
+    answers whole), so that no driver runs. It is ``value`` itself: the cached path
+    allocates nothing, and an operation tells a flow apart as a generator."""
+    return value  # type: ignore[return-value]
 
 
 class Operation(Generic[P, T]):
@@ -183,12 +185,12 @@ class Operation(Generic[P, T]):
         @functools.wraps(flow)
         def blocking(owner: Any, /, *args: Any, **kwargs: Any) -> Any:
             steps = flow(owner, *args, **kwargs)
-            return steps.value if type(steps) is Ready else owner._run(steps)
+            return owner._run(steps) if type(steps) is GeneratorType else steps
 
         @functools.wraps(flow)
         async def awaitable(owner: Any, /, *args: Any, **kwargs: Any) -> Any:
             steps = flow(owner, *args, **kwargs)
-            return steps.value if type(steps) is Ready else await owner._run(steps)
+            return await owner._run(steps) if type(steps) is GeneratorType else steps
 
         signature = _result_signature(flow)
         for function in (blocking, awaitable):

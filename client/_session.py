@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from varstore.client import transfer
 from varstore.client._core import MISSING, ChangeInfo, ContextCore, VariableInfo, point_fields
 from varstore.client._effects import Background, Call, Stop
-from varstore.client._flow import Driver, F, Flavoured, Flow, Ready, every_page, operation
+from varstore.client._flow import Driver, F, Flavoured, Flow, Ready, every_page, operation, ready
 from varstore.client._watch import WatchPosition, cache_watch, watch_flow, watch_request
 from varstore.types import AlreadyExists, SessionNotFound, VariableNotFound, VarstoreError
 from varstore.v1 import varstore_pb2 as pb
@@ -184,7 +184,7 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
                 results[name] = value
             else:
                 wanted.append(name)
-        return self._fetch_many(results, wanted, defaults) if wanted else Ready(results)
+        return self._fetch_many(results, wanted, defaults) if wanted else ready(results)
 
     def _fetch_many(
         self, results: dict[str, Any], wanted: list[str], defaults: Mapping[str, Any] | None
