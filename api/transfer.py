@@ -216,6 +216,17 @@ def _decoded(message: pb.Event) -> RecordedEvent:
     return RecordedEvent.of(event, message.session_id, message.position, 0)
 
 
+def _confirm_end(chunks: Iterator[pb.ImportSessionRequest]) -> None:
+    """Ask an ended request stream for one more chunk: RpcError if it was cancelled.
+
+    gRPC's server ends the request iterator as if the client had finished when a
+    cancellation overtakes a pending read (a client whose file went bad half way cancels
+    after sending part of it); the call is marked cancelled a moment later, and a further
+    read then raises. Without this, that part would be imported as if it were all.
+    """
+    next(chunks, None)
+
+
 def import_session(
     store: Store,
     chunks: Iterator[pb.ImportSessionRequest],
@@ -265,6 +276,8 @@ def import_session(
             else:
                 continue
             break  # to_position reached: the rest is not read
+        else:
+            _confirm_end(chunks)
     except grpc.RpcError:  # the client cancelled the stream (or went away)
         raise Unavailable("the import was cancelled by the client; nothing was written") from None
     if check is None or not check.events:
