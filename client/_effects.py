@@ -11,15 +11,16 @@ The effects, with what the flow receives back::
     Background(flow, name)           run a flow beside the caller -> a handle for Stop
     Stop(handle)                     stop it and wait for it -> None
 
-A failure is thrown into the flow at its ``yield``: a failed call as its VarstoreError
-(:func:`rpc_failure`), a closed channel under a stream as :class:`ChannelClosed`.
+Effects are immutable tuples (cheap to build: one or two per call). A failure is thrown
+into the flow at its ``yield``: a failed call as its VarstoreError (:func:`rpc_failure`),
+a closed channel under a stream as :class:`ChannelClosed`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias, TypeVar, final
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple, TypeAlias, TypeVar, final
 
 import grpc
 from google.protobuf.message import Message
@@ -46,8 +47,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One unary call; ``method`` names the RPC on the stub ("GetVariable")."""
 
     method: str
@@ -55,8 +55,7 @@ class Call:
     timeout: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Open:
+class Open(NamedTuple):
     """Open a server stream: the run's only one (opening another cancels it)."""
 
     method: str
@@ -82,32 +81,28 @@ RECEIVE: Final = _Receive()
 END: Final = _End()
 
 
-@dataclass(frozen=True, slots=True)
-class Emit:
+class Emit(NamedTuple):
     """Hand ``item`` to whoever iterates the run (a watch stream's reader)."""
 
     item: Any
 
 
-@dataclass(frozen=True, slots=True)
-class Sleep:
+class Sleep(NamedTuple):
     """Pause for ``seconds``; a stopped run ends instead of waiting them out."""
 
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class Blocking:
+class Blocking(NamedTuple):
     """``function(stub, *args, **kwargs)``: blocking code (files, a sync stub) that the
     sync driver runs inline and the asyncio driver in a worker thread."""
 
     function: Callable[..., Any]
     args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Background:
+class Background(NamedTuple):
     """Run ``flow`` beside the caller (a daemon thread, or a task) named ``name``; the
     answer is a handle for :class:`Stop`."""
 
@@ -115,8 +110,7 @@ class Background:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(NamedTuple):
     """Stop what :class:`Background` started, and wait for it to end."""
 
     handle: Any
