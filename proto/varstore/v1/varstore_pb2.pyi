@@ -484,9 +484,9 @@ class ListSessionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Most sessions to return; 0 means all of them."""
+    """Most sessions per page; 0 means 100, and at most 1000."""
     page_token: _builtins.str
-    """Return sessions whose id sorts after this one; empty to start at the first."""
+    """Token from a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
