@@ -119,8 +119,8 @@ def _end_call(error: Exception, context: grpc.ServicerContext, method: str) -> N
         incident = uuid.uuid4().hex[:12]
         log.error("%s failed (incident %s)", method, incident, exc_info=error)
         error = InternalError(
-            f"the server failed on {method.rsplit('/', 1)[-1]} (a bug, logged as incident "
-            f"{incident}); nothing about the request was wrong",
+            f"{method.rsplit('/', 1)[-1]} failed because of a bug in the server "
+            f"(logged as incident {incident}); please report it",
             info={"method": method, "incident": incident},
         )
     context.abort_with_status(status_for(error))
