@@ -3,7 +3,7 @@
 The gRPC handlers (:mod:`varstore.api.service`) only convert a request into a call here
 and the result into a response; any later front end (the web page) calls the same
 functions. Nothing here knows protobuf: functions take plain values and return domain
-objects (projection states, history :class:`Change`\\ s, :class:`RecordedEvent`\\ s) or the
+objects (projection states, history ``Change`` objects, ``RecordedEvent`` objects) or the
 small frozen dataclasses below, each carrying the session position it answers at.
 
 Invariants:
