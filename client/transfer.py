@@ -50,7 +50,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from varstore.client._core import SessionInfo
 from varstore.types import Constraints, RuleViolation, ValidationError, to_proto
-from varstore.types.event_bodies import payload_of
+from varstore.types.event_bodies import BodyValues
+from varstore.types.events import EVENTS, payload_of, write_body
 from varstore.types.status import error_from_rpc_error
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
@@ -94,33 +95,6 @@ _KEYS: Final = (
     "payload",
 )
 _REQUIRED: Final = ("position", "type", "recorded_at", "payload")
-
-#: Event type -> (body field of ``Event``, payload keys, required payload keys).
-_BODIES: Final[dict[str, tuple[str, frozenset[str], frozenset[str]]]] = {
-    "SessionCreated": (
-        "session_created",
-        frozenset({"metadata", "ttl_seconds"}),
-        frozenset(),
-    ),
-    "SessionDeleted": ("session_deleted", frozenset({"reason"}), frozenset()),
-    "SessionForked": (
-        "session_forked",
-        frozenset({"origin_session_id", "origin_position"}),
-        frozenset({"origin_session_id", "origin_position"}),
-    ),
-    "VariableRegistered": (
-        "variable_registered",
-        frozenset({"variable_id", "name", "type", "value", "constraints"}),
-        frozenset({"variable_id", "name", "type", "value"}),
-    ),
-    "VariableUpdated": (
-        "variable_updated",
-        frozenset({"variable_id", "value", "rollback_to_version"}),
-        frozenset({"variable_id", "value"}),
-    ),
-    "BatchApplied": ("batch_applied", frozenset({"updates"}), frozenset({"updates"})),
-    "VariableDeleted": ("variable_deleted", frozenset({"variable_id"}), frozenset({"variable_id"})),
-}
 
 
 # -- events <-> JSON ---------------------------------------------------------------------------
@@ -217,50 +191,30 @@ def _typed(value: object, type_name: str | None) -> pb.Value:
         raise _Malformed(f"bad value {value!r}: {problem}") from None
 
 
-def _set_body(event: pb.Event, payload: Mapping[str, Any], types: dict[str, str]) -> None:
-    kind = event.type
-    if kind == "SessionCreated":
-        body = event.session_created
-        body.metadata.update(_strings(payload, "metadata") if "metadata" in payload else {})
-        body.ttl_seconds = _integer(payload, "ttl_seconds") if "ttl_seconds" in payload else 0
-    elif kind == "SessionDeleted":
-        event.session_deleted.reason = _text(payload, "reason") if "reason" in payload else ""
-    elif kind == "SessionForked":
-        event.session_forked.origin_session_id = _text(payload, "origin_session_id")
-        event.session_forked.origin_position = _integer(payload, "origin_position")
-    elif kind == "VariableRegistered":
-        registered = event.variable_registered
-        registered.variable_id = _text(payload, "variable_id")
-        registered.name = _text(payload, "name")
-        registered.type = _text(payload, "type")
-        types[registered.variable_id] = registered.type
-        registered.value.CopyFrom(_typed(payload["value"], registered.type))
-        raw = payload.get("constraints", {})
-        if not isinstance(raw, dict):
-            raise _Malformed(f"'constraints' must be an object, not {raw!r}")
+class _JsonValues(BodyValues):
+    """Values read as their variable's type (remembered from its registration), and
+    constraints checked, as a line of an export needs."""
+
+    def __init__(self, types: dict[str, str]) -> None:
+        self.types = types
+
+    def value(self, raw: object, variable_id: str, type_name: str | None) -> pb.Value:
+        if type_name is not None:
+            self.types[variable_id] = type_name
+        return _typed(raw, type_name or self.types.get(variable_id))
+
+    def constraints(self, type_name: str, raw: Mapping[str, Any]) -> pb.Constraints:
         try:
-            registered.constraints.CopyFrom(Constraints.for_type(registered.type, raw).to_proto())
+            return Constraints.for_type(type_name, raw).to_proto()
         except RuleViolation as problem:
             raise _Malformed(f"bad constraints: {problem}") from None
-    elif kind == "VariableUpdated":
-        updated = event.variable_updated
-        updated.variable_id = _text(payload, "variable_id")
-        updated.value.CopyFrom(_typed(payload["value"], types.get(updated.variable_id)))
-        if payload.get("rollback_to_version") is not None:
-            updated.rollback_to_version = _integer(payload, "rollback_to_version")
-    elif kind == "BatchApplied":
-        items = payload["updates"]
-        if not isinstance(items, list):
-            raise _Malformed(f"'updates' must be a list, not {items!r}")
-        for item in items:
-            if not isinstance(item, dict) or set(item) != {"variable_id", "value"}:
-                raise _Malformed(f"each update must be {{variable_id, value}}, not {item!r}")
-            variable_id = _text(item, "variable_id")
-            event.batch_applied.updates.add(
-                variable_id=variable_id, value=_typed(item["value"], types.get(variable_id))
-            )
-    else:
-        event.variable_deleted.variable_id = _text(payload, "variable_id")
+
+
+def _set_body(event: pb.Event, payload: Mapping[str, Any], types: dict[str, str]) -> None:
+    try:
+        write_body(event, payload, _JsonValues(types))
+    except RuleViolation as problem:
+        raise _Malformed(str(problem)) from None
 
 
 def _event_from_json(data: object, types: dict[str, str]) -> pb.Event:
@@ -275,12 +229,12 @@ def _event_from_json(data: object, types: dict[str, str]) -> pb.Event:
     if "format" in data and data["format"] != FORMAT:
         raise _Malformed(f"format {data['format']!r} is not {FORMAT!r}")
     kind = _text(data, "type")
-    if kind not in _BODIES:
-        raise _Malformed(f"unknown event type {kind!r}; expected one of {', '.join(_BODIES)}")
+    if kind not in EVENTS:
+        raise _Malformed(f"unknown event type {kind!r}; expected one of {', '.join(EVENTS)}")
     payload = data["payload"]
     if not isinstance(payload, dict):
         raise _Malformed(f"'payload' must be an object, not {payload!r}")
-    _, allowed, required = _BODIES[kind]
+    allowed, required = EVENTS[kind].payload_keys, EVENTS[kind].required_keys
     extra = sorted(set(payload) - allowed)
     if extra:
         raise _Malformed(f"{kind} payload has an unknown key {extra[0]!r}")

@@ -5,23 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+# EventType is declared in the contract's event registry, beside what each type means.
+from varstore.types.events import EventType
+
 __all__ = ["EventType", "NewEvent", "RecordedEvent"]
-
-
-class EventType(StrEnum):
-    """The kinds of event a session's log holds."""
-
-    SESSION_CREATED = "SessionCreated"
-    SESSION_DELETED = "SessionDeleted"
-    VARIABLE_REGISTERED = "VariableRegistered"
-    VARIABLE_UPDATED = "VariableUpdated"
-    BATCH_APPLIED = "BatchApplied"
-    VARIABLE_DELETED = "VariableDeleted"
-    SESSION_FORKED = "SessionForked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +19,7 @@ class NewEvent:
     """An event about to be appended; the recorder gives it its positions."""
 
     type: str
-    #: JSON-ready body; its shape per type is in :mod:`varstore.eventstore.schema`.
+    #: JSON-ready body; its shape per type is in :mod:`varstore.types.events`.
     payload: Mapping[str, Any]
     #: Wall-clock time (timezone-aware, UTC) at which the change was decided.
     recorded_at: datetime
