@@ -12,6 +12,11 @@ from varstore.types import Constraints
 __all__ = ["ProjectionError", "apply_event", "replay"]
 
 
+# An enum member as a plain name: reading ``EventType.X`` costs ~200 ns in Python 3.11, and
+# the test below runs once per folded event.
+_SESSION_CREATED: str = EventType.SESSION_CREATED
+
+
 class ProjectionError(Exception):
     """An event does not fit the state it is folded into: the log or the fold is wrong."""
 
@@ -28,7 +33,7 @@ def apply_event(state: SessionState | None, event: RecordedEvent) -> SessionStat
             f"session {event.session_id!r}: event at position {event.position} "
             f"follows position {expected - 1}"
         )
-    if event.type == EventType.SESSION_CREATED:
+    if event.type == _SESSION_CREATED:
         if state is not None and not state.deleted:
             raise ProjectionError(f"session {event.session_id!r} created twice")
         return _session_created(event)

@@ -1,17 +1,26 @@
 """The history projection: every version of every variable of a session, derived from
-its events alone (the previous value is the history's own last entry)."""
+its events alone (the previous value is the history's own last entry).
+
+What an event type does here is read from the event registry: its history kind, the
+variables it names (with their new values), whether it changes every live variable, and
+whether its changes are one batch. The handlers below are per kind, not per type."""
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from varstore.eventstore.events import EventType, RecordedEvent
+from varstore.eventstore.events import RecordedEvent
 from varstore.types import PyValue
+from varstore.types.events import EVENTS, ChangeKind, EventSpec
 
 __all__ = ["Change", "SessionHistory"]
+
+# Enum members as plain names: reading ``ChangeKind.X`` costs ~200 ns in Python 3.11.
+_REGISTERED, _UPDATED = ChangeKind.REGISTERED, ChangeKind.UPDATED
+_ROLLED_BACK, _DELETED = ChangeKind.ROLLED_BACK, ChangeKind.DELETED
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +40,8 @@ class Change:
     recorded_at: datetime
     source: str
     metadata: Mapping[str, str]
-    #: "registered", "updated", "rolled_back" or "deleted".
+    #: A :class:`~varstore.types.events.ChangeKind`: "registered", "updated", "rolled_back"
+    #: or "deleted".
     kind: str
     in_batch: bool = False
     rollback_to_version: int | None = None
@@ -49,11 +59,16 @@ class SessionHistory:
         self._live: dict[str, str] = {}  # live variable id -> name
 
     def apply(self, event: RecordedEvent) -> None:
-        """Record what ``event`` changed."""
+        """Record what ``event`` changed (nothing for a type without a history kind)."""
+        found = _APPLY.get(event.type)
+        if found is not None:
+            handler, spec = found
+            handler(self, spec, event)
+
+    def _registered(self, spec: EventSpec, event: RecordedEvent) -> None:
         payload = event.payload
-        kind = event.type
-        if kind == EventType.VARIABLE_REGISTERED:
-            variable_id, name = payload["variable_id"], payload["name"]
+        for variable_id, value in spec.changes(payload):
+            name = payload["name"]
             self._ids_by_name.setdefault(name, []).append(variable_id)
             self._live[variable_id] = name
             self._changes[variable_id] = [
@@ -62,25 +77,28 @@ class SessionHistory:
                     name,
                     payload["type"],
                     0,
-                    payload["value"],
+                    value,
                     None,
                     event.position,
                     event.recorded_at,
                     event.source,
                     event.metadata,
-                    "registered",
+                    _REGISTERED,
                 )
             ]
-        elif kind == EventType.VARIABLE_UPDATED:
-            rollback = payload.get("rollback_to_version")
-            self._change(event, payload["variable_id"], payload["value"], False, rollback)
-        elif kind == EventType.BATCH_APPLIED:
-            for item in payload["updates"]:
-                self._change(event, item["variable_id"], item["value"], True, None)
-        elif kind == EventType.VARIABLE_DELETED:
-            self._delete(event, payload["variable_id"])
-        elif kind == EventType.SESSION_DELETED:
+
+    def _updated(self, spec: EventSpec, event: RecordedEvent) -> None:
+        payload = event.payload
+        rollback = payload.get("rollback_to_version")
+        for variable_id, value in spec.changes(payload):
+            self._change(event, variable_id, value, spec.in_batch, rollback)
+
+    def _deleted(self, spec: EventSpec, event: RecordedEvent) -> None:
+        if spec.every_live_variable:
             for variable_id in list(self._live):
+                self._delete(event, variable_id)
+        else:
+            for variable_id, _ in spec.changes(event.payload):
                 self._delete(event, variable_id)
 
     def _change(
@@ -105,7 +123,7 @@ class SessionHistory:
                 event.recorded_at,
                 event.source,
                 event.metadata,
-                "rolled_back" if rollback_to_version is not None else "updated",
+                _ROLLED_BACK if rollback_to_version is not None else _UPDATED,
                 in_batch,
                 rollback_to_version,
             )
@@ -126,7 +144,7 @@ class SessionHistory:
                 event.recorded_at,
                 event.source,
                 event.metadata,
-                "deleted",
+                _DELETED,
             )
         )
         self._live.pop(variable_id, None)
@@ -145,7 +163,7 @@ class SessionHistory:
     def value_at_version(self, variable_id: str, version: int) -> PyValue | None:
         """The value a variable had at ``version`` (None if it never had that version)."""
         for change in self._changes.get(variable_id, ()):
-            if change.version == version and change.kind != "deleted":
+            if change.version == version and change.kind != _DELETED:
                 return change.value
         return None
 
@@ -158,3 +176,19 @@ class SessionHistory:
         while end < len(changes) and changes[end].position == position:
             end += 1
         return changes[start:end]
+
+
+_Handler = Callable[[SessionHistory, EventSpec, RecordedEvent], None]
+
+_BY_KIND: dict[ChangeKind, _Handler] = {
+    ChangeKind.REGISTERED: SessionHistory._registered,
+    ChangeKind.UPDATED: SessionHistory._updated,
+    ChangeKind.DELETED: SessionHistory._deleted,
+}
+
+#: Event type -> its kind's handler and its entry (a plain dict: one lookup per event).
+_APPLY: dict[str, tuple[_Handler, EventSpec]] = {
+    name: (_BY_KIND[spec.history], spec)
+    for name, spec in EVENTS.items()
+    if spec.history is not None
+}
