@@ -44,7 +44,8 @@ from varstore.client import (
     connect,
     transfer,
 )
-from varstore.types import TYPE_NAMES, PyValue, from_proto
+from varstore.types import TYPE_NAMES, PyValue, RuleViolation
+from varstore.types.events import payload_of, summarize, touched_variable_ids
 from varstore.types.status import error_from_rpc_error
 from varstore.types.values import kind_of
 from varstore.v1 import varstore_pb2 as pb
@@ -764,14 +765,10 @@ def _read_events(
 
 
 def _variable_ids(event: pb.Event) -> list[str]:
-    body = event.WhichOneof("body")
-    if body == "variable_updated":
-        return [event.variable_updated.variable_id]
-    if body == "batch_applied":
-        return [item.variable_id for item in event.batch_applied.updates]
-    if body == "variable_deleted":
-        return [event.variable_deleted.variable_id]
-    return []
+    try:
+        return touched_variable_ids(event.type, payload_of(event))
+    except RuleViolation:  # a type this client does not know, or a body without a value
+        return []
 
 
 def _variable_names(client: Client, session_id: str, events: Sequence[pb.Event]) -> dict[str, str]:
@@ -798,49 +795,12 @@ def _variable_names(client: Client, session_id: str, events: Sequence[pb.Event])
     return names
 
 
-def _show_proto(value: pb.Value) -> str:
-    return _show_optional(from_proto(value), "-")
-
-
 def _summary(event: pb.Event, names: Mapping[str, str]) -> str:
     """What an event did, in a few words: "t = 0.7 (var_t_2)", "batch: a=1, b=2"."""
-    body = event.WhichOneof("body")
-    if body == "variable_registered":
-        registered = event.variable_registered
-        value = _show_proto(registered.value)
-        return f"{registered.name}: {registered.type} = {value} ({registered.variable_id})"
-    if body == "variable_updated":
-        updated = event.variable_updated
-        name = names.get(updated.variable_id, updated.variable_id)
-        extra = (
-            f", rollback to v{updated.rollback_to_version}"
-            if updated.HasField("rollback_to_version")
-            else ""
-        )
-        return f"{name} = {_show_optional(from_proto(updated.value), '-')} ({updated.variable_id}{extra})"
-    if body == "batch_applied":
-        items = ", ".join(
-            f"{names.get(item.variable_id, item.variable_id)}={_show_optional(from_proto(item.value), '-')}"
-            for item in event.batch_applied.updates
-        )
-        return f"batch: {items}"
-    if body == "variable_deleted":
-        variable_id = event.variable_deleted.variable_id
-        known = names.get(variable_id)
-        return f"deleted {known} ({variable_id})" if known else f"deleted {variable_id}"
-    if body == "session_created":
-        created = event.session_created
-        details = [f"ttl {created.ttl_seconds}s"] if created.ttl_seconds else []
-        if created.metadata:
-            details.append(_show_mapping(created.metadata))
-        return "session created" + (f" ({', '.join(details)})" if details else "")
-    if body == "session_deleted":
-        reason = event.session_deleted.reason
-        return "session deleted" + (f" ({reason})" if reason else "")
-    if body == "session_forked":
-        forked = event.session_forked
-        return f"forked from {forked.origin_session_id} at position {forked.origin_position}"
-    return event.type or "unknown event"
+    try:
+        return summarize(event.type, payload_of(event), names, _show_value)
+    except RuleViolation:  # a type this client does not know, or a body without a value
+        return event.type or "unknown event"
 
 
 def _watch(args: argparse.Namespace, client: Client) -> Output:

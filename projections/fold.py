@@ -149,6 +149,8 @@ def _session_forked(state: SessionState, event: RecordedEvent) -> None:
     """Marks where a fork's copied history ends; the state itself does not change."""
 
 
+#: Every type of the event registry but SessionCreated (folded above, as it makes the state);
+#: tests/test_event_registry.py folds an example of each type.
 _HANDLERS: dict[str, Callable[[SessionState, RecordedEvent], None]] = {
     EventType.SESSION_FORKED: _session_forked,
     EventType.SESSION_DELETED: _session_deleted,
