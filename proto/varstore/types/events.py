@@ -121,7 +121,7 @@ class SessionCreated(Payload):
     """A session started (or started again after it was deleted)."""
 
     metadata: dict[str, str] = Field(default_factory=dict)
-    ttl_seconds: int = Field(default=0, ge=0)
+    ttl_seconds: int = 0
 
 
 class SessionDeleted(Payload):
@@ -157,7 +157,7 @@ class VariableUpdated(Payload):
 
     variable_id: str
     value: JsonValue
-    rollback_to_version: int | None = Field(default=None, ge=0)
+    rollback_to_version: int | None = None
 
     def as_json_data(self) -> dict[str, Any]:
         """The stored form; a plain update carries no rollback field."""
@@ -190,7 +190,7 @@ class SessionForked(Payload):
     ``origin_position``."""
 
     origin_session_id: str
-    origin_position: int = Field(ge=0)
+    origin_position: int
 
 
 # -- the entry -----------------------------------------------------------------------------------
