@@ -218,7 +218,8 @@ class EventSpec:
     changes: Changes
     #: Its line in ``varstore log``.
     summary: Summary
-    #: A valid payload, as stored (read it, never change it).
+    #: A valid payload, as stored (read it, never change it). It folds right after the
+    #: SessionCreated and VariableRegistered examples (its variable is theirs, var_t_2).
     example: Mapping[str, Any]
     #: Filtered watches get it even when it names none of the watched variables.
     session_event: bool = False
