@@ -62,7 +62,7 @@ from varstore.api.fanout import (
     Watcher,
 )
 from varstore.api.store import Store
-from varstore.eventstore.events import EventType, RecordedEvent
+from varstore.eventstore.events import RecordedEvent
 from varstore.types import (
     LimitExceeded,
     OutOfRange,
@@ -70,6 +70,7 @@ from varstore.types import (
     ValidationError,
     describe,
 )
+from varstore.types.events import is_session_event, touched_variable_ids
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = [
@@ -85,14 +86,6 @@ DEFAULT_PROGRESS_INTERVAL: Final = 1.0
 MIN_PROGRESS_INTERVAL: Final = 0.01
 #: Bytes of event messages kept for the other watchers of a session (by encoded size).
 ENCODED_CACHE_BYTES: Final = 32 << 20
-
-#: Events sent to filtered watches even when they change none of the watched variables.
-_SESSION_EVENTS: Final = frozenset(
-    {EventType.SESSION_CREATED, EventType.SESSION_DELETED, EventType.SESSION_FORKED}
-)
-_SINGLE_VARIABLE_EVENTS: Final = frozenset(
-    {EventType.VARIABLE_REGISTERED, EventType.VARIABLE_UPDATED, EventType.VARIABLE_DELETED}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +280,7 @@ class WatchHub:
         if not wanted:
             return encoded.response
         changes = [c for c in encoded.changes if c.variable_id in wanted or c.name in wanted]
-        if not changes and event.type not in _SESSION_EVENTS:
+        if not changes and not is_session_event(event.type):
             return None
         return pb.WatchSessionResponse(event=pb.WatchEvent(event=encoded.event, changes=changes))
 
@@ -312,16 +305,14 @@ class WatchHub:
         return encoded
 
     def _touched(self, event: RecordedEvent) -> list[str]:
-        """Ids of the variables an event changed, in the event's order."""
-        payload = event.payload
-        if event.type in _SINGLE_VARIABLE_EVENTS:
-            return [payload["variable_id"]]
-        if event.type == EventType.BATCH_APPLIED:
-            return list(dict.fromkeys(item["variable_id"] for item in payload["updates"]))
-        if event.type == EventType.SESSION_DELETED:
+        """Ids of the variables an event changed, in the event's order (the registry says
+        which; a SessionDeleted changes every variable live just before it)."""
+
+        def live() -> list[str]:
             before = self._store.state_at(event.session_id, event.position - 1)
             return [variable.id for variable in before.by_name()] if before is not None else []
-        return []
+
+        return touched_variable_ids(event.type, event.payload, live)
 
     def close(self) -> None:
         """End every watch with UNAVAILABLE and refuse new ones (server shutdown)."""
