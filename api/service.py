@@ -5,6 +5,7 @@ on the server, turns every exception into its status in one place."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from varstore.api import commands, queries, transfer
+from varstore.api import commands, paging, queries, transfer
 from varstore.api.convert import header, session_to_proto, variable_to_proto
 from varstore.api.event_codec import change_to_proto, event_to_proto
 from varstore.api.store import Store
@@ -23,7 +24,10 @@ from varstore.types.constraints import Constraints
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
 
-__all__ = ["VariableStoreService"]
+__all__ = ["VERSION", "VariableStoreService"]
+
+#: The varstore version this server runs.
+VERSION = importlib.metadata.version("varstore")
 
 #: The range a google.protobuf.Timestamp may hold: 0001-01-01T00:00:00Z to
 #: 9999-12-31T23:59:59.999999999Z.
@@ -329,3 +333,23 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
         self, request_iterator: Iterator[pb.ImportSessionRequest], context: grpc.ServicerContext
     ) -> pb.ImportSessionResponse:
         return transfer.import_session(self._store, request_iterator, _source("", context))
+
+    # -- the server -------------------------------------------------------------------------
+
+    def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        limits = self._store.limits
+        return pb.GetServerInfoResponse(
+            version=VERSION,
+            limits=pb.ServerLimits(
+                max_name_length=limits.max_name_length,
+                max_string_bytes=limits.max_string_bytes,
+                max_variables_per_session=limits.max_variables_per_session,
+                max_batch_size=limits.max_batch_size,
+                max_watchers=self._hub.max_watchers,
+                max_page_size=paging.MAX_PAGE_SIZE,
+                max_metadata_entries=limits.max_metadata_entries,
+                max_metadata_entry_bytes=limits.max_metadata_entry_bytes,
+            ),
+        )

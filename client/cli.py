@@ -23,11 +23,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Final
-
-import grpc
 
 from varstore.client import (
     ChangeInfo,
@@ -44,11 +42,9 @@ from varstore.client import (
     connect,
     transfer,
 )
-from varstore.types import TYPE_NAMES, PyValue, RuleViolation
-from varstore.types.events import payload_of, summarize, touched_variable_ids
-from varstore.types.status import error_from_rpc_error
+from varstore.types import TYPE_NAMES, PyValue
+from varstore.types.events import EventType, summarize, touched_variable_ids
 from varstore.types.values import kind_of
-from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
 
 __all__ = [
@@ -539,7 +535,6 @@ def _session_output(session: SessionInfo) -> Output:
 # -- the past and the present: history, log, watch ------------------------------------------
 
 #: Events per ReadEvents page (the server's most).
-_EVENTS_PAGE: Final = 1000
 
 #: Seconds between progress messages while ``watch --timeout`` runs (so it ends on time).
 _WATCH_TICK: Final = 0.2
@@ -695,27 +690,20 @@ def _show_optional(value: PyValue | None, absent: str) -> str:
 
 
 def _log(args: argparse.Namespace, client: Client) -> Output:
-    events = list(
-        _read_events(
-            _stub(client),
-            args.session_id,
-            args.from_position,
-            args.to_position,
-            args.backwards,
-            args.limit,
-            args.timeout,
-        )
+    # The client's paging flow reads the range; the server pins its end at the first page.
+    events = _context(client, args.session_id).read_events(
+        args.from_position, args.to_position, backwards=args.backwards, limit=args.limit
     )
     if args.json:
-        return Output([transfer.event_to_json(event) for event in events], "", json_lines=True)
+        return Output(events, "", json_lines=True)
     names = _variable_names(client, args.session_id, events)
     rows = [
         [
-            str(event.position),
-            event.type,
-            _show_time(event.recorded_at.ToDatetime(tzinfo=UTC)),
-            event.source or "-",
-            _cell(_summary(event, names)),
+            str(event["position"]),
+            event["type"],
+            _show_time(datetime.fromisoformat(event["recorded_at"])),
+            event["source"] or "-",
+            _cell(summarize(event["type"], event["payload"], names, _show_value)),
         ]
         for event in events
     ]
@@ -723,63 +711,22 @@ def _log(args: argparse.Namespace, client: Client) -> Output:
     return Output(None, _table(headers, rows) if rows else "no events")
 
 
-def _read_events(
-    stub: pb_grpc.VariableStoreStub,
-    session_id: str,
-    from_position: int,
-    to_position: int | None,
-    backwards: bool,
-    limit: int | None,
-    timeout: float,
-) -> Iterator[pb.Event]:
-    """The events of ``session_id`` in ``from_position..to_position``, a page at a time.
-
-    The range's end is pinned to where the log stood at the first page, so paging goes on
-    while the session is written to.
-    """
-    left = limit
-    request = pb.ReadEventsRequest(
-        session_id=session_id,
-        from_position=from_position,
-        backwards=backwards,
-        page_size=min(_EVENTS_PAGE, limit or _EVENTS_PAGE),
-    )
-    if to_position is not None:
-        request.to_position = to_position
-    while True:
-        try:
-            page: pb.ReadEventsResponse = stub.ReadEvents(request, timeout=timeout)
-        except grpc.RpcError as failure:
-            raise error_from_rpc_error(failure) from failure
-        for event in page.events:
-            yield event
-            if left is not None:
-                left -= 1
-                if left == 0:
-                    return
-        if not page.next_page_token:
-            return
-        if not request.HasField("to_position"):
-            request.to_position = page.header.position
-        request.page_token = page.next_page_token
-
-
-def _variable_ids(event: pb.Event) -> list[str]:
-    try:
-        return touched_variable_ids(event.type, payload_of(event))
-    except RuleViolation:  # a type this client does not know, or a body without a value
-        return []
-
-
-def _variable_names(client: Client, session_id: str, events: Sequence[pb.Event]) -> dict[str, str]:
-    """Variable id -> name for the variables ``events`` touch: from their registrations,
-    else the live variables, else each one's history (the id stands in when all fail)."""
+def _variable_names(
+    client: Client, session_id: str, events: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Variable id -> name for the variables ``events`` (export-format dicts) touch: from
+    their registrations, else the live variables, else each one's history (the id stands
+    in when all fail)."""
     names = {
-        event.variable_registered.variable_id: event.variable_registered.name
+        event["payload"]["variable_id"]: event["payload"]["name"]
         for event in events
-        if event.WhichOneof("body") == "variable_registered"
+        if event["type"] == EventType.VARIABLE_REGISTERED
     }
-    unknown = {i for event in events for i in _variable_ids(event)} - names.keys()
+    unknown = {
+        variable_id
+        for event in events
+        for variable_id in touched_variable_ids(event["type"], event["payload"])
+    } - names.keys()
     if not unknown:
         return names
     with _context(client, session_id) as context:
@@ -793,14 +740,6 @@ def _variable_names(client: Client, session_id: str, events: Sequence[pb.Event])
             if first:
                 names[variable_id] = first[0].name
     return names
-
-
-def _summary(event: pb.Event, names: Mapping[str, str]) -> str:
-    """What an event did, in a few words: "t = 0.7 (var_t_2)", "batch: a=1, b=2"."""
-    try:
-        return summarize(event.type, payload_of(event), names, _show_value)
-    except RuleViolation:  # a type this client does not know, or a body without a value
-        return event.type or "unknown event"
 
 
 def _watch(args: argparse.Namespace, client: Client) -> Output:

@@ -60,6 +60,15 @@ class BrokenStore(Store):
         self._bug()
         return super().execute(session_id, command)
 
+    @property  # type: ignore[override]
+    def limits(self) -> Any:
+        self._bug()
+        return self._limits
+
+    @limits.setter
+    def limits(self, value: Any) -> None:
+        self._limits = value
+
 
 def _import_chunks() -> Iterator[pb.ImportSessionRequest]:
     created = pb.Event(position=1, type="SessionCreated", session_created=pb.SessionCreated())
@@ -108,6 +117,7 @@ CALLS: dict[str, Callable[[Stub], object]] = {
     ),
     "ExportSession": lambda s: list(s.ExportSession(pb.ExportSessionRequest(session_id="s"))),
     "ImportSession": lambda s: s.ImportSession(_import_chunks()),
+    "GetServerInfo": lambda s: s.GetServerInfo(pb.GetServerInfoRequest()),
 }
 
 

@@ -3,6 +3,7 @@ a clean stop on SIGTERM, and acknowledged writes that survive SIGKILL."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import threading
@@ -238,3 +239,18 @@ def test_snapshot_and_checkpoint_intervals_are_flags_and_change_no_answer(
                 assert from_proto(then.variable.value) == position - 2
     finally:
         second.kill()
+
+
+def test_get_server_info_tells_the_version_and_the_limits(tmp_path: Path) -> None:
+    server = start_server_process(tmp_path / "log.db")
+    try:
+        with stub_for(server.address) as stub:
+            info = stub.GetServerInfo(pb.GetServerInfoRequest())
+        assert info.version == importlib.metadata.version("varstore")
+        assert info.limits.max_name_length == 128
+        assert info.limits.max_batch_size == 1000
+        assert info.limits.max_page_size == 1000
+        assert info.limits.max_watchers == 256
+        assert not info.requires_token
+    finally:
+        server.terminate()

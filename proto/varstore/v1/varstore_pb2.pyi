@@ -367,12 +367,19 @@ class CreateSessionRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Id for the new session; empty to have one generated."""
     ttl_seconds: _builtins.int
     """Seconds without any call after which the session expires; 0 (the default) never expires."""
     source: _builtins.str
     """Who is asking, recorded in the log; empty for the caller's peer address."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters, unique per server): a retry with the same
+    request_id and the same request returns the first answer without writing again (also
+    after a restart: the id is kept in the log); the same id with a different request is
+    INVALID_ARGUMENT. Ids are remembered for 24 hours.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form metadata kept with the session."""
@@ -384,10 +391,11 @@ class CreateSessionRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl_seconds: _builtins.int = ...,
         source: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "session_id", b"session_id", "source", b"source", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -401,6 +409,11 @@ class CreateSessionResponse(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    """A bearer token that grants this session only, for servers that require tokens (empty
+    otherwise). It is returned once, here; the server keeps only its hash.
+    """
     @_builtins.property
     def header(self) -> Global___ResponseHeader:
         """Where the log stood: the SessionCreated event's position."""
@@ -414,10 +427,11 @@ class CreateSessionResponse(_message.Message):
         *,
         header: Global___ResponseHeader | None = ...,
         session: Global___Session | None = ...,
+        session_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -564,10 +578,17 @@ class DeleteSessionRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     source: _builtins.str
     """Who is asking, recorded in the log; empty for the caller's peer address."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters, unique per server): a retry with the same
+    request_id and the same request returns the first answer without writing again (also
+    after a restart: the id is kept in the log); the same id with a different request is
+    INVALID_ARGUMENT. Ids are remembered for 24 hours.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form metadata recorded with the event (a reason, for example)."""
@@ -578,10 +599,11 @@ class DeleteSessionRequest(_message.Message):
         session_id: _builtins.str = ...,
         source: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "request_id", b"request_id", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -644,6 +666,7 @@ class RegisterVariableRequest(_message.Message):
     CONSTRAINTS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     name: _builtins.str
@@ -652,6 +675,12 @@ class RegisterVariableRequest(_message.Message):
     """Type name: "float", "integer", "string" or "boolean"."""
     source: _builtins.str
     """Who is asking, recorded in the log; empty for the caller's peer address."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters, unique per server): a retry with the same
+    request_id and the same request returns the first answer without writing again (also
+    after a restart: the id is kept in the log); the same id with a different request is
+    INVALID_ARGUMENT. Ids are remembered for 24 hours.
+    """
     @_builtins.property
     def initial_value(self) -> Global___Value:
         """Initial value; must be of the type and satisfy the constraints."""
@@ -674,10 +703,11 @@ class RegisterVariableRequest(_message.Message):
         constraints: Global___Constraints | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         source: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "initial_value", b"initial_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "initial_value", b"initial_value", "metadata", b"metadata", "name", b"name", "session_id", b"session_id", "source", b"source", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "initial_value", b"initial_value", "metadata", b"metadata", "name", b"name", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -821,6 +851,7 @@ class SetVariableRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     variable_identifier: _builtins.str
@@ -829,6 +860,12 @@ class SetVariableRequest(_message.Message):
     """When set, the change is made only if the variable is at this version (else ABORTED)."""
     source: _builtins.str
     """Who is asking, recorded in the log; empty for the caller's peer address."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters, unique per server): a retry with the same
+    request_id and the same request returns the first answer without writing again (also
+    after a restart: the id is kept in the log); the same id with a different request is
+    INVALID_ARGUMENT. Ids are remembered for 24 hours.
+    """
     @_builtins.property
     def value(self) -> Global___Value:
         """New value; must be of the variable's type and satisfy its constraints."""
@@ -846,10 +883,11 @@ class SetVariableRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         expected_version: _builtins.int | None = ...,
         source: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "metadata", b"metadata", "session_id", b"session_id", "source", b"source", "value", b"value", "variable_identifier", b"variable_identifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "metadata", b"metadata", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "value", b"value", "variable_identifier", b"variable_identifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
@@ -1041,6 +1079,7 @@ class SetVariablesRequest(_message.Message):
     ATOMIC_FIELD_NUMBER: _builtins.int
     EXPECTED_POSITION_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     atomic: _builtins.bool
@@ -1052,6 +1091,12 @@ class SetVariablesRequest(_message.Message):
     """When set, the batch is applied only if the session is at this position (else ABORTED)."""
     source: _builtins.str
     """Who is asking, recorded in the log; empty for the caller's peer address."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters, unique per server): a retry with the same
+    request_id and the same request returns the first answer without writing again (also
+    after a restart: the id is kept in the log); the same id with a different request is
+    INVALID_ARGUMENT. Ids are remembered for 24 hours.
+    """
     @_builtins.property
     def updates(self) -> _containers.MessageMap[_builtins.str, Global___Value]:
         """New values, keyed by variable id or name."""
@@ -1069,10 +1114,11 @@ class SetVariablesRequest(_message.Message):
         atomic: _builtins.bool = ...,
         expected_position: _builtins.int | None = ...,
         source: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_position", b"_expected_position", "expected_position", b"expected_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_position", b"_expected_position", "atomic", b"atomic", "expected_position", b"expected_position", "metadata", b"metadata", "session_id", b"session_id", "source", b"source", "updates", b"updates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_position", b"_expected_position", "atomic", b"atomic", "expected_position", b"expected_position", "metadata", b"metadata", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "updates", b"updates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_position: _TypeAlias = _typing.Literal["expected_position"]  # noqa: Y015
     _WhichOneofArgType__expected_position: _TypeAlias = _typing.Literal["_expected_position", b"_expected_position"]  # noqa: Y015
@@ -1320,6 +1366,7 @@ class DeleteVariableRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     variable_identifier: _builtins.str
@@ -1328,6 +1375,12 @@ class DeleteVariableRequest(_message.Message):
     """When set, the variable is deleted only if it is at this version (else ABORTED)."""
     source: _builtins.str
     """Who is asking, recorded in the log; empty for the caller's peer address."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters, unique per server): a retry with the same
+    request_id and the same request returns the first answer without writing again (also
+    after a restart: the id is kept in the log); the same id with a different request is
+    INVALID_ARGUMENT. Ids are remembered for 24 hours.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form metadata recorded with the event (a reason, for example)."""
@@ -1340,10 +1393,11 @@ class DeleteVariableRequest(_message.Message):
         expected_version: _builtins.int | None = ...,
         source: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "metadata", b"metadata", "session_id", b"session_id", "source", b"source", "variable_identifier", b"variable_identifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "metadata", b"metadata", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "variable_identifier", b"variable_identifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
@@ -1661,6 +1715,7 @@ class Event(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     SESSION_CREATED_FIELD_NUMBER: _builtins.int
     SESSION_DELETED_FIELD_NUMBER: _builtins.int
     VARIABLE_REGISTERED_FIELD_NUMBER: _builtins.int
@@ -1680,6 +1735,8 @@ class Event(_message.Message):
     """Version of the body's schema for this type."""
     source: _builtins.str
     """Who made the change."""
+    request_id: _builtins.str
+    """The request_id of the write that recorded the event; empty when it gave none."""
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
         """Wall-clock time the change was made."""
@@ -1727,6 +1784,7 @@ class Event(_message.Message):
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
         source: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
         session_created: Global___SessionCreated | None = ...,
         session_deleted: Global___SessionDeleted | None = ...,
         variable_registered: Global___VariableRegistered | None = ...,
@@ -1737,7 +1795,7 @@ class Event(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["batch_applied", b"batch_applied", "body", b"body", "recorded_at", b"recorded_at", "session_created", b"session_created", "session_deleted", b"session_deleted", "session_forked", b"session_forked", "variable_deleted", b"variable_deleted", "variable_registered", b"variable_registered", "variable_updated", b"variable_updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_applied", b"batch_applied", "body", b"body", "global_position", b"global_position", "metadata", b"metadata", "position", b"position", "recorded_at", b"recorded_at", "schema_version", b"schema_version", "session_created", b"session_created", "session_deleted", b"session_deleted", "session_forked", b"session_forked", "session_id", b"session_id", "source", b"source", "type", b"type", "variable_deleted", b"variable_deleted", "variable_registered", b"variable_registered", "variable_updated", b"variable_updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_applied", b"batch_applied", "body", b"body", "global_position", b"global_position", "metadata", b"metadata", "position", b"position", "recorded_at", b"recorded_at", "request_id", b"request_id", "schema_version", b"schema_version", "session_created", b"session_created", "session_deleted", b"session_deleted", "session_forked", b"session_forked", "session_id", b"session_id", "source", b"source", "type", b"type", "variable_deleted", b"variable_deleted", "variable_registered", b"variable_registered", "variable_updated", b"variable_updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["session_created", "session_deleted", "variable_registered", "variable_updated", "batch_applied", "variable_deleted", "session_forked"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
@@ -2035,6 +2093,7 @@ class RollbackVariableRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     variable_identifier: _builtins.str
@@ -2045,6 +2104,12 @@ class RollbackVariableRequest(_message.Message):
     """When set, roll back only if the variable is at this version (else ABORTED)."""
     source: _builtins.str
     """Who is asking, recorded in the log; empty for the caller's peer address."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters, unique per server): a retry with the same
+    request_id and the same request returns the first answer without writing again (also
+    after a restart: the id is kept in the log); the same id with a different request is
+    INVALID_ARGUMENT. Ids are remembered for 24 hours.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Metadata merged into the variable's and recorded with the event (a reason)."""
@@ -2058,10 +2123,11 @@ class RollbackVariableRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         expected_version: _builtins.int | None = ...,
         source: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "metadata", b"metadata", "session_id", b"session_id", "source", b"source", "to_version", b"to_version", "variable_identifier", b"variable_identifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "metadata", b"metadata", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "to_version", b"to_version", "variable_identifier", b"variable_identifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
@@ -2292,6 +2358,7 @@ class ForkSessionRequest(_message.Message):
     NEW_SESSION_ID_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session to fork (the origin)."""
     at_position: _builtins.int
@@ -2300,6 +2367,12 @@ class ForkSessionRequest(_message.Message):
     """Id for the new session; empty to have one generated."""
     source: _builtins.str
     """Who is asking, recorded on the fork event."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters, unique per server): a retry with the same
+    request_id and the same request returns the first answer without writing again (also
+    after a restart: the id is kept in the log); the same id with a different request is
+    INVALID_ARGUMENT. Ids are remembered for 24 hours.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Metadata recorded with the fork event."""
@@ -2312,10 +2385,11 @@ class ForkSessionRequest(_message.Message):
         new_session_id: _builtins.str = ...,
         source: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_position", b"at_position", "metadata", b"metadata", "new_session_id", b"new_session_id", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_position", b"at_position", "metadata", b"metadata", "new_session_id", b"new_session_id", "request_id", b"request_id", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2329,6 +2403,11 @@ class ForkSessionResponse(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    """A bearer token that grants this session only, for servers that require tokens (empty
+    otherwise). It is returned once, here; the server keeps only its hash.
+    """
     @_builtins.property
     def header(self) -> Global___ResponseHeader:
         """Where the new session's log stands: its SessionForked event."""
@@ -2342,10 +2421,11 @@ class ForkSessionResponse(_message.Message):
         *,
         header: Global___ResponseHeader | None = ...,
         session: Global___Session | None = ...,
+        session_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2416,10 +2496,18 @@ class ImportSessionRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     TO_POSITION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The new session's id; read from the first chunk (empty: the exported session's id)."""
     to_position: _builtins.int
     """Import only up to this position of the export; 0 means everything (first chunk)."""
+    request_id: _builtins.str
+    """Optional idempotency key (1 to 128 characters, unique per server): a retry with the same
+    request_id and the same request returns the first answer without writing again (also
+    after a restart: the id is kept in the log); the same id with a different request is
+    INVALID_ARGUMENT. Ids are remembered for 24 hours.
+    Read from the first chunk.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
         """Events in position order, starting at position 1."""
@@ -2430,10 +2518,11 @@ class ImportSessionRequest(_message.Message):
         session_id: _builtins.str = ...,
         events: _abc.Iterable[Global___Event] | None = ...,
         to_position: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "session_id", b"session_id", "to_position", b"to_position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "request_id", b"request_id", "session_id", b"session_id", "to_position", b"to_position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2447,6 +2536,11 @@ class ImportSessionResponse(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    """A bearer token that grants this session only, for servers that require tokens (empty
+    otherwise). It is returned once, here; the server keeps only its hash.
+    """
     @_builtins.property
     def header(self) -> Global___ResponseHeader:
         """Where the new session's log stands."""
@@ -2460,11 +2554,137 @@ class ImportSessionResponse(_message.Message):
         *,
         header: Global___ResponseHeader | None = ...,
         session: Global___Session | None = ...,
+        session_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "session", b"session", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportSessionResponse: _TypeAlias = ImportSessionResponse  # noqa: Y015
+
+@_typing.final
+class GetServerInfoRequest(_message.Message):
+    """GetServerInfoRequest asks what the server is and allows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
+
+@_typing.final
+class ServerLimits(_message.Message):
+    """ServerLimits are the server's limits; a request beyond one is RESOURCE_EXHAUSTED (names and
+    ids too long: INVALID_ARGUMENT), and the message names the limit. 0 means no limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_NAME_LENGTH_FIELD_NUMBER: _builtins.int
+    MAX_STRING_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_VARIABLES_PER_SESSION_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_SESSIONS_FIELD_NUMBER: _builtins.int
+    MAX_WATCHERS_PER_SESSION_FIELD_NUMBER: _builtins.int
+    MAX_WATCHERS_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_METADATA_ENTRIES_FIELD_NUMBER: _builtins.int
+    MAX_METADATA_ENTRY_BYTES_FIELD_NUMBER: _builtins.int
+    IDLE_CONNECTION_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MAX_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    max_message_bytes: _builtins.int
+    """Largest request message, in bytes."""
+    max_name_length: _builtins.int
+    """Longest variable name or session id, in characters."""
+    max_string_bytes: _builtins.int
+    """Largest string value, in UTF-8 bytes."""
+    max_variables_per_session: _builtins.int
+    """Most live variables in one session."""
+    max_batch_size: _builtins.int
+    """Most updates in one SetVariables call, and identifiers in one GetVariables call."""
+    max_sessions: _builtins.int
+    """Most live sessions on the server."""
+    max_watchers_per_session: _builtins.int
+    """Most open watches on one session."""
+    max_watchers: _builtins.int
+    """Most open watches on the server."""
+    max_page_size: _builtins.int
+    """Largest page of ListSessions, GetVariableHistory and ReadEvents."""
+    max_metadata_entries: _builtins.int
+    """Most metadata entries on one request."""
+    max_metadata_entry_bytes: _builtins.int
+    """Largest metadata key plus value, in UTF-8 bytes."""
+    idle_connection_seconds: _builtins.int
+    """Seconds a connection may stay idle before the server closes it."""
+    max_requests_per_second: _builtins.int
+    """Requests per second one client may make (averaged over a second; bursts up to twice)."""
+    max_ttl_seconds: _builtins.int
+    """Longest session ttl_seconds."""
+    def __init__(
+        self,
+        *,
+        max_message_bytes: _builtins.int = ...,
+        max_name_length: _builtins.int = ...,
+        max_string_bytes: _builtins.int = ...,
+        max_variables_per_session: _builtins.int = ...,
+        max_batch_size: _builtins.int = ...,
+        max_sessions: _builtins.int = ...,
+        max_watchers_per_session: _builtins.int = ...,
+        max_watchers: _builtins.int = ...,
+        max_page_size: _builtins.int = ...,
+        max_metadata_entries: _builtins.int = ...,
+        max_metadata_entry_bytes: _builtins.int = ...,
+        idle_connection_seconds: _builtins.int = ...,
+        max_requests_per_second: _builtins.int = ...,
+        max_ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_connection_seconds", b"idle_connection_seconds", "max_batch_size", b"max_batch_size", "max_message_bytes", b"max_message_bytes", "max_metadata_entries", b"max_metadata_entries", "max_metadata_entry_bytes", b"max_metadata_entry_bytes", "max_name_length", b"max_name_length", "max_page_size", b"max_page_size", "max_requests_per_second", b"max_requests_per_second", "max_sessions", b"max_sessions", "max_string_bytes", b"max_string_bytes", "max_ttl_seconds", b"max_ttl_seconds", "max_variables_per_session", b"max_variables_per_session", "max_watchers", b"max_watchers", "max_watchers_per_session", b"max_watchers_per_session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerLimits: _TypeAlias = ServerLimits  # noqa: Y015
+
+@_typing.final
+class GetServerInfoResponse(_message.Message):
+    """GetServerInfoResponse says what the server is and allows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    REQUIRES_TOKEN_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The varstore version the server runs."""
+    requires_token: _builtins.bool
+    """True when every call needs a bearer token."""
+    @_builtins.property
+    def limits(self) -> Global___ServerLimits:
+        """The server's limits."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        limits: Global___ServerLimits | None = ...,
+        requires_token: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "requires_token", b"requires_token", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015

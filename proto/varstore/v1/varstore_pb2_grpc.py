@@ -125,6 +125,11 @@ class VariableStoreStub:
                 request_serializer=varstore_dot_v1_dot_varstore__pb2.ImportSessionRequest.SerializeToString,
                 response_deserializer=varstore_dot_v1_dot_varstore__pb2.ImportSessionResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/varstore.v1.VariableStore/GetServerInfo',
+                request_serializer=varstore_dot_v1_dot_varstore__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=varstore_dot_v1_dot_varstore__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class VariableStoreServicer:
@@ -258,6 +263,14 @@ class VariableStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """What this server is and what it allows: its version and its limits (clients check
+        requests against these instead of constants of their own).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VariableStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -350,6 +363,11 @@ def add_VariableStoreServicer_to_server(servicer, server):
                     servicer.ImportSession,
                     request_deserializer=varstore_dot_v1_dot_varstore__pb2.ImportSessionRequest.FromString,
                     response_serializer=varstore_dot_v1_dot_varstore__pb2.ImportSessionResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=varstore_dot_v1_dot_varstore__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=varstore_dot_v1_dot_varstore__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -839,6 +857,33 @@ class VariableStore:
             '/varstore.v1.VariableStore/ImportSession',
             varstore_dot_v1_dot_varstore__pb2.ImportSessionRequest.SerializeToString,
             varstore_dot_v1_dot_varstore__pb2.ImportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/varstore.v1.VariableStore/GetServerInfo',
+            varstore_dot_v1_dot_varstore__pb2.GetServerInfoRequest.SerializeToString,
+            varstore_dot_v1_dot_varstore__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,10 @@ class VariableStoreStub:
     """ExportSession streams a session's log."""
     ImportSession: _grpc.StreamUnaryMultiCallable[_varstore_pb2.ImportSessionRequest, _varstore_pb2.ImportSessionResponse]
     """ImportSession rebuilds a session from an export, checking positions and types."""
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_varstore_pb2.GetServerInfoRequest, _varstore_pb2.GetServerInfoResponse]
+    """What this server is and what it allows: its version and its limits (clients check
+    requests against these instead of constants of their own).
+    """
 
 @_typing.type_check_only
 class VariableStoreAsyncStub(VariableStoreStub):
@@ -128,6 +132,10 @@ class VariableStoreAsyncStub(VariableStoreStub):
     """ExportSession streams a session's log."""
     ImportSession: _aio.StreamUnaryMultiCallable[_varstore_pb2.ImportSessionRequest, _varstore_pb2.ImportSessionResponse]  # type: ignore[assignment]
     """ImportSession rebuilds a session from an export, checking positions and types."""
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_varstore_pb2.GetServerInfoRequest, _varstore_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """What this server is and what it allows: its version and its limits (clients check
+    requests against these instead of constants of their own).
+    """
 
 class VariableStoreServicer(metaclass=_abc_1.ABCMeta):
     """VariableStore registers, reads and updates the typed variables of sessions."""
@@ -277,5 +285,15 @@ class VariableStoreServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_varstore_pb2.ImportSessionResponse, _abc.Awaitable[_varstore_pb2.ImportSessionResponse]]:
         """ImportSession rebuilds a session from an export, checking positions and types."""
+
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _varstore_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_varstore_pb2.GetServerInfoResponse, _abc.Awaitable[_varstore_pb2.GetServerInfoResponse]]:
+        """What this server is and what it allows: its version and its limits (clients check
+        requests against these instead of constants of their own).
+        """
 
 def add_VariableStoreServicer_to_server(servicer: VariableStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
