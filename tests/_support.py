@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -137,3 +138,16 @@ def npm_install(*specs: str) -> Path:
         if still:
             skip_or_fail(f"{shown} exited with 0 but left {' '.join(still)} missing")
     return node_modules
+
+
+class FakeWallClock:
+    """A wall clock (aware datetimes) that moves only when told to: the store's ``clock``."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

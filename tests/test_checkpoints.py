@@ -10,7 +10,8 @@ import sqlite3
 import tempfile
 import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,19 +73,26 @@ def test_a_restart_from_a_checkpoint_serves_what_a_full_fold_serves(
             full_fold.close()
 
 
+@contextmanager
+def restarted_with_checkpoint(db: Path, global_position: int, data: bytes) -> Iterator[Store]:
+    """A store started on ``db`` after its checkpoint was replaced by ``data``."""
+    recorder = SQLiteRecorder(db)
+    recorder.save_checkpoint(global_position, data)
+    restarted = Store(recorder)
+    try:
+        yield restarted
+    finally:
+        restarted.close()
+
+
 def test_a_checkpoint_of_another_format_is_ignored(tmp_path: Path) -> None:
     db = tmp_path / "log.db"
     store = Store(SQLiteRecorder(db))
     write_some(store, [1, 2, 3])
     before = store.published("s")
     store.close()
-    recorder = SQLiteRecorder(db)
-    recorder.save_checkpoint(10**6, b'{"format": 999}')
-    restarted = Store(recorder)
-    try:
+    with restarted_with_checkpoint(db, 10**6, b'{"format": 999}') as restarted:
         assert restarted.published("s") == before
-    finally:
-        restarted.close()
 
 
 def test_a_checkpoint_that_does_not_parse_is_ignored_and_the_log_folded(
@@ -95,15 +103,10 @@ def test_a_checkpoint_that_does_not_parse_is_ignored_and_the_log_folded(
     write_some(store, [1, 2, 3])
     before = store.published("s")
     store.close()
-    recorder = SQLiteRecorder(db)
-    recorder.save_checkpoint(4, b'{"format": 1, "sessions": [{"session_id": "s"')  # cut short
-    with caplog.at_level(logging.WARNING):
-        restarted = Store(recorder)
-    try:
+    cut_short = b'{"format": 1, "sessions": [{"session_id": "s"'
+    with caplog.at_level(logging.WARNING), restarted_with_checkpoint(db, 4, cut_short) as restarted:
         assert restarted.published("s") == before
-        assert "ignoring a checkpoint that does not parse" in caplog.text
-    finally:
-        restarted.close()
+    assert "ignoring a checkpoint that does not parse" in caplog.text
 
 
 def test_a_checkpoint_the_log_does_not_extend_is_ignored_and_the_log_folded(
@@ -119,17 +122,15 @@ def test_a_checkpoint_the_log_does_not_extend_is_ignored_and_the_log_folded(
         store.execute("s", command)
     before = store.published("s")
     store.close()
-    recorder = SQLiteRecorder(db)
     # States from an early cut under a later global position: the events after it do not
     # follow the states' positions, so the fold refuses them.
-    recorder.save_checkpoint(early_position + 2, encode_sessions(early))  # type: ignore[arg-type]
-    with caplog.at_level(logging.WARNING):
-        restarted = Store(recorder)
-    try:
+    stale = encode_sessions(early)  # type: ignore[arg-type]
+    with (
+        caplog.at_level(logging.WARNING),
+        restarted_with_checkpoint(db, early_position + 2, stale) as restarted,
+    ):
         assert restarted.published("s") == before
-        assert "ignoring the checkpoint" in caplog.text
-    finally:
-        restarted.close()
+    assert "ignoring the checkpoint" in caplog.text
 
 
 def test_checkpoints_taken_while_writers_commit_hold_a_consistent_cut(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 
 import pytest
+from _support import FakeWallClock
 
 from varstore.api import commands
 from varstore.api.store import Store, Written
@@ -35,19 +35,6 @@ class CountingRecorder(MemoryRecorder):
             self.fail_next = False
             raise RecorderError("disk on fire")
         return super().append_many(appends)
-
-
-class FakeClock:
-    """A wall clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def test_concurrent_writers_share_transactions() -> None:
@@ -112,7 +99,7 @@ def test_a_failed_append_publishes_nothing_and_reports_unavailable() -> None:
 
 
 def test_an_idle_session_expires_as_an_event() -> None:
-    clock = FakeClock()
+    clock = FakeWallClock()
     recorder = MemoryRecorder()
     store = Store(recorder, clock=clock)
     try:

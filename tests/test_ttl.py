@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from _support import FakeWallClock
 from servers import start_server_process, stub_for
 
 import varstore.eventstore.sqlite as sqlite_backend
@@ -21,22 +21,9 @@ from varstore.types import SessionNotFound
 from varstore.v1 import varstore_pb2 as pb
 
 
-class FakeClock:
-    """A wall clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> FakeWallClock:
+    return FakeWallClock()
 
 
 @pytest.fixture
@@ -44,7 +31,7 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "log.db"
 
 
-def open_store(db: Path, clock: FakeClock) -> Store:
+def open_store(db: Path, clock: FakeWallClock) -> Store:
     return Store(SQLiteRecorder(db), clock=clock)
 
 
@@ -56,7 +43,7 @@ def expiries(store: Store, session_id: str) -> int:
     )
 
 
-def test_a_restart_does_not_reset_a_sessions_idle_time(db: Path, clock: FakeClock) -> None:
+def test_a_restart_does_not_reset_a_sessions_idle_time(db: Path, clock: FakeWallClock) -> None:
     store = open_store(db, clock)
     store.execute("s", commands.CreateSession("s", ttl_seconds=10))
     clock.advance(6)
@@ -73,7 +60,7 @@ def test_a_restart_does_not_reset_a_sessions_idle_time(db: Path, clock: FakeCloc
         restarted.close()
 
 
-def test_a_read_before_a_restart_still_counts_after_it(db: Path, clock: FakeClock) -> None:
+def test_a_read_before_a_restart_still_counts_after_it(db: Path, clock: FakeWallClock) -> None:
     store = open_store(db, clock)
     store.execute("s", commands.CreateSession("s", ttl_seconds=10))
     clock.advance(8)
@@ -90,7 +77,7 @@ def test_a_read_before_a_restart_still_counts_after_it(db: Path, clock: FakeCloc
         restarted.close()
 
 
-def test_a_write_is_a_use_of_its_session(db: Path, clock: FakeClock) -> None:
+def test_a_write_is_a_use_of_its_session(db: Path, clock: FakeWallClock) -> None:
     store = open_store(db, clock)
     try:
         store.execute("s", commands.CreateSession("s", ttl_seconds=10))
@@ -105,7 +92,9 @@ def test_a_write_is_a_use_of_its_session(db: Path, clock: FakeClock) -> None:
         store.close()
 
 
-def test_an_expiry_is_written_once_however_often_it_is_swept(db: Path, clock: FakeClock) -> None:
+def test_an_expiry_is_written_once_however_often_it_is_swept(
+    db: Path, clock: FakeWallClock
+) -> None:
     store = open_store(db, clock)
     try:
         store.execute("s", commands.CreateSession("s", ttl_seconds=1))
@@ -119,7 +108,7 @@ def test_an_expiry_is_written_once_however_often_it_is_swept(db: Path, clock: Fa
 
 @pytest.fixture
 def two_stores(
-    db: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    db: Path, clock: FakeWallClock, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Store, Store]]:
     """Two stores on one log, as two servers would be (the lock file bypassed)."""
     monkeypatch.setattr(sqlite_backend, "_lock_exclusively", lambda path: os.open(os.devnull, 0))
@@ -132,7 +121,7 @@ def two_stores(
 
 
 def test_two_stores_sweeping_one_log_write_one_expiry(
-    two_stores: tuple[Store, Store], clock: FakeClock
+    two_stores: tuple[Store, Store], clock: FakeWallClock
 ) -> None:
     first, second = two_stores
     clock.advance(6)
