@@ -17,9 +17,10 @@ from grpc_reflection.v1alpha import reflection
 
 from varstore.api.interceptors import ErrorInterceptor
 from varstore.api.limits import Limits
+from varstore.api.ratelimit import RateLimitInterceptor
 from varstore.api.service import VariableStoreService
 from varstore.api.store import CHECKPOINT_EVERY, SNAPSHOT_EVERY, Store
-from varstore.api.watch import DEFAULT_MAX_WATCHERS, WatchHub
+from varstore.api.watch import WatchHub
 from varstore.eventstore import Recorder
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.v1 import varstore_pb2 as pb
@@ -37,13 +38,25 @@ SWEEP_INTERVAL = 1.0
 
 
 def open_recorder(db: str, sync: Literal["full", "normal"] = "full") -> Recorder:
-    """The recorder for a ``--db`` value: a SQLite file, or memory for ``:memory:``."""
+    """The recorder for a ``--db`` value: a PostgreSQL URL (``postgresql://...``), memory
+    for ``:memory:``, else a SQLite file."""
     if db == MEMORY:
         return MemoryRecorder()
+    from varstore.eventstore.postgres import PostgresRecorder, is_postgres_dsn
+
+    if is_postgres_dsn(db):
+        return PostgresRecorder(db)
     from varstore.eventstore.sqlite import SQLiteRecorder
 
     Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return SQLiteRecorder(Path(db).expanduser(), synchronous=sync)
+
+
+def _where(db: str, sync: str) -> str:
+    """Where the log is, as the start-up line says it (a DSN without its password)."""
+    from varstore.eventstore.postgres import describe_dsn, is_postgres_dsn
+
+    return describe_dsn(db) if is_postgres_dsn(db) else f"{db} (sync {sync})"
 
 
 @dataclass
@@ -87,24 +100,30 @@ def start_server(
     listen: str = "127.0.0.1:0",
     *,
     max_workers: int = 32,
-    max_watchers: int = DEFAULT_MAX_WATCHERS,
+    max_watchers: int | None = None,
     hub: WatchHub | None = None,
 ) -> RunningServer:
     """Start serving ``store`` on ``listen`` (port 0 picks a free port).
 
     Every open WatchSession stream holds a thread, so the pool has ``max_workers`` threads
     for the other calls plus one per watch the hub admits (``max_watchers``, or the given
-    ``hub``'s own limit).
+    ``hub``'s own limit; by default the store's ``limits.max_watchers``).
+
+    The store's limits also set the largest request (``max_message_bytes``: gRPC refuses a
+    larger one with RESOURCE_EXHAUSTED), how long a connection may be idle
+    (``idle_connection_seconds``) and each client's request rate
+    (``max_requests_per_second``, :class:`~varstore.api.ratelimit.RateLimitInterceptor`).
     """
     host, port = _split_listen(listen)
     hub = hub or WatchHub(store, max_watchers=max_watchers)
+    limits = store.limits
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=max_workers + hub.max_watchers, thread_name_prefix="varstore-rpc"
         ),
-        # Every handler's errors become statuses here, in one place.
-        interceptors=[ErrorInterceptor()],
-        options=[("grpc.so_reuseport", 0)],
+        # Every handler's errors become statuses here, in one place; then the rate limit.
+        interceptors=[ErrorInterceptor(), RateLimitInterceptor(limits.max_requests_per_second)],
+        options=[("grpc.so_reuseport", 0), *_limit_options(limits)],
     )
     pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)
     health_servicer = health.HealthServicer()
@@ -124,6 +143,14 @@ def start_server(
         target=_sweep, args=(store, stop), name="varstore-ttl-sweeper", daemon=True
     ).start()
     return RunningServer(server, store, health_servicer, host, bound, stop, hub)
+
+
+def _limit_options(limits: Limits) -> list[tuple[str, int]]:
+    """gRPC server options for the transport's limits (message size, idle connections)."""
+    options = [("grpc.max_receive_message_length", limits.max_message_bytes)]
+    if limits.idle_connection_seconds:
+        options.append(("grpc.max_connection_idle_ms", limits.idle_connection_seconds * 1000))
+    return options
 
 
 def _sweep(store: Store, stop: threading.Event) -> None:
@@ -162,7 +189,7 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    where = "memory" if db == MEMORY else f"{db} (sync {sync})"
+    where = "memory" if db == MEMORY else _where(db, sync)
     # Tools wait for this line; the address ends it.
     print(f"varstore (log in {where}) listening on {running.address}", flush=True)
     stopping.wait()

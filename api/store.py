@@ -372,7 +372,10 @@ class Store:
     def _run_group(self, jobs: list[_Job]) -> None:
         """Decide and commit ``jobs``, deciding again those whose session moved."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            decided = jobs
             jobs = self._attempt(jobs, self._write_context())
+            if attempt == 1:
+                jobs += self._refused_on_a_stale_state(decided)
             if not jobs:
                 return
             try:
@@ -397,6 +400,28 @@ class Store:
                             "current_position": str(state.position if state else 0),
                         },
                     )
+
+    def _refused_on_a_stale_state(self, decided: list[_Job]) -> list[_Job]:
+        """The refused jobs, made pending again, if the log holds events this store has not
+        applied (another server's): a refusal (not found, a version conflict) must come from
+        the log as it is, never from a state behind it. The loop catches up, then decides
+        them again. One cheap read of the log's head, only when something was refused."""
+        refused = [
+            job
+            for job in decided
+            if isinstance(job.error, VarstoreError) and not isinstance(job.error, InternalError)
+        ]
+        if not refused:
+            return []
+        try:
+            behind = self.recorder.last_global_position() > self.projector.global_position
+        except RecorderError:
+            return []  # the refusals stand on what this store has
+        if not behind:
+            return []
+        for job in refused:
+            job.error = None
+        return refused
 
     def _write_context(self) -> WriteContext:
         now = self._clock()

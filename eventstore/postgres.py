@@ -1,0 +1,430 @@
+"""A recorder on PostgreSQL: one log shared by several varstore servers.
+
+Tables live in one schema (``varstore`` by default): ``events`` (the log; one row per event,
+``UNIQUE (session_id, position)``), ``session_heads`` (each session's last position),
+``log_head`` (one row: the last global position), ``checkpoints``, ``touches`` and
+``schema_version``. The server creates and migrates them at start-up (ordered migrations,
+under an advisory lock so two servers starting at once do not race) and refuses a schema newer
+than it knows.
+
+**A global order tailers can never skip.** A sequence taken at insert time would let a reader
+pass a row that commits later with a smaller number (the trap the eventsourcing library's
+table lock exists for). Here an append transaction first locks the head rows of the sessions
+it writes (``SELECT ... FOR UPDATE``, in id order, so a stale expected position is refused
+before the global lock is taken), then moves the single ``log_head`` row by the number of
+events it inserts and takes its global positions from it. The head row stays locked until
+COMMIT, so the next transaction gets higher numbers only after this one is visible:
+global positions are gap-free and become visible in order. The unique key on
+``(session_id, position)`` is the last line of defence: two servers racing on one session
+cannot both win.
+
+One writer connection per recorder runs each :meth:`append_many` as one transaction (the
+store's group commit); reads take connections from a small pool. A broken connection is
+replaced on the next call (a restarted database, ``pg_terminate_backend``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import psycopg
+import psycopg.conninfo
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from varstore.eventstore.events import RecordedEvent
+from varstore.eventstore.recorder import (
+    Append,
+    AppendResult,
+    Conflict,
+    Recorded,
+    Recorder,
+    RecorderError,
+)
+from varstore.eventstore.rows import Fields, clamp, decode, encode, micros, moment
+
+__all__ = ["DEFAULT_SCHEMA", "PostgresRecorder", "describe_dsn", "is_postgres_dsn", "schema_of"]
+
+DEFAULT_SCHEMA: Final = "varstore"
+#: Rows read_all fetches per query.
+_CHUNK: Final = 1000
+_COLUMNS: Final = (
+    "global_position, session_id, position, type, schema_version, recorded_at_us, source,"
+    " metadata, payload"
+)
+#: Ordered migrations: the schema version each leaves behind is its index + 1.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE events (
+            global_position BIGINT PRIMARY KEY,
+            session_id      TEXT    NOT NULL,
+            position        BIGINT  NOT NULL,
+            type            TEXT    NOT NULL,
+            schema_version  BIGINT  NOT NULL,
+            recorded_at_us  BIGINT  NOT NULL,
+            source          TEXT    NOT NULL,
+            metadata        TEXT    NOT NULL,
+            payload         TEXT    NOT NULL,
+            UNIQUE (session_id, position)
+        )""",
+        "CREATE TABLE session_heads (session_id TEXT PRIMARY KEY, position BIGINT NOT NULL)",
+        """CREATE TABLE log_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1), global_position BIGINT NOT NULL
+        )""",
+        "INSERT INTO log_head (id, global_position) VALUES (1, 0)",
+        """CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY CHECK (id = 1), global_position BIGINT NOT NULL,
+            data BYTEA NOT NULL
+        )""",
+        "CREATE TABLE touches (session_id TEXT PRIMARY KEY, touched_at_us BIGINT NOT NULL)",
+    ),
+)
+#: The advisory lock key that serialises migrations across servers ("varstore" in ASCII).
+_MIGRATION_LOCK: Final = 0x7661727374_6F7265
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def is_postgres_dsn(db: str) -> bool:
+    """Whether a ``--db`` value names a PostgreSQL database (by its URL scheme)."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*([A-Za-z0-9_]+)")
+
+
+def schema_of(dsn: str) -> str:
+    """The schema a DSN asks for: the first entry of the ``search_path`` its ``options``
+    set (``...?options=-csearch_path%3Dmine``), else :data:`DEFAULT_SCHEMA`."""
+    try:
+        options = psycopg.conninfo.conninfo_to_dict(dsn).get("options") or ""
+    except psycopg.Error:
+        return DEFAULT_SCHEMA
+    found = _SEARCH_PATH.search(str(options))
+    return found.group(1).lower() if found else DEFAULT_SCHEMA
+
+
+def describe_dsn(dsn: str) -> str:
+    """A DSN as it may be shown: user, host, port and database, never a password."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "PostgreSQL (unreadable DSN)"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    where = f"{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"
+    return f"PostgreSQL {where}, schema {schema_of(dsn)}"
+
+
+class PostgresRecorder(Recorder):
+    """A recorder on the PostgreSQL database at ``dsn``, in ``schema`` (created if missing;
+    by default the one the DSN's ``search_path`` option names, else ``varstore``).
+
+    Raises:
+        RecorderError: the database cannot be reached, or holds a newer schema.
+        ValueError: ``schema`` is not a plain lower-case identifier.
+    """
+
+    def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = 4) -> None:
+        schema = schema_of(dsn) if schema is None else schema
+        if _SCHEMA_NAME.fullmatch(schema) is None:
+            raise ValueError(f"schema must be a lower-case SQL identifier, not {schema!r}")
+        self._dsn = dsn
+        self.schema = schema
+        self._closed = False
+        self._write_lock = threading.Lock()
+        self._writer: psycopg.Connection[Any] | None = None
+        with _translated("cannot open the PostgreSQL log"):
+            with self._connect() as conn:
+                self._migrate(conn)
+            self._pool = ConnectionPool(
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"autocommit": True},
+                configure=self._configure,
+                check=ConnectionPool.check_connection,
+                open=True,
+                name=f"varstore-{schema}",
+            )
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self._dsn, autocommit=True)
+        try:
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _writer_connection(self) -> psycopg.Connection[Any]:
+        """The writer connection, reconnected if the last one broke."""
+        if self._writer is None or self._writer.closed or self._writer.broken:
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = self._connect()
+        return self._writer
+
+    @contextlib.contextmanager
+    def _reading(self, action: str) -> Iterator[psycopg.Connection[Any]]:
+        self._check_open()
+        with _translated(action), self._pool.connection() as conn:
+            yield conn
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        """Apply the migrations this database lacks; refuse one from a newer varstore."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            version = int(row[0]) if row is not None and row[0] is not None else 0
+            if version > len(_MIGRATIONS):
+                raise RecorderError(
+                    f"the PostgreSQL log (schema {self.schema!r}) has schema version {version}; "
+                    f"this varstore supports up to version {len(_MIGRATIONS)}"
+                )
+            for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)  # type: ignore[arg-type]  # constant SQL
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+
+    # -- appending ------------------------------------------------------------------------
+
+    def append_many(self, appends: Sequence[Append]) -> list[AppendResult]:
+        """Record every append whose expected position holds, in one transaction (see
+        :meth:`Recorder.append_many` and the module docstring for the order it keeps)."""
+        encoded = [[encode(new, append.session_id) for new in append.events] for append in appends]
+        with self._write_lock, _translated("cannot append to the PostgreSQL log"):
+            self._check_open()
+            if not appends:
+                return []
+            conn = self._writer_connection()
+            with conn.transaction():
+                heads = self._lock_heads(conn, sorted({a.session_id for a in appends}))
+                planned = _plan(appends, encoded, heads)
+                count = sum(len(item) for item in planned if not isinstance(item, Conflict))
+                first = 0
+                if count:
+                    row = conn.execute(
+                        "UPDATE log_head SET global_position = global_position + %s "
+                        "RETURNING global_position",
+                        (count,),
+                    ).fetchone()
+                    assert row is not None
+                    first = int(row[0]) - count
+                rows = _numbered(planned, first)
+                if count:
+                    with conn.cursor() as cursor:
+                        cursor.executemany(
+                            f"INSERT INTO events ({_COLUMNS}) VALUES "
+                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                            [r for batch in rows for r in batch],
+                        )
+                    ends = {r[1]: r[2] for batch in rows for r in batch}
+                    conn.execute(
+                        "UPDATE session_heads SET position = moved.position FROM "
+                        "(SELECT unnest(%s::text[]) AS session_id, "
+                        "unnest(%s::bigint[]) AS position) AS moved "
+                        "WHERE session_heads.session_id = moved.session_id",
+                        (list(ends), list(ends.values())),
+                    )
+        numbered = iter(rows)
+        return [
+            item if isinstance(item, Conflict) else Recorded(tuple(map(decode, next(numbered))))
+            for item in planned
+        ]
+
+    @staticmethod
+    def _lock_heads(conn: psycopg.Connection[Any], session_ids: list[str]) -> dict[str, int]:
+        """Each session's last position, its head row locked until the transaction ends."""
+        conn.execute(
+            "INSERT INTO session_heads (session_id, position) "
+            "SELECT unnest(%s::text[]), 0 ON CONFLICT (session_id) DO NOTHING",
+            (session_ids,),
+        )
+        found = conn.execute(
+            "SELECT session_id, position FROM session_heads WHERE session_id = ANY(%s) "
+            "ORDER BY session_id FOR UPDATE",
+            (session_ids,),
+        ).fetchall()
+        return {str(sid): int(position) for sid, position in found}
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read_session(
+        self, session_id: str, from_position: int = 1, to_position: int | None = None
+    ) -> list[RecordedEvent]:
+        """A session's events within the bounds (see :meth:`Recorder.read_session`)."""
+        upper = clamp(to_position) if to_position is not None else clamp(2**63)
+        with self._reading("cannot read the PostgreSQL log") as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE session_id = %s "
+                "AND position BETWEEN %s AND %s ORDER BY position",
+                (session_id, clamp(from_position), upper),
+            ).fetchall()
+        return [decode(row) for row in rows]
+
+    def read_all(
+        self, after_global_position: int = 0, limit: int | None = None
+    ) -> Iterator[RecordedEvent]:
+        """Events after the given global position (see :meth:`Recorder.read_all`); lazy,
+        a query per chunk, no connection held between chunks."""
+        self._check_open()
+        return self._read_all(clamp(after_global_position), limit)
+
+    def _read_all(self, after: int, limit: int | None) -> Iterator[RecordedEvent]:
+        left = clamp(2**63) if limit is None else max(limit, 0)
+        while left > 0:
+            size = min(_CHUNK, left)
+            with self._reading("cannot read the PostgreSQL log") as conn:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE global_position > %s "
+                    "ORDER BY global_position LIMIT %s",
+                    (after, size),
+                ).fetchall()
+            yield from map(decode, rows)
+            if len(rows) < size:
+                return
+            after = rows[-1][0]
+            left -= len(rows)
+
+    def last_position(self, session_id: str) -> int:
+        """The position of a session's last event; 0 if it has none."""
+        with self._reading("cannot read the PostgreSQL log") as conn:
+            row = conn.execute(
+                "SELECT COALESCE(MAX(position), 0) FROM events WHERE session_id = %s",
+                (session_id,),
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def last_global_position(self) -> int:
+        """The highest global position; 0 while the log is empty."""
+        with self._reading("cannot read the PostgreSQL log") as conn:
+            row = conn.execute("SELECT COALESCE(MAX(global_position), 0) FROM events").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    # -- derived data ---------------------------------------------------------------------
+
+    def save_checkpoint(self, global_position: int, data: bytes) -> None:
+        """Keep one checkpoint row, replacing the previous one (see Recorder)."""
+        with self._reading("cannot save a checkpoint in the PostgreSQL log") as conn:
+            conn.execute(
+                "INSERT INTO checkpoints (id, global_position, data) VALUES (1, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET global_position = excluded.global_position, "
+                "data = excluded.data",
+                (global_position, bytes(data)),
+            )
+
+    def load_checkpoint(self) -> tuple[int, bytes] | None:
+        """The checkpoint row, or None (see Recorder)."""
+        with self._reading("cannot read the checkpoint of the PostgreSQL log") as conn:
+            row = conn.execute("SELECT global_position, data FROM checkpoints WHERE id = 1")
+            found = row.fetchone()
+        return (int(found[0]), bytes(found[1])) if found is not None else None
+
+    def drop_checkpoint(self) -> None:
+        """Delete the checkpoint row (see Recorder)."""
+        with self._reading("cannot drop the checkpoint of the PostgreSQL log") as conn:
+            conn.execute("DELETE FROM checkpoints")
+
+    def save_touches(self, touches: Mapping[str, datetime]) -> None:
+        """Upsert each session's latest use, keeping the later time (see Recorder)."""
+        rows = []
+        for session_id, when in touches.items():
+            if when.utcoffset() is None:
+                raise RecorderError(f"touch of {session_id!r} must be timezone-aware")
+            rows.append((session_id, micros(when)))
+        with (
+            self._reading("cannot record session use in the PostgreSQL log") as conn,
+            conn.cursor() as cursor,
+        ):
+            cursor.executemany(
+                "INSERT INTO touches (session_id, touched_at_us) VALUES (%s, %s) "
+                "ON CONFLICT (session_id) DO UPDATE SET touched_at_us = "
+                "GREATEST(touches.touched_at_us, excluded.touched_at_us)",
+                rows,
+            )
+
+    def load_touches(self) -> dict[str, datetime]:
+        """Every session's latest recorded use (see Recorder)."""
+        with self._reading("cannot read session use in the PostgreSQL log") as conn:
+            rows = conn.execute("SELECT session_id, touched_at_us FROM touches").fetchall()
+        return {str(sid): moment(int(us)) for sid, us in rows}
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the writer connection and the pool. Idempotent."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._writer is not None:
+                self._writer.close()
+            self._pool.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecorderError(f"recorder for the PostgreSQL log {self.schema!r} is closed")
+
+
+#: A row to insert before its global position is known: session_id, position, then Fields.
+_Planned = tuple[Any, ...]
+
+
+def _plan(
+    appends: Sequence[Append], encoded: list[list[Fields]], heads: dict[str, int]
+) -> list[list[_Planned] | Conflict]:
+    """Each append's rows (session positions after the locked heads), or its Conflict; an
+    append after a conflict in its session conflicts too (it was decided on the one before)."""
+    planned: list[list[_Planned] | Conflict] = []
+    last = dict(heads)
+    conflicted: set[str] = set()
+    for append, events in zip(appends, encoded, strict=True):
+        sid = append.session_id
+        if append.expected_position != last[sid] or sid in conflicted:
+            planned.append(Conflict(sid, append.expected_position, last[sid]))
+            conflicted.add(sid)
+            continue
+        planned.append([(sid, last[sid] + n, *fields) for n, fields in enumerate(events, 1)])
+        last[sid] += len(events)
+    return planned
+
+
+def _numbered(
+    planned: list[list[_Planned] | Conflict], first_global: int
+) -> list[list[tuple[Any, ...]]]:
+    """The recorded appends' rows with global positions from ``first_global + 1``."""
+    numbered: list[list[tuple[Any, ...]]] = []
+    global_position = first_global
+    for item in planned:
+        if isinstance(item, Conflict):
+            continue
+        batch = []
+        for row in item:
+            global_position += 1
+            batch.append((global_position, *row))
+        numbered.append(batch)
+    return numbered
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Re-raise psycopg errors as RecorderError: the one place that does. The message names
+    no host or password (the DSN never reaches a client)."""
+    try:
+        yield
+    except psycopg.Error as e:
+        raise RecorderError(f"{action}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
