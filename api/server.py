@@ -17,10 +17,9 @@ from grpc_reflection.v1alpha import reflection
 
 from varstore.api.interceptors import ErrorInterceptor
 from varstore.api.limits import Limits
-from varstore.api.ratelimit import RateLimitInterceptor
 from varstore.api.service import VariableStoreService
 from varstore.api.store import CHECKPOINT_EVERY, SNAPSHOT_EVERY, Store
-from varstore.api.watch import WatchHub
+from varstore.api.watch import DEFAULT_MAX_WATCHERS, WatchHub
 from varstore.eventstore import Recorder
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.v1 import varstore_pb2 as pb
@@ -100,30 +99,24 @@ def start_server(
     listen: str = "127.0.0.1:0",
     *,
     max_workers: int = 32,
-    max_watchers: int | None = None,
+    max_watchers: int = DEFAULT_MAX_WATCHERS,
     hub: WatchHub | None = None,
 ) -> RunningServer:
     """Start serving ``store`` on ``listen`` (port 0 picks a free port).
 
     Every open WatchSession stream holds a thread, so the pool has ``max_workers`` threads
     for the other calls plus one per watch the hub admits (``max_watchers``, or the given
-    ``hub``'s own limit; by default the store's ``limits.max_watchers``).
-
-    The store's limits also set the largest request (``max_message_bytes``: gRPC refuses a
-    larger one with RESOURCE_EXHAUSTED), how long a connection may be idle
-    (``idle_connection_seconds``) and each client's request rate
-    (``max_requests_per_second``, :class:`~varstore.api.ratelimit.RateLimitInterceptor`).
+    ``hub``'s own limit).
     """
     host, port = _split_listen(listen)
     hub = hub or WatchHub(store, max_watchers=max_watchers)
-    limits = store.limits
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=max_workers + hub.max_watchers, thread_name_prefix="varstore-rpc"
         ),
-        # Every handler's errors become statuses here, in one place; then the rate limit.
-        interceptors=[ErrorInterceptor(), RateLimitInterceptor(limits.max_requests_per_second)],
-        options=[("grpc.so_reuseport", 0), *_limit_options(limits)],
+        # Every handler's errors become statuses here, in one place.
+        interceptors=[ErrorInterceptor()],
+        options=[("grpc.so_reuseport", 0)],
     )
     pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)
     health_servicer = health.HealthServicer()
@@ -143,14 +136,6 @@ def start_server(
         target=_sweep, args=(store, stop), name="varstore-ttl-sweeper", daemon=True
     ).start()
     return RunningServer(server, store, health_servicer, host, bound, stop, hub)
-
-
-def _limit_options(limits: Limits) -> list[tuple[str, int]]:
-    """gRPC server options for the transport's limits (message size, idle connections)."""
-    options = [("grpc.max_receive_message_length", limits.max_message_bytes)]
-    if limits.idle_connection_seconds:
-        options.append(("grpc.max_connection_idle_ms", limits.idle_connection_seconds * 1000))
-    return options
 
 
 def _sweep(store: Store, stop: threading.Event) -> None:
