@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from varstore.api.limits import add_limit_flags, limits_from_flags
 from varstore.client.cli import add_client_commands, run_client_command
 
 __all__ = ["main"]
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "came after (default 10000)",
     )
     serve_cmd.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_limit_flags(serve_cmd)  # --max-sessions N, --idle-connection-seconds N, ...
     add_client_commands(commands)
     return parser
 
@@ -87,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.sync,
                 snapshot_every=args.snapshot_every,
                 checkpoint_every=args.checkpoint_every,
+                limits=limits_from_flags(args),
             )
         except (OSError, ValueError) as problem:
             print(f"varstore: {problem}", file=sys.stderr)

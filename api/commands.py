@@ -17,10 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar
 
-from varstore.api.limits import Limits
+from varstore.api.limits import Limits, exceeded
 from varstore.eventstore import schema
 from varstore.eventstore.events import EventType, NewEvent, RecordedEvent
 from varstore.projections import ProjectionError, SessionState, VariableState, apply_event
@@ -28,6 +28,7 @@ from varstore.types import (
     TYPE_NAMES,
     AlreadyExists,
     Constraints,
+    FailedPrecondition,
     LimitExceeded,
     PyValue,
     RuleViolation,
@@ -39,10 +40,12 @@ from varstore.types import (
     coerce,
     describe,
 )
+from varstore.types.constraints import UncheckablePattern
 
 __all__ = [
     "CLOCK_SKEW",
     "SCHEMA_VERSION",
+    "TIMESTAMP_SECONDS",
     "BatchResult",
     "Command",
     "CreateSession",
@@ -60,10 +63,12 @@ __all__ = [
     "WriteContext",
     "check_metadata",
     "check_name",
+    "check_range",
     "check_unused",
     "find_variable",
     "import_refusal",
     "live",
+    "valid_time",
 ]
 
 R_co = TypeVar("R_co", covariant=True)
@@ -73,10 +78,13 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]*")
 
 @dataclass(frozen=True, slots=True)
 class WriteContext:
-    """What a decision may depend on besides the state: the time and the limits."""
+    """What a decision may depend on besides the state: the time, the limits and how many
+    sessions are live (for ``max_sessions``; writes decided in one group commit see the
+    same count)."""
 
     now: datetime
     limits: Limits
+    live_sessions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,20 +130,63 @@ def check_name(name: str, limits: Limits, what: str = "variable name") -> None:
         raise ValidationError(text, violations={"name": text})
 
 
+def check_range(value: int, field: str, high: int | None = None, *, limit: str = "") -> None:
+    """INVALID_ARGUMENT naming ``field`` unless ``0 <= value`` (and ``value <= high``);
+    ``limit`` names the limit ``high`` comes from. Every numeric field of a request is
+    checked so before anything is looked up or written."""
+    if value >= 0 and (high is None or value <= high):
+        return
+    wanted = "0 or more" if high is None else f"from 0 to {high}"
+    text = f"{field} must be {wanted}, not {value}"
+    if limit and high is not None and value > high:
+        text += f" (the limit {limit})"
+    raise ValidationError(text, violations={field: text}, info={"field": field})
+
+
+#: The range a google.protobuf.Timestamp may hold, in seconds since the epoch:
+#: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_SECONDS: Final = (-62_135_596_800, 253_402_300_799)
+
+
+def valid_time(seconds: int, nanos: int, field: str) -> datetime:
+    """The aware datetime a Timestamp's parts stand for, or INVALID_ARGUMENT naming
+    ``field`` (nanos outside 0..999999999, seconds outside years 1 to 9999)."""
+    low, high = TIMESTAMP_SECONDS
+    if not 0 <= nanos <= 999_999_999:
+        problem = f"nanos must be 0 to 999999999, not {nanos}"
+    elif not low <= seconds <= high:
+        problem = f"seconds must be {low} to {high} (years 1 to 9999), not {seconds}"
+    else:
+        return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=nanos // 1000)
+    raise ValidationError(f"{field} is not a valid time: {problem}", violations={field: problem})
+
+
+def _check_room(ctx: WriteContext, session_id: str) -> None:
+    """RESOURCE_EXHAUSTED when one more live session would pass ``max_sessions``."""
+    if ctx.live_sessions >= ctx.limits.max_sessions:
+        raise exceeded(
+            "max_sessions",
+            ctx.limits.max_sessions,
+            f"cannot start session {describe(session_id)}: the server has "
+            f"{ctx.live_sessions} live sessions",
+        )
+
+
 def check_metadata(metadata: Mapping[str, str], limits: Limits) -> None:
     """RESOURCE_EXHAUSTED when metadata is larger than the limits allow."""
     if len(metadata) > limits.max_metadata_entries:
-        raise LimitExceeded(
-            f"metadata has {len(metadata)} entries; the limit is {limits.max_metadata_entries}",
-            info={"limit": str(limits.max_metadata_entries)},
+        raise exceeded(
+            "max_metadata_entries",
+            limits.max_metadata_entries,
+            f"metadata has {len(metadata)} entries",
         )
     for key, value in metadata.items():
         size = len(key.encode()) + len(value.encode())
         if size > limits.max_metadata_entry_bytes:
-            raise LimitExceeded(
-                f"metadata entry {key[:40]!r} is {size} bytes; "
-                f"the limit is {limits.max_metadata_entry_bytes}",
-                info={"limit": str(limits.max_metadata_entry_bytes)},
+            raise exceeded(
+                "max_metadata_entry_bytes",
+                limits.max_metadata_entry_bytes,
+                f"metadata entry {key[:40]!r} is {size} bytes",
             )
 
 
@@ -149,15 +200,22 @@ def _accepted_value(
     """``value`` coerced to the type and checked, or ValidationError naming the variable."""
     if value is None:
         raise ValidationError(f"variable {variable_name!r}: a value is required")
-    if isinstance(value, str) and len(value.encode()) > limits.max_string_bytes:
-        raise LimitExceeded(
-            f"variable {variable_name!r}: string of {len(value.encode())} bytes is above "
-            f"the limit of {limits.max_string_bytes}",
-            info={"limit": str(limits.max_string_bytes), "variable": variable_name},
+    # surrogatepass: a lone surrogate is measured here and refused by coerce, with its reason.
+    size = len(value.encode(errors="surrogatepass")) if isinstance(value, str) else 0
+    if size > limits.max_string_bytes:
+        raise exceeded(
+            "max_string_bytes",
+            limits.max_string_bytes,
+            f"variable {variable_name!r}: a string of {size} bytes",
+            variable=variable_name,
         )
     try:
         accepted = coerce(type_name, value)
         constraints.check(accepted)
+    except UncheckablePattern as problem:
+        raise FailedPrecondition(
+            f"variable {variable_name!r}: {problem}", info={"variable": variable_name}
+        ) from None
     except RuleViolation as problem:
         raise ValidationError(
             f"variable {variable_name!r}: {problem}", info={"variable": variable_name}
@@ -177,6 +235,8 @@ def find_variable(state: SessionState, identifier: str) -> VariableState:
 
 
 def _check_version(variable: VariableState, expected: int | None) -> None:
+    if expected is not None:
+        check_range(expected, "expected_version")
     if expected is not None and expected != variable.version:
         raise VersionConflict(
             f"variable {variable.name!r} is at version {variable.version}, "
@@ -220,13 +280,15 @@ class CreateSession:
     def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[SessionState]:
         check_name(self.session_id, ctx.limits, "session id")
         check_metadata(self.metadata, ctx.limits)
-        if self.ttl_seconds < 0:
-            raise ValidationError(f"ttl_seconds must be 0 or more, not {self.ttl_seconds}")
+        check_range(
+            self.ttl_seconds, "ttl_seconds", ctx.limits.max_ttl_seconds, limit="max_ttl_seconds"
+        )
         if state is not None and not state.deleted:
             raise AlreadyExists(
                 f"session {self.session_id!r} already exists",
                 info={"session_id": self.session_id},
             )
+        _check_room(ctx, self.session_id)
         payload = schema.SessionCreated(metadata=dict(self.metadata), ttl_seconds=self.ttl_seconds)
         event = _event(EventType.SESSION_CREATED, payload, ctx, self.source, {})
         return Decision([event], lambda after: live(after, self.session_id))
@@ -300,10 +362,10 @@ class RegisterVariable:
                 info={"session_id": self.session_id, "variable": self.name},
             )
         if len(session.variables) >= ctx.limits.max_variables_per_session:
-            raise LimitExceeded(
-                f"session {self.session_id!r} has {len(session.variables)} variables; "
-                f"the limit is {ctx.limits.max_variables_per_session}",
-                info={"limit": str(ctx.limits.max_variables_per_session)},
+            raise exceeded(
+                "max_variables_per_session",
+                ctx.limits.max_variables_per_session,
+                f"session {self.session_id!r} has {len(session.variables)} variables",
             )
         # The id is derived from the log, so a replay rebuilds the same id.
         variable_id = f"var_{self.name}_{session.position + 1}"
@@ -367,10 +429,11 @@ class SetVariables:
         session = live(state, self.session_id)
         check_metadata(self.metadata, ctx.limits)
         if len(self.updates) > ctx.limits.max_batch_size:
-            raise LimitExceeded(
-                f"batch has {len(self.updates)} updates; the limit is {ctx.limits.max_batch_size}",
-                info={"limit": str(ctx.limits.max_batch_size)},
+            raise exceeded(
+                "max_batch_size", ctx.limits.max_batch_size, f"batch has {len(self.updates)} updates"
             )
+        if self.expected_position is not None:
+            check_range(self.expected_position, "expected_position")
         if self.expected_position is not None and self.expected_position != session.position:
             raise VersionConflict(
                 f"session {self.session_id!r} is at position {session.position}, "
@@ -396,7 +459,8 @@ class SetVariables:
                 value = _accepted_value(
                     variable.name, variable.type, variable.constraints, raw, ctx.limits
                 )
-            except (ValidationError, VariableNotFound) as problem:  # LimitExceeded: whole call
+            except (ValidationError, VariableNotFound, FailedPrecondition) as problem:
+                # LimitExceeded refuses the whole call
                 errors[identifier] = problem.message
             else:
                 accepted[identifier] = (variable, value)
@@ -532,6 +596,7 @@ class ForkSession:
         check_name(self.session_id, ctx.limits, "session id")
         check_metadata(self.metadata, ctx.limits)
         check_unused(state, self.session_id)
+        _check_room(ctx, self.session_id)
         payload = schema.SessionForked(
             origin_session_id=self.origin_session_id, origin_position=self.origin_position
         )
@@ -549,6 +614,8 @@ class ImportSession:
     def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[SessionState]:
         """Every event, if the id was never used and no event is from the future."""
         check_unused(state, self.session_id)
+        if self.events and self.events[-1].type != EventType.SESSION_DELETED:
+            _check_room(ctx, self.session_id)  # the import leaves the session live
         latest = max(event.recorded_at for event in self.events)
         if latest > ctx.now + CLOCK_SKEW:
             raise ValidationError(

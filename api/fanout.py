@@ -41,9 +41,10 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from varstore.api.limits import Limits, exceeded
 from varstore.api.store import Store
 from varstore.eventstore.events import RecordedEvent
-from varstore.types import LimitExceeded, Unavailable
+from varstore.types import LimitExceeded, Unavailable, describe
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 #: Events a watched session's ring holds: how far a watcher may fall behind the writers.
 DEFAULT_BUFFER_SIZE: Final = 10_000
 #: Most watchers registered at once (each holds one server thread).
-DEFAULT_MAX_WATCHERS: Final = 256
+DEFAULT_MAX_WATCHERS: Final = Limits().max_watchers
 #: Events read from the recorder, or taken from the ring, at a time.
 PAGE_SIZE: Final = 256
 #: Watchers sending at once (see SendGate).
@@ -222,6 +223,8 @@ class FanOut:
             (``published``, ``recorder.read_session``).
         buffer_size: Events kept per watched session; a watcher further behind is dropped.
         max_watchers: Most watchers at once; one more is refused with LimitExceeded.
+        max_watchers_per_session: Most watchers of one session at once; one more is
+            refused with LimitExceeded (so one session cannot take every slot).
         stuck_after: Seconds a send may hang, once its watcher fell off the ring, before
             the janitor cancels it.
         send_slots: Watchers that may send at once (see :class:`SendGate`).
@@ -235,16 +238,22 @@ class FanOut:
         *,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
+        max_watchers_per_session: int | None = None,
         stuck_after: float = 1.0,
         send_slots: int = DEFAULT_SEND_SLOTS,
         send_lease: float = 0.2,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if buffer_size < 1 or max_watchers < 1 or send_slots < 1:
-            raise ValueError("buffer_size, max_watchers and send_slots must be at least 1")
+        per_session = max_watchers if max_watchers_per_session is None else max_watchers_per_session
+        if buffer_size < 1 or max_watchers < 1 or send_slots < 1 or per_session < 1:
+            raise ValueError(
+                "buffer_size, max_watchers, max_watchers_per_session and send_slots must be "
+                "at least 1"
+            )
         self._store = store
         self.buffer_size = buffer_size
         self.max_watchers = max_watchers
+        self.max_watchers_per_session = per_session
         self._stuck_after = stuck_after
         self.monotonic = monotonic
         # Lock order: _lock, then a ring's cond; never the other way round.
@@ -285,18 +294,27 @@ class FanOut:
 
         Raises:
             Unavailable: the fan-out is closed (server shutdown).
-            LimitExceeded: ``max_watchers`` are already registered.
+            LimitExceeded: ``max_watchers`` are already registered, or
+                ``max_watchers_per_session`` of this session.
         """
         with self._lock:
             if self._closed:
                 raise Unavailable("the server is shutting down")
             if self._count >= self.max_watchers:
-                raise LimitExceeded(
-                    f"too many watchers: this server streams at most {self.max_watchers} "
-                    "watches at once; retry later",
-                    info={"limit": str(self.max_watchers)},
+                raise exceeded(
+                    "max_watchers",
+                    self.max_watchers,
+                    f"too many watchers: this server streams {self._count} watches; retry later",
                 )
             ring = self._rings.get(session_id)
+            if ring is not None and len(ring.watchers) >= self.max_watchers_per_session:
+                raise exceeded(
+                    "max_watchers_per_session",
+                    self.max_watchers_per_session,
+                    f"too many watchers of session {describe(session_id)}: it has "
+                    f"{len(ring.watchers)} watches; retry later",
+                    session_id=session_id[:200],
+                )
             if ring is None:
                 ring = self._rings[session_id] = Ring(session_id, self.buffer_size)
             watcher = Watcher(ring, cancel)

@@ -44,7 +44,8 @@ __all__ = [
 
 #: Items per page when the request asks for 0.
 DEFAULT_PAGE_SIZE = 100
-#: Most items per page; a larger page_size is served as this.
+#: Most items per page by default (``Limits.max_page_size``); a larger page_size is
+#: served as the maximum.
 MAX_PAGE_SIZE = 1000
 #: Longest page token accepted; the tokens this module makes are under 200 characters.
 MAX_TOKEN_CHARS = 1024
@@ -64,14 +65,20 @@ class PositionCursor:
     end: int
 
 
-def page_size(asked: int) -> int:
-    """The page size to use: 0 means the default; never above the maximum."""
+def page_size(asked: int, maximum: int = MAX_PAGE_SIZE) -> int:
+    """The page size to use: 0 means the default (or ``maximum``, if smaller); a larger
+    one is served as ``maximum`` (the server's ``max_page_size``), as AIP-158 asks, so no
+    page is unbounded.
+
+    Raises:
+        ValidationError: a negative page size.
+    """
     if asked < 0:
         raise ValidationError(
             f"page_size must be 0 or more, not {asked}",
             violations={"page_size": "must be 0 or more"},
         )
-    return min(asked or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(asked or DEFAULT_PAGE_SIZE, maximum)
 
 
 def fingerprint(*parameters: str | int | bool | None) -> str:

@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import fnmatch
+import re
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,12 +29,11 @@ from types import MappingProxyType
 from typing import Generic, Protocol, TypeVar
 
 from varstore.api import paging
-from varstore.api.commands import find_variable
-from varstore.api.limits import Limits
+from varstore.api.commands import check_range, find_variable
+from varstore.api.limits import Limits, exceeded
 from varstore.eventstore import RecordedEvent
 from varstore.projections import Change, SessionHistory, SessionState, VariableState
 from varstore.types import (
-    LimitExceeded,
     PyValue,
     SessionNotFound,
     Unavailable,
@@ -168,11 +168,18 @@ class RollbackTarget:
 # -- sessions -----------------------------------------------------------------------------
 
 
+#: The latest time a Timestamp (and a datetime) can hold; a later expiry is shown as this.
+LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
 def describe_session(store: ReadableStore, state: SessionState) -> SessionSummary:
-    """``state`` with its expiry time (now plus the idle time it has left)."""
+    """``state`` with its expiry time (now plus the idle time it has left, at most
+    :data:`LATEST`: a log written by an older server may hold a TTL of any size)."""
     left = store.expires_in(state)
-    expires_at = None if left is None else datetime.now(UTC) + timedelta(seconds=left)
-    return SessionSummary(state, expires_at)
+    if left is None:
+        return SessionSummary(state, None)
+    now = datetime.now(UTC)
+    return SessionSummary(state, now + timedelta(seconds=min(left, (LATEST - now).total_seconds())))
 
 
 def get_session(store: ReadableStore, session_id: str) -> SessionSummary:
@@ -194,7 +201,7 @@ def list_sessions(
     Raises:
         ValidationError: a negative page size, or a token this request did not make.
     """
-    size = paging.page_size(page_size)
+    size = paging.page_size(page_size, store.limits.max_page_size)
     request = paging.fingerprint("sessions")
     after = paging.decode_key_token(request, page_token)
     states = store.sessions()
@@ -271,10 +278,7 @@ def get_variables(
     """
     limit = store.limits.max_batch_size
     if len(identifiers) > limit:
-        raise LimitExceeded(
-            f"{len(identifiers)} identifiers asked for; the limit is {limit}",
-            info={"limit": str(limit)},
-        )
+        raise exceeded("max_batch_size", limit, f"{len(identifiers)} identifiers asked for")
     state = session_at(store, session_id, at)
     found: dict[str, VariableState] = {}
     missing: list[str] = []
@@ -295,10 +299,14 @@ def list_variables(
     Raises:
         everything :func:`session_at` raises.
     """
+    # Bounded, and compiled for this call only: fnmatch's own cache keeps 32768 patterns.
+    longest = 4 * store.limits.max_name_length
+    if len(pattern) > longest:
+        text = f"pattern is {len(pattern)} characters long; at most {longest} are accepted"
+        raise ValidationError(text, violations={"pattern": text})
     state = session_at(store, session_id, at)
-    variables = tuple(
-        v for v in state.by_name() if not pattern or fnmatch.fnmatchcase(v.name, pattern)
-    )
+    matches = re.compile(fnmatch.translate(pattern)).match if pattern else None
+    variables = tuple(v for v in state.by_name() if matches is None or matches(v.name))
     return VariableList(state.session_id, state.position, variables)
 
 
@@ -346,7 +354,10 @@ def variable_history(
         SessionNotFound: the session never existed.
         VariableNotFound: no variable ever had that id or name in the session.
     """
-    size = paging.page_size(page_size)
+    check_range(from_version, "from_version")
+    if to_version is not None:
+        check_range(to_version, "to_version")
+    size = paging.page_size(page_size, store.limits.max_page_size)
     request = paging.fingerprint(
         "history", session_id, identifier, from_version, to_version, newest_first
     )
@@ -409,7 +420,9 @@ def read_events(
             f"from_position must be 0 or more, not {from_position}",
             violations={"from_position": "must be 0 or more"},
         )
-    size = paging.page_size(page_size)
+    if to_position is not None:
+        check_range(to_position, "to_position")
+    size = paging.page_size(page_size, store.limits.max_page_size)
     request = paging.fingerprint("events", session_id, from_position, to_position, backwards)
     cursor = paging.decode_position_token(request, page_token)
     end = _pinned_end(store, session_id, cursor)

@@ -8,17 +8,16 @@ from __future__ import annotations
 import importlib.metadata
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from varstore.api import commands, paging, queries, transfer
+from varstore.api import commands, queries, transfer
 from varstore.api.convert import header, session_to_proto, variable_to_proto
 from varstore.api.event_codec import change_to_proto, event_to_proto
 from varstore.api.store import Store
 from varstore.api.watch import WatchHub
-from varstore.types import ValidationError
 from varstore.types import from_proto as value_from_proto
 from varstore.types.constraints import Constraints
 from varstore.v1 import varstore_pb2 as pb
@@ -29,11 +28,6 @@ __all__ = ["VERSION", "VariableStoreService"]
 #: The varstore version this server runs.
 VERSION = importlib.metadata.version("varstore")
 
-#: The range a google.protobuf.Timestamp may hold: 0001-01-01T00:00:00Z to
-#: 9999-12-31T23:59:59.999999999Z.
-_MIN_SECONDS = -62_135_596_800
-_MAX_SECONDS = 253_402_300_799
-
 
 def _source(given: str, context: grpc.ServicerContext) -> str:
     return given or context.peer()
@@ -41,16 +35,7 @@ def _source(given: str, context: grpc.ServicerContext) -> str:
 
 def _moment(stamp: Timestamp, field: str) -> datetime:
     """An aware datetime for a Timestamp field, or INVALID_ARGUMENT naming the field."""
-    if not 0 <= stamp.nanos <= 999_999_999:
-        problem = f"nanos must be 0 to 999999999, not {stamp.nanos}"
-    elif not _MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS:
-        problem = (
-            f"seconds must be {_MIN_SECONDS} to {_MAX_SECONDS} (years 1 to 9999), "
-            f"not {stamp.seconds}"
-        )
-    else:
-        return stamp.ToDatetime(tzinfo=UTC)
-    raise ValidationError(f"{field} is not a valid time: {problem}", violations={field: problem})
+    return commands.valid_time(stamp.seconds, stamp.nanos, field)
 
 
 def _at(
@@ -343,13 +328,19 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
         return pb.GetServerInfoResponse(
             version=VERSION,
             limits=pb.ServerLimits(
+                max_message_bytes=limits.max_message_bytes,
                 max_name_length=limits.max_name_length,
                 max_string_bytes=limits.max_string_bytes,
                 max_variables_per_session=limits.max_variables_per_session,
                 max_batch_size=limits.max_batch_size,
+                max_sessions=limits.max_sessions,
+                max_watchers_per_session=self._hub.max_watchers_per_session,
                 max_watchers=self._hub.max_watchers,
-                max_page_size=paging.MAX_PAGE_SIZE,
+                max_page_size=limits.max_page_size,
                 max_metadata_entries=limits.max_metadata_entries,
                 max_metadata_entry_bytes=limits.max_metadata_entry_bytes,
+                idle_connection_seconds=limits.idle_connection_seconds,
+                max_requests_per_second=limits.max_requests_per_second,
+                max_ttl_seconds=limits.max_ttl_seconds,
             ),
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import grpc
@@ -31,9 +30,11 @@ from varstore.api.commands import (
     check_name,
     check_unused,
     import_refusal,
+    valid_time,
 )
 from varstore.api.convert import header, session_to_proto
 from varstore.api.event_codec import event_from_proto, event_to_proto
+from varstore.api.queries import describe_session
 from varstore.api.store import Store
 from varstore.eventstore.events import NewEvent, RecordedEvent
 from varstore.projections import SessionState
@@ -68,9 +69,7 @@ EXPORT_CHUNK_BYTES: Final = 1 << 20
 
 
 def _session_message(store: Store, state: SessionState) -> pb.Session:
-    left = store.expires_in(state)
-    expires_at = None if left is None else datetime.now(UTC) + timedelta(seconds=left)
-    return session_to_proto(state, expires_at)
+    return session_to_proto(state, describe_session(store, state).expires_at)
 
 
 # -- fork --------------------------------------------------------------------------------------
@@ -203,6 +202,11 @@ def _decoded(message: pb.Event) -> RecordedEvent:
     """
     if not message.HasField("recorded_at"):
         raise import_refusal(message.position, message.type, "recorded_at is missing")
+    stamp = message.recorded_at
+    try:
+        valid_time(stamp.seconds, stamp.nanos, "recorded_at")
+    except ValidationError as problem:
+        raise import_refusal(message.position, message.type, problem.message) from None
     if message.schema_version not in (0, SCHEMA_VERSION):
         raise import_refusal(
             message.position, message.type, f"unknown schema version {message.schema_version}"

@@ -61,10 +61,10 @@ from varstore.api.fanout import (
     FanOut,
     Watcher,
 )
+from varstore.api.limits import exceeded
 from varstore.api.store import Store
 from varstore.eventstore.events import RecordedEvent
 from varstore.types import (
-    LimitExceeded,
     OutOfRange,
     SessionNotFound,
     ValidationError,
@@ -106,7 +106,10 @@ class WatchHub:
     Args:
         store: The store to watch (the fan-out subscribes to it once).
         buffer_size: Events kept per watched session; a watcher further behind is dropped.
-        max_watchers: Most open watches; one more is refused with RESOURCE_EXHAUSTED.
+        max_watchers: Most open watches; one more is refused with RESOURCE_EXHAUSTED
+            (None: the store's ``limits.max_watchers``).
+        max_watchers_per_session: Most open watches of one session (None: the store's
+            ``limits.max_watchers_per_session``).
         stuck_after: Seconds a send may hang, once its watcher fell off the ring, before
             the janitor cancels the call.
         send_slots: Watch streams that may send at once (see ``fanout.SendGate``).
@@ -119,7 +122,8 @@ class WatchHub:
         store: Store,
         *,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
-        max_watchers: int = DEFAULT_MAX_WATCHERS,
+        max_watchers: int | None = None,
+        max_watchers_per_session: int | None = None,
         stuck_after: float = 1.0,
         send_slots: int = DEFAULT_SEND_SLOTS,
         send_lease: float = 0.2,
@@ -130,7 +134,12 @@ class WatchHub:
         self._fanout = FanOut(
             store,
             buffer_size=buffer_size,
-            max_watchers=max_watchers,
+            max_watchers=store.limits.max_watchers if max_watchers is None else max_watchers,
+            max_watchers_per_session=(
+                store.limits.max_watchers_per_session
+                if max_watchers_per_session is None
+                else max_watchers_per_session
+            ),
             stuck_after=stuck_after,
             send_slots=send_slots,
             send_lease=send_lease,
@@ -150,6 +159,11 @@ class WatchHub:
     def max_watchers(self) -> int:
         """Most watches open at once."""
         return self._fanout.max_watchers
+
+    @property
+    def max_watchers_per_session(self) -> int:
+        """Most watches of one session open at once."""
+        return self._fanout.max_watchers_per_session
 
     @property
     def watcher_count(self) -> int:
@@ -176,10 +190,7 @@ class WatchHub:
         interval = self._interval(request)
         limit = self._store.limits.max_batch_size
         if len(wanted) > limit:
-            raise LimitExceeded(
-                f"{len(wanted)} variables to watch; the limit is {limit}",
-                info={"limit": str(limit)},
-            )
+            raise exceeded("max_batch_size", limit, f"{len(wanted)} variables to watch")
         if request.from_position < 0:
             raise ValidationError(f"from_position must be 0 or more, not {request.from_position}")
         if self._store.published(session_id) is None:

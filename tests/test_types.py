@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from varstore.types import errors
-from varstore.types.constraints import MAX_PATTERN_LENGTH, Constraints
+from varstore.types.constraints import MAX_PATTERN_LENGTH, Constraints, UncheckablePattern
 from varstore.types.errors import (
     DeadlineExceeded,
     InternalError,
@@ -226,10 +226,51 @@ def test_for_type_rejects_min_length_above_max_length() -> None:
         Constraints.for_type("string", {"min_length": 4, "max_length": 2})
 
 
-@pytest.mark.parametrize("pattern", ["[a", "(", "a**", "(?P<x>a)(?P<x>b)"])
-def test_for_type_rejects_a_pattern_that_is_not_a_valid_regex(pattern: str) -> None:
-    with pytest.raises(RuleViolation, match="is not a valid regex"):
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        pytest.param("[a", id="unclosed-class"),
+        pytest.param("(", id="unclosed-group"),
+        pytest.param("a**", id="repeated-repeat"),
+        pytest.param(r"(a)\1", id="backreference"),
+        pytest.param("(?=a)a", id="lookahead"),
+        pytest.param("(?<!a)b", id="lookbehind"),
+        pytest.param(r"a\Z", id="python-end-anchor"),
+        pytest.param("a{1001}", id="repeat-over-1000"),
+        pytest.param("((a{100}){100}){100}", id="nested-repeat-too-large"),
+    ],
+)
+def test_for_type_rejects_a_pattern_that_re2_cannot_compile(pattern: str) -> None:
+    with pytest.raises(RuleViolation, match="is not a valid RE2 regex"):
         Constraints.for_type("string", {"pattern": pattern})
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value"),
+    [
+        pytest.param("(a+)+$", "a" * 100_000 + "!", id="nested-quantifier"),
+        pytest.param("(a|aa)+$", "a" * 100_000 + "!", id="overlapping-alternation"),
+        pytest.param("(.*a){20}", "a" * 10_000, id="many-wildcards"),
+        pytest.param("(x+x+)+y", "x" * 100_000, id="exponential-in-python"),
+    ],
+)
+def test_checking_a_value_against_a_backtracking_pattern_takes_linear_time(
+    pattern: str, value: str
+) -> None:
+    # Python's re takes longer than the age of the universe on each of these; RE2 answers
+    # in milliseconds (the test's own timeout is the bound).
+    rules = Constraints.for_type("string", {"pattern": pattern})
+    with pytest.raises(RuleViolation, match="does not match pattern"):
+        rules.check(value[:-1] + "!" if value.endswith("a") else value + "!")
+
+
+def test_a_pattern_from_an_older_log_that_re2_cannot_compile_checks_no_value() -> None:
+    # trusted() is how replay builds rules, so the old log still folds.
+    rules = Constraints.trusted({"pattern": r"(a)\1"})
+    assert rules.pattern == r"(a)\1"
+    with pytest.raises(UncheckablePattern, match="register it again with an RE2 pattern"):
+        rules.check("aa")
+    assert isinstance(UncheckablePattern("x"), RuleViolation)
 
 
 def test_for_type_rejects_a_pattern_longer_than_the_limit() -> None:

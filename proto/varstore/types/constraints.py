@@ -1,18 +1,28 @@
-"""Constraints: what they mean, which types they apply to, and how a value is checked."""
+"""Constraints: what they mean, which types they apply to, and how a value is checked.
+
+Patterns are RE2 regular expressions (google-re2): matching takes time linear in the
+value's length whatever the pattern, so no pattern can make a write slow (Python's ``re``
+backtracks: ``(a+)+$`` against ``"a" * 30 + "!"`` takes minutes). RE2 is Python's syntax
+without backreferences and look-around (and ``\\Z`` is spelled ``\\z``); a pattern RE2
+cannot compile is refused when the rule is made. A pattern in an older log that only
+Python's ``re`` understood still folds (replay never compiles it), but no value can be
+checked against it: :meth:`Constraints.check` raises :class:`UncheckablePattern`.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import re2
+
 from varstore.types.values import PyValue, RuleViolation, coerce, describe, from_proto, to_proto
 from varstore.v1 import varstore_pb2 as pb
 
-__all__ = ["MAX_PATTERN_LENGTH", "Constraints"]
+__all__ = ["MAX_PATTERN_LENGTH", "Constraints", "UncheckablePattern"]
 
 #: Largest min_length or max_length (the message field is a uint32).
 MAX_LENGTH = 2**32 - 1
@@ -23,9 +33,29 @@ MAX_PATTERN_LENGTH = 1000
 _NUMERIC = ("float", "integer")
 
 
+class UncheckablePattern(RuleViolation):
+    """A pattern kept in the log (written by an older server) that RE2 cannot compile: a
+    value cannot be checked against it, so no value can be accepted."""
+
+
+def _options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is an answer, not a line on stderr
+    return options
+
+
+_OPTIONS = _options()
+
+
 @functools.lru_cache(maxsize=1024)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _compiled(pattern: str) -> Any:
+    """``pattern`` compiled by RE2 (cached), or RuleViolation saying why it cannot be."""
+    try:
+        return re2.compile(pattern, _OPTIONS)
+    except re2.error as bad:
+        reason = bad.args[0] if bad.args else bad
+        text = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        raise RuleViolation(f"pattern {pattern!r} is not a valid RE2 regex: {text}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +159,7 @@ class Constraints:
                     f"pattern is {len(self.pattern)} characters long; "
                     f"the limit is {MAX_PATTERN_LENGTH}"
                 )
-            try:
-                _compiled(self.pattern)
-            except re.error as bad:
-                raise RuleViolation(
-                    f"pattern {self.pattern!r} is not a valid regex: {bad}"
-                ) from None
+            _compiled(self.pattern)
 
     # -- checking -------------------------------------------------------------------------
 
@@ -158,7 +183,7 @@ class Constraints:
                 raise RuleViolation(f"length {length} is below minimum length {self.min_length}")
             if self.max_length is not None and length > self.max_length:
                 raise RuleViolation(f"length {length} is above maximum length {self.max_length}")
-            if self.pattern is not None and _compiled(self.pattern).fullmatch(value) is None:
+            if self.pattern is not None and _matcher(self.pattern).fullmatch(value) is None:
                 raise RuleViolation(
                     f"value {describe(value)} does not match pattern {self.pattern!r}"
                 )
@@ -184,6 +209,18 @@ class Constraints:
             if value is not None:
                 setattr(message, name, value)
         return message
+
+
+def _matcher(pattern: str) -> Any:
+    """The compiled ``pattern`` of a rule already made (maybe by an older server)."""
+    try:
+        return _compiled(pattern)
+    except RuleViolation as problem:
+        raise UncheckablePattern(
+            f"{problem}; it was accepted by an older server (Python regex), but values can "
+            "no longer be checked against it: delete the variable and register it again "
+            "with an RE2 pattern"
+        ) from None
 
 
 def _choice(type_name: str, value: object) -> PyValue:
