@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from varstore.api.commands import Command, ExpireSession, WriteContext, live
-from varstore.api.limits import Limits
+from varstore.api.limits import Limits, LiveSessions
 from varstore.api.projector import Listener, Projector
 from varstore.eventstore import (
     Append,
@@ -150,6 +150,9 @@ class Store:
         self._checkpoint_lock = threading.Lock()
         self._checkpointed = 0
         self._start()
+        # Live sessions, for max_sessions: counted once here, then by a listener.
+        self.live_sessions = LiveSessions(self.projector.states().values())
+        self.subscribe(self.live_sessions.on_commit)
         self._stop = threading.Event()
         self._maintainer = threading.Thread(
             target=self._maintain_until_closed,
@@ -427,7 +430,7 @@ class Store:
         now = self._clock()
         if now.timestamp() < self._last_time:  # the wall clock stepped back: keep order
             now = datetime.fromtimestamp(self._last_time, UTC)
-        return WriteContext(now=now, limits=self.limits)
+        return WriteContext(now=now, limits=self.limits, live_sessions=self.live_sessions.count)
 
     def _attempt(self, jobs: list[_Job], ctx: WriteContext) -> list[_Job]:
         """Decide every job and commit what was accepted; returns the jobs to decide again
