@@ -48,11 +48,14 @@ from varstore.eventstore import (
     RecorderError,
 )
 from varstore.projections import (
+    Checkpoint,
+    CheckpointRejected,
+    LogMark,
     SessionHistory,
     SessionState,
     apply_event,
-    decode_sessions,
-    encode_sessions,
+    open_checkpoint,
+    seal_checkpoint,
 )
 from varstore.types import (
     CommitOutcomeUnknown,
@@ -78,6 +81,9 @@ CHECKPOINT_EVERY = 10_000
 MAX_ATTEMPTS = 4
 #: Seconds between two rounds of the maintenance thread (checkpoints, durable touches).
 MAINTENANCE_INTERVAL = 0.5
+#: The session id of the touch row that probes whether the log can be written: no session
+#: can have it (ids are 1 to 128 characters), so start-up ignores the row.
+_PROBE = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +155,11 @@ class Store:
         self._unsaved: set[str] = set()
         self._checkpoint_lock = threading.Lock()
         self._checkpointed = 0
+        # Whether the log can be written, as the last append or probe found; listeners hear
+        # every change (the server's health follows it).
+        self._writable = True
+        self._writable_listeners: list[Callable[[bool], None]] = []
+        self._commit_observers: list[Callable[[int, float], None]] = []
         self._start()
         # Live sessions, for max_sessions: counted once here, then by a listener.
         self.live_sessions = LiveSessions(self.projector.states().values())
@@ -271,14 +282,62 @@ class Store:
 
     def checkpoint(self) -> None:
         """Save a checkpoint of every session's state now, from one consistent cut (start-up
-        then folds only what comes after it). A failure costs only start-up time."""
+        then folds only what comes after it), sealed with a checksum and the mark of the
+        last event it folds. A failure costs only start-up time."""
         with self._checkpoint_lock:
             global_position, states = self.projector.cut()
             try:
-                self.recorder.save_checkpoint(global_position, encode_sessions(states))
+                mark = self._mark_at(global_position)
+                self.recorder.save_checkpoint(global_position, seal_checkpoint(mark, states))
                 self._checkpointed = global_position
             except RecorderError:
                 log.exception("checkpoint at global position %d failed", global_position)
+
+    @property
+    def writable(self) -> bool:
+        """Whether the log could be written the last time an append or probe tried."""
+        return self._writable
+
+    def watch_writable(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener`` with True or False whenever the log becomes writable or stops
+        being so (on the thread that found out). The server's health follows it."""
+        self._writable_listeners.append(listener)
+
+    def observe_commits(self, observer: Callable[[int, float], None]) -> None:
+        """Call ``observer(appends, seconds)`` after every group commit's append that
+        returned (metrics: the group's size and the append's latency)."""
+        self._commit_observers.append(observer)
+
+    def probe_writable(self) -> bool:
+        """Try a small real write beside the log (a touch row no session can own) and
+        record what it shows; True if it was written."""
+        try:
+            self.recorder.save_touches({_PROBE: self._clock()})
+        except RecorderError as problem:
+            if self._writable:
+                log.warning("the event log cannot be written: %s", problem)
+            self._set_writable(False)
+            return False
+        self._set_writable(True)
+        return True
+
+    def _set_writable(self, writable: bool) -> None:
+        if writable == self._writable:
+            return
+        self._writable = writable
+        if writable:
+            log.warning("the event log can be written again")
+        for listener in list(self._writable_listeners):
+            listener(writable)
+
+    def _mark_at(self, global_position: int) -> LogMark | None:
+        """The mark of the event at ``global_position`` (None for 0, the empty log)."""
+        if global_position == 0:
+            return None
+        found = next(iter(self.recorder.read_all(global_position - 1, 1)), None)
+        if found is None or found.global_position != global_position:
+            raise RecorderError(f"the log holds no event at global position {global_position}")
+        return LogMark.of(found)
 
     def close(self, timeout: float = 10.0) -> None:
         """Refuse new writes, wait (up to ``timeout`` s) for the group being committed,
@@ -302,24 +361,53 @@ class Store:
 
     def _start(self) -> None:
         """Published states at start-up: the latest checkpoint, plus the fold of the events
-        after it (or of the whole log, without a usable checkpoint)."""
-        checkpoint: tuple[int, dict[str, SessionState]] | None = None
-        saved = self.recorder.load_checkpoint()
-        if saved is not None:
-            try:
-                decoded = decode_sessions(saved[1])
-            except (ValueError, KeyError, TypeError) as problem:
-                log.warning("ignoring a checkpoint that does not parse (%s)", problem)
-                decoded = None
-            if decoded is not None:
-                checkpoint = (saved[0], decoded)
-        self.projector.start(checkpoint)
-        self._checkpointed = saved[0] if checkpoint is not None and saved is not None else 0
+        after it (or of the whole log, without a checkpoint it can trust)."""
+        checkpoint = self._trusted_checkpoint()
+        self.projector.start(
+            (checkpoint.global_position, checkpoint.sessions) if checkpoint is not None else None
+        )
+        self._checkpointed = checkpoint.global_position if checkpoint is not None else 0
         states = self.projector.states()
         self._touches = {
             sid: moment for sid, moment in self.recorder.load_touches().items() if sid in states
         }
         self._last_time = max((s.updated_at.timestamp() for s in states.values()), default=0.0)
+
+    def _trusted_checkpoint(self) -> Checkpoint | None:
+        """The saved checkpoint if it can be trusted: it reads, its checksum matches, its
+        row and content name one global position, and the log still holds the very event
+        it marks there. Otherwise None, with a warning (start-up folds the whole log)."""
+        try:
+            saved = self.recorder.load_checkpoint()
+        except RecorderError as problem:
+            log.warning("ignoring the checkpoint: it cannot be read (%s); folding the log", problem)
+            return None
+        if saved is None:
+            return None
+        position, data = saved
+        try:
+            checkpoint = open_checkpoint(data)
+            if checkpoint.global_position != position:
+                raise CheckpointRejected(
+                    f"its row says global position {position}, its content "
+                    f"{checkpoint.global_position}"
+                )
+            mark = checkpoint.mark
+            if mark is not None and self._mark_at_or_none(mark.global_position) != mark:
+                raise CheckpointRejected(
+                    f"the log does not hold the event it marks at global position "
+                    f"{mark.global_position}"
+                )
+        except CheckpointRejected as problem:
+            log.warning("ignoring the checkpoint: %s; folding the whole log", problem)
+            return None
+        return checkpoint
+
+    def _mark_at_or_none(self, global_position: int) -> LogMark | None:
+        try:
+            return self._mark_at(global_position)
+        except RecorderError:
+            return None
 
     def _touch(self, session_id: str, moment: datetime) -> None:
         known = self._touches.get(session_id)
@@ -335,7 +423,10 @@ class Store:
                 log.exception("maintenance failed")
 
     def _maintain(self) -> None:
-        """One round: save the sessions' last uses, and a checkpoint if one is due."""
+        """One round: save the sessions' last uses, and a checkpoint if one is due; while
+        the log cannot be written, only probe whether it can again."""
+        if not self._writable and not self.probe_writable():
+            return
         unsaved, self._unsaved = self._unsaved, set()
         if unsaved:
             touches = {sid: self._touches[sid] for sid in unsaved if sid in self._touches}
@@ -344,6 +435,8 @@ class Store:
             except RecorderError:
                 self._unsaved |= unsaved  # try again next round
                 log.exception("could not record the last use of %d sessions", len(touches))
+                self._set_writable(False)
+                return
         if self.projector.global_position - self._checkpointed >= self.checkpoint_every:
             self.checkpoint()
 
@@ -482,9 +575,15 @@ class Store:
         writing = [item for item in accepted if item.append.events]
         if writing:
             try:
+                started = time.perf_counter()
                 results = self.recorder.append_many([item.append for item in writing])
             except RecorderError as failure:
+                self._set_writable(False)
                 return self._settle_unknown(accepted, writing, failure)
+            elapsed = time.perf_counter() - started
+            self._set_writable(True)
+            for observe in self._commit_observers:
+                observe(len(writing), elapsed)
         else:
             results = []
         retry: list[_Job] = []

@@ -3,18 +3,27 @@
 from varstore.projections.fold import ProjectionError, apply_event, replay
 from varstore.projections.history import Change, SessionHistory
 from varstore.projections.index import SessionIndex
-from varstore.projections.snapshot import decode_sessions, encode_sessions
+from varstore.projections.snapshot import (
+    Checkpoint,
+    CheckpointRejected,
+    LogMark,
+    open_checkpoint,
+    seal_checkpoint,
+)
 from varstore.projections.state import SessionState, VariableState
 
 __all__ = [
     "Change",
+    "Checkpoint",
+    "CheckpointRejected",
+    "LogMark",
     "ProjectionError",
     "SessionHistory",
     "SessionIndex",
     "SessionState",
     "VariableState",
     "apply_event",
-    "decode_sessions",
-    "encode_sessions",
+    "open_checkpoint",
     "replay",
+    "seal_checkpoint",
 ]

@@ -70,6 +70,7 @@ def _session_created(event: RecordedEvent) -> SessionState:
         created_at=event.recorded_at,
         updated_at=event.recorded_at,
         position=event.position,
+        created_position=event.position,
     )
 
 

@@ -1,21 +1,150 @@
-"""Session states as JSON, for checkpoints: start-up loads the latest checkpoint and
-folds only the events after it. The encoding is private to this server version: a
-checkpoint it cannot read is ignored (the log is folded from the start instead)."""
+"""Checkpoints: every session's state as JSON, sealed with a checksum and the mark of the
+log position it folds, so that start-up can trust it or ignore it, never misread it.
+
+Layout (one header line, then the body)::
+
+    varstore-checkpoint sha256=<hex digest of the body>\\n
+    {"format": 2, "mark": {...} | null, "sessions": [...]}
+
+The mark names the last event folded in: its global position, session, position and
+recording time. A checkpoint is used only if the checksum matches its body (a changed
+digit, a cut-short row: rejected) and the log still holds that very event at that global
+position (a checkpoint of another log, or of a log since cut short: rejected). The
+encoding is private to this server version: another format is rejected, not misread.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from varstore.eventstore import RecordedEvent
 from varstore.projections.state import SessionState, VariableState
 from varstore.types import Constraints
 
-__all__ = ["CHECKPOINT_FORMAT", "decode_sessions", "encode_sessions"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "CheckpointRejected",
+    "LogMark",
+    "open_checkpoint",
+    "seal_checkpoint",
+]
 
-#: Bumped whenever the encoding changes; other formats are ignored, not misread.
-CHECKPOINT_FORMAT = 1
+#: Bumped whenever the encoding changes; other formats are rejected, not misread.
+CHECKPOINT_FORMAT = 2
+_HEADER = b"varstore-checkpoint sha256="
+
+
+class CheckpointRejected(ValueError):
+    """A checkpoint that cannot be trusted; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogMark:
+    """The last event a checkpoint folds: what identifies the log at that position."""
+
+    global_position: int
+    session_id: str
+    position: int
+    recorded_at: datetime
+
+    @classmethod
+    def of(cls, event: RecordedEvent) -> LogMark:
+        """The mark of ``event``."""
+        return cls(event.global_position, event.session_id, event.position, event.recorded_at)
+
+    def _to_json(self) -> dict[str, Any]:
+        return {
+            "global_position": self.global_position,
+            "session_id": self.session_id,
+            "position": self.position,
+            "recorded_at": self.recorded_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Every session's state (deleted ones included) as of ``mark`` (None: the empty log)."""
+
+    mark: LogMark | None
+    sessions: dict[str, SessionState]
+
+    @property
+    def global_position(self) -> int:
+        """The global position the checkpoint folds up to (0 for the empty log)."""
+        return self.mark.global_position if self.mark is not None else 0
+
+
+def seal_checkpoint(mark: LogMark | None, sessions: Mapping[str, SessionState]) -> bytes:
+    """The sealed bytes of a checkpoint of ``sessions`` folded up to ``mark``."""
+    body = json.dumps(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "mark": mark._to_json() if mark is not None else None,
+            "sessions": [_session(state) for state in sessions.values()],
+        },
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()
+    return _HEADER + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def open_checkpoint(data: bytes) -> Checkpoint:
+    """The checkpoint ``data`` holds, once its checksum and format are checked.
+
+    Raises:
+        CheckpointRejected: not a sealed checkpoint, a checksum that does not match, another
+            format, or a body that does not decode.
+    """
+    header, newline, body = bytes(data).partition(b"\n")
+    if not newline or not header.startswith(_HEADER):
+        raise CheckpointRejected("it is not a sealed checkpoint")
+    expected = header[len(_HEADER) :]
+    if not hmac.compare_digest(expected, hashlib.sha256(body).hexdigest().encode()):
+        raise CheckpointRejected("its checksum does not match its content")
+    try:
+        document = json.loads(body)
+        if document.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointRejected(f"it has format {document.get('format')!r}")
+        raw_mark = document["mark"]
+        mark = (
+            LogMark(
+                int(raw_mark["global_position"]),
+                str(raw_mark["session_id"]),
+                int(raw_mark["position"]),
+                datetime.fromisoformat(raw_mark["recorded_at"]),
+            )
+            if raw_mark is not None
+            else None
+        )
+        sessions = {raw["session_id"]: _state(raw) for raw in document["sessions"]}
+    except CheckpointRejected:
+        raise
+    except Exception as problem:  # derived data: any shape the checksum let through
+        raise CheckpointRejected(
+            f"it does not decode ({type(problem).__name__}: {problem})"
+        ) from problem
+    return Checkpoint(mark, sessions)
+
+
+def _session(state: SessionState) -> dict[str, Any]:
+    return {
+        "session_id": state.session_id,
+        "metadata": dict(state.metadata),
+        "ttl_seconds": state.ttl_seconds,
+        "created_at": state.created_at.isoformat(),
+        "updated_at": state.updated_at.isoformat(),
+        "position": state.position,
+        "created_position": state.created_position,
+        "deleted": state.deleted,
+        "variables": [_variable(v) for v in state.variables.values()],
+    }
 
 
 def _variable(variable: VariableState) -> dict[str, Any]:
@@ -35,63 +164,33 @@ def _variable(variable: VariableState) -> dict[str, Any]:
     }
 
 
-def encode_sessions(sessions: Mapping[str, SessionState]) -> bytes:
-    """Every session's state (deleted ones included) as compact JSON."""
-    return json.dumps(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "sessions": [
-                {
-                    "session_id": state.session_id,
-                    "metadata": dict(state.metadata),
-                    "ttl_seconds": state.ttl_seconds,
-                    "created_at": state.created_at.isoformat(),
-                    "updated_at": state.updated_at.isoformat(),
-                    "position": state.position,
-                    "deleted": state.deleted,
-                    "variables": [_variable(v) for v in state.variables.values()],
-                }
-                for state in sessions.values()
-            ],
-        },
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode()
-
-
-def decode_sessions(data: bytes) -> dict[str, SessionState] | None:
-    """The states a checkpoint holds, or None if it is of another format."""
-    document = json.loads(data)
-    if document.get("format") != CHECKPOINT_FORMAT:
-        return None
-    sessions: dict[str, SessionState] = {}
-    for raw in document["sessions"]:
-        variables = {
-            v["id"]: VariableState(
-                id=v["id"],
-                name=v["name"],
-                type=v["type"],
-                value=v["value"],
-                constraints=Constraints.trusted(v["constraints"]),
-                metadata=v["metadata"],
-                source=v["source"],
-                version=v["version"],
-                created_at=datetime.fromisoformat(v["created_at"]),
-                updated_at=datetime.fromisoformat(v["updated_at"]),
-                position=v["position"],
-                created_position=v["created_position"],
-            )
-            for v in raw["variables"]
-        }
-        sessions[raw["session_id"]] = SessionState(
-            session_id=raw["session_id"],
-            metadata=raw["metadata"],
-            ttl_seconds=raw["ttl_seconds"],
-            created_at=datetime.fromisoformat(raw["created_at"]),
-            updated_at=datetime.fromisoformat(raw["updated_at"]),
-            position=raw["position"],
-            variables=variables,
-            names={v.name: v.id for v in variables.values()},
-            deleted=raw["deleted"],
+def _state(raw: dict[str, Any]) -> SessionState:
+    variables = {
+        v["id"]: VariableState(
+            id=v["id"],
+            name=v["name"],
+            type=v["type"],
+            value=v["value"],
+            constraints=Constraints.trusted(v["constraints"]),
+            metadata=v["metadata"],
+            source=v["source"],
+            version=v["version"],
+            created_at=datetime.fromisoformat(v["created_at"]),
+            updated_at=datetime.fromisoformat(v["updated_at"]),
+            position=v["position"],
+            created_position=v["created_position"],
         )
-    return sessions
+        for v in raw["variables"]
+    }
+    return SessionState(
+        session_id=raw["session_id"],
+        metadata=raw["metadata"],
+        ttl_seconds=raw["ttl_seconds"],
+        created_at=datetime.fromisoformat(raw["created_at"]),
+        updated_at=datetime.fromisoformat(raw["updated_at"]),
+        position=raw["position"],
+        variables=variables,
+        names={v.name: v.id for v in variables.values()},
+        deleted=raw["deleted"],
+        created_position=raw["created_position"],
+    )

@@ -81,6 +81,9 @@ class SessionState:
     names: dict[str, str] = field(default_factory=dict)
     #: True once a SessionDeleted event was folded in (until a new SessionCreated).
     deleted: bool = False
+    #: Position of the SessionCreated event that began this life of the session (a session
+    #: deleted and created again starts a new life; session tokens name it).
+    created_position: int = 0
 
     def copy(self) -> SessionState:
         """A copy whose dicts can change without touching this one (values are shared)."""

@@ -24,11 +24,12 @@ from varstore.api import commands
 from varstore.api.store import Store
 from varstore.eventstore.sqlite import SQLiteRecorder
 from varstore.projections import (
+    LogMark,
     SessionState,
     apply_event,
-    decode_sessions,
-    encode_sessions,
+    open_checkpoint,
     replay,
+    seal_checkpoint,
 )
 from varstore.types import to_proto
 from varstore.v1 import varstore_pb2 as pb
@@ -106,7 +107,7 @@ def test_a_checkpoint_that_does_not_parse_is_ignored_and_the_log_folded(
     cut_short = b'{"format": 1, "sessions": [{"session_id": "s"'
     with caplog.at_level(logging.WARNING), restarted_with_checkpoint(db, 4, cut_short) as restarted:
         assert restarted.published("s") == before
-    assert "ignoring a checkpoint that does not parse" in caplog.text
+    assert "ignoring the checkpoint: it is not a sealed checkpoint" in caplog.text
 
 
 def test_a_checkpoint_the_log_does_not_extend_is_ignored_and_the_log_folded(
@@ -121,10 +122,11 @@ def test_a_checkpoint_the_log_does_not_extend_is_ignored_and_the_log_folded(
     for command in write_some_more:
         store.execute("s", command)
     before = store.published("s")
+    later = LogMark.of(next(iter(store.recorder.read_all(early_position + 1, 1))))
     store.close()
     # States from an early cut under a later global position: the events after it do not
     # follow the states' positions, so the fold refuses them.
-    stale = encode_sessions(early)  # type: ignore[arg-type]
+    stale = seal_checkpoint(later, early)  # type: ignore[arg-type]
     with (
         caplog.at_level(logging.WARNING),
         restarted_with_checkpoint(db, early_position + 2, stale) as restarted,
@@ -157,8 +159,7 @@ def test_checkpoints_taken_while_writers_commit_hold_a_consistent_cut(tmp_path: 
             saved = store.recorder.load_checkpoint()
             assert saved is not None
             position, data = saved
-            states = decode_sessions(data)
-            assert states is not None
+            states = open_checkpoint(data).sessions
             folded: dict[str, SessionState] = {}
             for event in store.recorder.read_all(0, position):
                 folded[event.session_id] = apply_event(folded.get(event.session_id), event)
