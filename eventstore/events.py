@@ -29,6 +29,12 @@ class NewEvent:
     metadata: Mapping[str, str] = field(default_factory=dict)
     #: Version of the payload's schema for this type.
     schema_version: int = 1
+    #: The idempotency key of the write that records the event ("" when it gave none);
+    #: every event one write appends carries it.
+    request_id: str = ""
+    #: A digest of that write's request body, so a retry can be told from another request
+    #: that reuses the id, also after a restart ("" without a request_id).
+    request_digest: str = ""
 
 
 #: The default of RecordedEvent.metadata: shared, so it must not be mutable.
@@ -52,6 +58,8 @@ class RecordedEvent(NamedTuple):
     source: str = ""
     metadata: Mapping[str, str] = _NO_METADATA
     schema_version: int = 1
+    request_id: str = ""
+    request_digest: str = ""
 
     @classmethod
     def of(
@@ -68,4 +76,6 @@ class RecordedEvent(NamedTuple):
             new.source,
             new.metadata,
             new.schema_version,
+            new.request_id,
+            new.request_digest,
         )

@@ -183,7 +183,7 @@ def _recorded(new: NewEvent, session_id: str, position: int, global_position: in
     if new.schema_version not in _INT64:
         raise RecorderError(f"{where}: schema_version {new.schema_version} is out of range")
     try:
-        for text in (session_id, new.type, new.source):
+        for text in (session_id, new.type, new.source, new.request_id, new.request_digest):
             text.encode()  # SQLite's TEXT is UTF-8: a lone surrogate cannot be stored
         recorded_at = new.recorded_at.astimezone(UTC)
         # A JSON round trip both detaches the log from the caller's (mutable) mappings and
@@ -202,6 +202,8 @@ def _recorded(new: NewEvent, session_id: str, position: int, global_position: in
         source=str(new.source),
         metadata=metadata,
         schema_version=new.schema_version,
+        request_id=str(new.request_id),
+        request_digest=str(new.request_digest),
     )
 
 

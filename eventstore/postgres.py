@@ -86,8 +86,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (  # 2: each event names the request that wrote it (idempotent retries)
         "ALTER TABLE events ADD COLUMN request_id TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE events ADD COLUMN request_digest TEXT NOT NULL DEFAULT ''",
-        "CREATE INDEX events_with_request_ids ON events (recorded_at_us, global_position) "
-        "WHERE request_id <> ''",
+        """CREATE INDEX events_with_request_ids ON events (recorded_at_us, global_position)
+        WHERE request_id <> ''""",
     ),
 )
 #: The advisory lock key that serialises migrations across servers ("varstore" in ASCII).

@@ -5,7 +5,8 @@ Layered as the eventsourcing library layers its recorders, each layer one more c
 * :class:`EventAppender`: append events to sessions, each append checked against the position
   its session is expected to be at; one result per append.
 * :class:`EventReader`: read a session between two positions, everything after a global
-  position (with a limit), the highest global position.
+  position (with a limit), the highest global position, the recent events that carry a
+  request id.
 * :class:`DerivedStore`: what is kept *beside* the log: the checkpoint of the projections and
   sessions' last activity (durable touches for TTL). Derived data: losing it loses no event.
 * :class:`Recorder`: all three, plus ``close``. Every backend (memory, SQLite, later
@@ -139,6 +140,23 @@ class EventReader(ABC):
     ) -> Iterator[RecordedEvent]:
         """Events with a global position above the given one, in global order, at most
         ``limit`` of them (all without one). Lazy: appends may happen while it is consumed."""
+
+    def read_requests(self, recorded_since: datetime) -> Iterator[RecordedEvent]:
+        """The events that carry a ``request_id`` and were recorded at or after
+        ``recorded_since`` (an aware time), ordered by ``recorded_at`` then global position
+        (the order an index on their time gives): what start-up reads to remember recent
+        request ids. Lazy, like :meth:`read_all`.
+
+        This default scans the whole log (fine in memory); a database overrides it with an
+        indexed query.
+
+        Raises:
+            RecorderError: a naive ``recorded_since``, or the log cannot be read.
+        """
+        if recorded_since.utcoffset() is None:
+            raise RecorderError("recorded_since must be timezone-aware")
+        found = [e for e in self.read_all() if e.request_id and e.recorded_at >= recorded_since]
+        return iter(sorted(found, key=lambda e: (e.recorded_at, e.global_position)))
 
     @abstractmethod
     def last_position(self, session_id: str) -> int:

@@ -2,8 +2,9 @@
 SQLite and PostgreSQL.
 
 An event's columns after its positions are ``type, schema_version, recorded_at_us, source,
-metadata, payload``: the time in microseconds since the Unix epoch (UTC), metadata and
-payload as compact JSON text.
+metadata, payload, request_id, request_digest``: the time in microseconds since the Unix epoch
+(UTC), metadata and payload as compact JSON text, the request columns "" for an event written
+without a request id.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 #: An event's columns after its positions: type, schema_version, recorded_at_us, source,
-#: metadata, payload.
-Fields = tuple[str, int, int, str, str, str]
+#: metadata, payload, request_id, request_digest.
+Fields = tuple[str, int, int, str, str, str, str, str]
 
 
 def clamp(value: int) -> int:
@@ -54,21 +55,40 @@ def encode(new: NewEvent, session_id: str) -> Fields:
     if not INT64_MIN <= new.schema_version <= INT64_MAX:
         raise RecorderError(f"{where}: schema_version {new.schema_version} is out of range")
     try:
-        _check_text(session_id, new.type, new.source)
+        _check_text(session_id, new.type, new.source, new.request_id, new.request_digest)
         recorded_at_us = micros(new.recorded_at)
         metadata = _json(new.metadata)
         payload = _json(new.payload)
     except (TypeError, ValueError, OverflowError) as e:
         raise RecorderError(f"{where} cannot be stored: {e}") from e
-    return (str(new.type), new.schema_version, recorded_at_us, str(new.source), metadata, payload)
+    return (
+        str(new.type),
+        new.schema_version,
+        recorded_at_us,
+        str(new.source),
+        metadata,
+        payload,
+        str(new.request_id),
+        str(new.request_digest),
+    )
 
 
 def decode(row: Any) -> RecordedEvent:
     """The event a row holds (columns: global_position, session_id, position, then
     :data:`Fields`), or RecorderError if the row is corrupt."""
-    global_position, session_id, position, type_, schema_version, us, source, metadata, payload = (
-        row
-    )
+    (
+        global_position,
+        session_id,
+        position,
+        type_,
+        schema_version,
+        us,
+        source,
+        metadata,
+        payload,
+        request_id,
+        request_digest,
+    ) = row
     try:
         return RecordedEvent(  # positional: this runs once per event on every replay
             session_id,
@@ -80,6 +100,8 @@ def decode(row: Any) -> RecordedEvent:
             source,
             _metadata(metadata),
             schema_version,
+            request_id,
+            request_digest,
         )
     except (TypeError, ValueError, OverflowError) as e:
         raise RecorderError(f"event at global position {global_position} is corrupt: {e}") from e

@@ -1,8 +1,8 @@
 """A recorder on one SQLite file in WAL mode: the durable single-node backend.
 
 The file holds the log, ``events`` (see ``_CREATE_EVENTS``), and beside it the derived
-``checkpoints`` and ``touches`` tables; ``PRAGMA user_version`` records the schema version so
-later versions can migrate. While a recorder is open it holds an exclusive ``flock`` on the
+``checkpoints`` and ``touches`` tables; ``PRAGMA user_version`` records the schema version, and
+opening a database of an older version migrates it (version 1 to 2 adds the request columns). While a recorder is open it holds an exclusive ``flock`` on the
 side file ``<path>.lock``: one varstore process per database. Positions are nevertheless
 read from the file inside each write transaction, never from memory, so a second writer
 (which the lock keeps out) could only ever cause a reported conflict, not a corrupt log.
@@ -35,7 +35,7 @@ from varstore.eventstore.recorder import (
 
 __all__ = ["SQLiteRecorder"]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _CREATE_EVENTS = """
 CREATE TABLE events (
     global_position INTEGER PRIMARY KEY,
@@ -47,12 +47,24 @@ CREATE TABLE events (
     source          TEXT    NOT NULL,
     metadata        TEXT    NOT NULL,  -- JSON object
     payload         TEXT    NOT NULL,  -- JSON
+    request_id      TEXT    NOT NULL DEFAULT '',  -- the writing request's idempotency key
+    request_digest  TEXT    NOT NULL DEFAULT '',  -- a digest of that request's body
     UNIQUE (session_id, position)
 )
 """
+#: Version 1 had no request columns: its events get '' (no request id), as if new.
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE events ADD COLUMN request_id TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE events ADD COLUMN request_digest TEXT NOT NULL DEFAULT ''",
+)
+#: Start-up reads the recent events that carry a request id; only those are indexed.
+_CREATE_REQUEST_INDEX = """
+CREATE INDEX IF NOT EXISTS events_with_request_ids ON events (recorded_at_us)
+WHERE request_id != ''
+"""
 _COLUMNS = (
     "global_position, session_id, position, type, schema_version, recorded_at_us, source,"
-    " metadata, payload"
+    " metadata, payload, request_id, request_digest"
 )
 _CREATE_CHECKPOINTS = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -69,7 +81,7 @@ CREATE TABLE IF NOT EXISTS touches (
 )
 """
 
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SELECT = f"SELECT {_COLUMNS} FROM events"
 
 # read_all fetches this many rows per query, so a long log never sits in memory at once.
@@ -79,10 +91,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 #: An event's columns after its positions: type, schema_version, recorded_at_us, source,
-#: metadata, payload.
-_Fields = tuple[str, int, int, str, str, str]
+#: metadata, payload, request_id, request_digest.
+_Fields = tuple[str, int, int, str, str, str, str, str]
 #: A row of ``events``, columns in ``_COLUMNS`` order.
-_Row = tuple[int, str, int, str, int, int, str, str, str]
+_Row = tuple[int, str, int, str, int, int, str, str, str, str, str]
 
 
 class SQLiteRecorder(Recorder):
@@ -226,6 +238,34 @@ class SQLiteRecorder(Recorder):
             self._check_open()
             return _last_global(self._reader)
 
+    def read_requests(self, recorded_since: datetime) -> Iterator[RecordedEvent]:
+        """Recent events that carry a request id (see :meth:`Recorder.read_requests`),
+        through the partial index on their time: start-up cost grows with the ids it must
+        remember, not with the log."""
+        if recorded_since.utcoffset() is None:
+            raise RecorderError("recorded_since must be timezone-aware")
+        since = _clamp((recorded_since.astimezone(UTC) - _EPOCH) // _MICROSECOND)
+        with self._read_lock:
+            self._check_open()  # fail at the call, not at the first next()
+        return self._read_requests(since)
+
+    def _read_requests(self, since_us: int) -> Iterator[RecordedEvent]:
+        # Keyset pages in the index's own order (its keys end with the rowid, the global
+        # position), so each page is one range scan of the index and no sort.
+        after = (since_us, 0)
+        while True:
+            with self._read_lock, _translated(f"cannot read {self._path}"):
+                self._check_open()
+                rows = self._reader.execute(
+                    f"{_SELECT} WHERE request_id != '' AND (recorded_at_us, global_position) "
+                    "> (?, ?) ORDER BY recorded_at_us, global_position LIMIT ?",
+                    (*after, _CHUNK),
+                ).fetchall()
+            yield from map(_decode, rows)
+            if len(rows) < _CHUNK:
+                return
+            after = (rows[-1][5], rows[-1][0])
+
     def last_position(self, session_id: str) -> int:
         """The position of a session's last event; 0 if it has none."""
         with self._read_lock, _translated(f"cannot read {self._path}"):
@@ -251,11 +291,18 @@ class SQLiteRecorder(Recorder):
             raise RecorderError(f"recorder for {self._path} is closed")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Create the schema in a new database; refuse one from a newer varstore."""
+        """Create the schema in a new database, bring an older one up to date (in the same
+        transaction: all or nothing); refuse one from a newer varstore."""
         with _immediate_transaction(conn):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version == 0:
                 conn.execute(_CREATE_EVENTS)
+                conn.execute(_CREATE_REQUEST_INDEX)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            elif version == 1:
+                for statement in _MIGRATE_1_TO_2:
+                    conn.execute(statement)
+                conn.execute(_CREATE_REQUEST_INDEX)
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             elif version != _SCHEMA_VERSION:
                 raise RecorderError(
@@ -401,14 +448,23 @@ def _encode(new: NewEvent, session_id: str) -> _Fields:
     if not _INT64_MIN <= new.schema_version <= _INT64_MAX:
         raise RecorderError(f"{where}: schema_version {new.schema_version} is out of range")
     try:
-        _check_utf8(session_id, new.type, new.source)
+        _check_utf8(session_id, new.type, new.source, new.request_id, new.request_digest)
         # astimezone first: an instant before year 1 in UTC could be written but not read back.
         recorded_at_us = (new.recorded_at.astimezone(UTC) - _EPOCH) // _MICROSECOND
         metadata = _json(new.metadata)
         payload = _json(new.payload)
     except (TypeError, ValueError, OverflowError) as e:
         raise RecorderError(f"{where} cannot be stored: {e}") from e
-    return (str(new.type), new.schema_version, recorded_at_us, str(new.source), metadata, payload)
+    return (
+        str(new.type),
+        new.schema_version,
+        recorded_at_us,
+        str(new.source),
+        metadata,
+        payload,
+        str(new.request_id),
+        str(new.request_digest),
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -421,9 +477,19 @@ def _metadata(text: str) -> Mapping[str, str]:
 
 def _decode(row: Any) -> RecordedEvent:
     """The event a row of ``events`` holds, or RecorderError if the row is corrupt."""
-    global_position, session_id, position, type_, schema_version, us, source, metadata, payload = (
-        row
-    )
+    (
+        global_position,
+        session_id,
+        position,
+        type_,
+        schema_version,
+        us,
+        source,
+        metadata,
+        payload,
+        request_id,
+        request_digest,
+    ) = row
     try:
         return RecordedEvent(  # positional: this runs once per event on every replay
             session_id,
@@ -435,6 +501,8 @@ def _decode(row: Any) -> RecordedEvent:
             source,
             _metadata(metadata),
             schema_version,
+            request_id,
+            request_digest,
         )
     except (TypeError, ValueError, OverflowError) as e:
         raise RecorderError(f"event at global position {global_position} is corrupt: {e}") from e

@@ -391,6 +391,8 @@ def test_every_field_of_an_event_round_trips_exactly(recorder: Recorder) -> None
         source="client-ü 127.0.0.1:5000",
         metadata={"reason": "migración ✓", "x-request-id": "42"},
         schema_version=2**31 + 7,
+        request_id="req-✓-42",
+        request_digest="0f" * 32,
     )
     [returned] = recorder.append("sessión-✓", 0, [sent])
     for event in (returned, *recorder.read_session("sessión-✓"), *recorder.read_all()):
@@ -575,6 +577,58 @@ def test_read_all_raises_recorder_error_once_the_recorder_closes_midway(
             pass
 
 
+# -- request ids -----------------------------------------------------------------------------
+
+
+def test_an_event_without_a_request_id_comes_back_with_empty_request_fields(
+    recorder: Recorder,
+) -> None:
+    [event] = recorder.append("s", 0, [new(1)])
+    assert (event.request_id, event.request_digest) == ("", "")
+    assert recorder.read_session("s") == [event]
+
+
+def test_read_requests_returns_the_recent_events_with_a_request_id_by_time(
+    recorder: Recorder,
+) -> None:
+    def stamped(n: int, request_id: str, at: int | None = None) -> NewEvent:
+        moment = T0 + timedelta(seconds=n if at is None else at)
+        return new(n, request_id=request_id, request_digest=f"#{request_id}", recorded_at=moment)
+
+    recorder.append_many(
+        [
+            Append("a", 0, [stamped(1, "old"), new(10)]),  # T0 + 1 s: before the cut
+            Append("b", 0, [stamped(20, "two"), stamped(21, "two", at=20)]),
+            Append("a", 2, [new(30), stamped(31, "three", at=19)]),  # an imported time
+            Append("c", 0, [stamped(40, "four", at=19)]),
+        ]
+    )
+    found = list(recorder.read_requests(T0 + timedelta(seconds=19)))
+    assert [(e.session_id, e.position, e.request_id) for e in found] == [
+        ("a", 4, "three"),
+        ("c", 1, "four"),
+        ("b", 1, "two"),
+        ("b", 2, "two"),
+    ]
+    assert all(e.request_digest == f"#{e.request_id}" for e in found)
+    assert list(recorder.read_requests(T0 + timedelta(seconds=20, microseconds=1))) == []
+
+
+def test_read_requests_pages_through_more_events_than_one_chunk(recorder: Recorder) -> None:
+    stamped = [new(n % 3, request_id=f"r{n}", request_digest="d") for n in range(2500)]
+    recorder.append("s", 0, stamped)
+    found = list(recorder.read_requests(T0))
+    assert len(found) == 2500
+    assert [(e.recorded_at, e.global_position) for e in found] == sorted(
+        (e.recorded_at, e.global_position) for e in found
+    )
+
+
+def test_read_requests_refuses_a_naive_time(recorder: Recorder) -> None:
+    with pytest.raises(RecorderError, match="timezone-aware"):
+        list(recorder.read_requests(datetime(2024, 1, 1)))
+
+
 # -- SQLite only -----------------------------------------------------------------------------
 
 
@@ -682,7 +736,7 @@ def test_sqlite_stores_microseconds_since_the_epoch_and_compact_json(db_path: Pa
     with closing(sqlite3.connect(db_path)) as conn:
         row = conn.execute("SELECT recorded_at_us, payload, metadata FROM events").fetchone()
         assert row == (1_000_000_000_000_005, '{"a":[1,2]}', "{}")
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
 
 
 def test_sqlite_errors_surface_as_recorder_error_with_their_cause(db_path: Path) -> None:
@@ -694,3 +748,66 @@ def test_sqlite_errors_surface_as_recorder_error_with_their_cause(db_path: Path)
         assert isinstance(raised.value.__cause__, sqlite3.Error)
         with pytest.raises(RecorderError):
             recorder.read_session("s")
+
+
+#: The events table as varstore wrote it at schema version 1 (before request ids).
+_VERSION_1_EVENTS = """
+CREATE TABLE events (
+    global_position INTEGER PRIMARY KEY,
+    session_id      TEXT    NOT NULL,
+    position        INTEGER NOT NULL,
+    type            TEXT    NOT NULL,
+    schema_version  INTEGER NOT NULL,
+    recorded_at_us  INTEGER NOT NULL,
+    source          TEXT    NOT NULL,
+    metadata        TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    UNIQUE (session_id, position)
+)
+"""
+
+
+def test_sqlite_migrates_a_version_1_database_on_open_keeping_every_event(db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(_VERSION_1_EVENTS)
+        conn.execute(
+            "INSERT INTO events VALUES (1, 's', 1, 'VariableUpdated', 1, 5, 'cli', '{}', "
+            "'{\"n\":1}')"
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    with closing(SQLiteRecorder(db_path)) as recorder:
+        [old] = recorder.read_session("s")
+        assert (old.payload, old.source, old.request_id, old.request_digest) == (
+            {"n": 1},
+            "cli",
+            "",
+            "",
+        )
+        [later] = recorder.append("s", 1, [new(2, request_id="r", request_digest="d")])
+        assert (later.position, later.request_id, later.request_digest) == (2, "r", "d")
+        assert list(recorder.read_requests(T0)) == [later]
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
+        assert "events_with_request_ids" in indexes
+    with closing(SQLiteRecorder(db_path)) as recorder:  # a migrated database opens as is
+        assert [e.position for e in recorder.read_session("s")] == [1, 2]
+
+
+def test_sqlite_read_requests_scans_only_the_partial_index_on_request_times(
+    db_path: Path,
+) -> None:
+    with closing(SQLiteRecorder(db_path)):
+        pass
+    with closing(sqlite3.connect(db_path)) as conn:
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT * FROM events WHERE request_id != '' "
+                "AND (recorded_at_us, global_position) > (0, 0) "
+                "ORDER BY recorded_at_us, global_position LIMIT 10"
+            )
+        )
+    assert "USING INDEX events_with_request_ids" in plan
+    assert "TEMP B-TREE" not in plan  # no sort: the index's order is the answer's
