@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -68,33 +67,101 @@ def _parser() -> argparse.ArgumentParser:
         "came after (default 10000)",
     )
     serve_cmd.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    _add_security_flags(serve_cmd)
+    _add_operations_flags(serve_cmd)
     add_limit_flags(serve_cmd)  # --max-sessions N, --idle-connection-seconds N, ...
     add_client_commands(commands)
     return parser
+
+
+def _add_security_flags(serve_cmd: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    serve_cmd.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        default=env("VARSTORE_TLS_CERT"),
+        help="the server's certificate chain: serve TLS (with --tls-key; env VARSTORE_TLS_CERT)",
+    )
+    serve_cmd.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        default=env("VARSTORE_TLS_KEY"),
+        help="the private key of --tls-cert (env VARSTORE_TLS_KEY)",
+    )
+    serve_cmd.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        default=env("VARSTORE_TLS_CLIENT_CA"),
+        help="mTLS: require a client certificate issued by this CA (env VARSTORE_TLS_CLIENT_CA)",
+    )
+    serve_cmd.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        default=env("VARSTORE_ADMIN_TOKEN_FILE"),
+        help="require bearer tokens; FILE holds the admin token (or set VARSTORE_ADMIN_TOKEN)",
+    )
+    serve_cmd.add_argument(
+        "--token-secret-file",
+        metavar="FILE",
+        default=env("VARSTORE_TOKEN_SECRET_FILE"),
+        help="the secret session tokens are derived under; servers sharing it accept each "
+        "other's tokens (or set VARSTORE_TOKEN_SECRET; default: derived from the admin token)",
+    )
+    serve_cmd.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("VARSTORE_INSECURE", "") == "1",
+        help="allow listening beyond loopback without TLS (env VARSTORE_INSECURE=1)",
+    )
+
+
+def _add_operations_flags(serve_cmd: argparse.ArgumentParser) -> None:
+    serve_cmd.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=os.environ.get("VARSTORE_METRICS"),
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (env VARSTORE_METRICS)",
+    )
+    serve_cmd.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("VARSTORE_LOG_FORMAT", "text"),
+        help="text (default) or json: one JSON object a line, and one line per request "
+        "(env VARSTORE_LOG_FORMAT)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``varstore`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        logging.basicConfig(
-            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        try:
-            from varstore.api.server import serve  # only the server command needs it
-
-            return serve(
-                args.db,
-                args.listen,
-                args.sync,
-                snapshot_every=args.snapshot_every,
-                checkpoint_every=args.checkpoint_every,
-                limits=limits_from_flags(args),
-            )
-        except (OSError, ValueError) as problem:
-            print(f"varstore: {problem}", file=sys.stderr)
-            return 2
+        return _serve(args)
     return run_client_command(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the server; a refusal to start is one line on stderr and exit code 2."""
+    # Only the server command loads the server.
+    from varstore.api.config import ServerConfig
+    from varstore.api.logs import configure_logging
+    from varstore.api.server import serve
+    from varstore.eventstore import RecorderError
+    from varstore.projections import ProjectionError
+
+    try:
+        config = ServerConfig.from_args(args, limits=limits_from_flags(args))
+        configure_logging(config.log_format, config.log_level)
+        return serve(config)
+    except (OSError, ValueError, RecorderError, ProjectionError) as problem:
+        print(f"varstore: cannot start: {_one_line(problem)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(problem: BaseException) -> str:
+    text = " ".join(str(problem).split())
+    if isinstance(problem, OSError) and problem.filename and problem.filename not in text:
+        text = f"{text}: {problem.filename}"
+    return text or type(problem).__name__
 
 
 if __name__ == "__main__":

@@ -260,6 +260,8 @@ class FanOut:
         self._lock = threading.Lock()
         # Read by the listener without the lock (one dict lookup per event).
         self._rings: dict[str, Ring] = {}
+        #: Watchers dropped for falling behind since start (a metric; GIL-atomic enough).
+        self.dropped_watchers = 0
         self._count = 0
         self._closed = False
         self._janitor: threading.Thread | None = None
@@ -372,6 +374,9 @@ class FanOut:
             last = min(watcher.until, position + PAGE_SIZE - 1)
             events = self._store.recorder.read_session(ring.session_id, position, last)
         elif not events and evicted:
+            if not watcher.dropped:
+                watcher.dropped = True
+                self.dropped_watchers += 1
             raise self.fell_behind(watcher)
         for offset, event in enumerate(events):
             if event.position != position + offset:  # pragma: no cover - a bug
@@ -458,6 +463,7 @@ class FanOut:
                     and watcher.until < watcher.cursor + 1 < oldest
                 ):
                     watcher.dropped = True
+                    self.dropped_watchers += 1
                     log.info(
                         "dropping a watcher of session %r stuck at position %d",
                         watcher.ring.session_id,

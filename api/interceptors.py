@@ -61,6 +61,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 def guard(handler: Handler, method: str) -> Handler:
     """``handler`` with its behaviour wrapped so that errors become statuses. The wrapper
     keeps the original as ``__wrapped__``."""
+    if any(
+        getattr(behaviour, "experimental_non_blocking", False)
+        for behaviour in (handler.unary_stream, handler.stream_stream)
+    ):
+        return handler  # grpc's health Watch: it ends its calls from other threads itself
     request, response = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(

@@ -1,10 +1,17 @@
-"""Assemble and run the gRPC server: the VariableStore service, health and reflection."""
+"""Assemble and run the gRPC server: the VariableStore service, health and reflection,
+behind chained interceptors (errors, metrics, request log, auth, rate limit).
+
+Health follows the log: SERVING while it can be written, NOT_SERVING while it cannot (the
+store reports it; reads still work), NOT_SERVING for good once stopping. Stopping ends
+open health Watch streams at once, so a load balancer's watch does not hold it up.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +22,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from varstore.api.auth import AuthInterceptor, current_identity
+from varstore.api.config import Security, ServerConfig, check_exposure, split_address
 from varstore.api.interceptors import ErrorInterceptor
 from varstore.api.limits import Limits
+from varstore.api.logs import RequestLogInterceptor
+from varstore.api.metrics import Metrics
+from varstore.api.ratelimit import RateLimitInterceptor, caller_identity
 from varstore.api.service import VariableStoreService
-from varstore.api.store import CHECKPOINT_EVERY, SNAPSHOT_EVERY, Store
-from varstore.api.watch import DEFAULT_MAX_WATCHERS, WatchHub
+from varstore.api.store import Store
+from varstore.api.watch import WatchHub
 from varstore.eventstore import Recorder
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.v1 import varstore_pb2 as pb
@@ -58,18 +70,37 @@ def _where(db: str, sync: str) -> str:
     return describe_dsn(db) if is_postgres_dsn(db) else f"{db} (sync {sync})"
 
 
+class _Health(health.HealthServicer):
+    """grpc's health service, able to end its open Watch streams (on shutdown)."""
+
+    def end_watches(self) -> None:
+        """End every open Watch stream with OK (each has just been sent NOT_SERVING)."""
+        # The base class keeps them private (and untyped): one callback set per service.
+        private = vars(self)
+        lock: threading.RLock = private["_lock"]
+        watching: dict[str, set[Callable[[object], None]]] = private["_send_response_callbacks"]
+        with lock:
+            callbacks = [send for each in watching.values() for send in each]
+        for send in callbacks:
+            send(None)  # grpc's non-blocking streams: None ends the call
+
+
 @dataclass
 class RunningServer:
     """A started server: its address, store and the means to stop it."""
 
     server: grpc.Server
     store: Store
-    health: health.HealthServicer
+    health: _Health
     host: str
     port: int
     _sweeper_stop: threading.Event
     #: The WatchSession fan-out; closed first on stop so open watches end promptly.
     hub: WatchHub | None = None
+    #: The Prometheus metrics, if they are served.
+    metrics: Metrics | None = None
+    #: The port ``/metrics`` is served on (0 when not served).
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
@@ -78,20 +109,17 @@ class RunningServer:
         return f"{host}:{self.port}"
 
     def stop(self, grace: float = 5.0) -> None:
-        """Refuse new calls, let in-flight ones finish (up to ``grace`` s), close the log."""
+        """Refuse new calls, end watches (health and sessions), let in-flight calls finish
+        (up to ``grace`` s), close the log."""
         self._sweeper_stop.set()
         self.health.enter_graceful_shutdown()
+        self.health.end_watches()
         if self.hub is not None:
             self.hub.close()
         self.server.stop(grace).wait()
         self.store.close()
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen must be HOST:PORT, not {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def start_server(
@@ -99,43 +127,115 @@ def start_server(
     listen: str = "127.0.0.1:0",
     *,
     max_workers: int = 32,
-    max_watchers: int = DEFAULT_MAX_WATCHERS,
+    max_watchers: int | None = None,
     hub: WatchHub | None = None,
+    security: Security | None = None,
+    insecure: bool = False,
+    metrics: str | None = None,
+    request_log_level: int = logging.DEBUG,
 ) -> RunningServer:
     """Start serving ``store`` on ``listen`` (port 0 picks a free port).
 
+    ``security`` sets TLS (mTLS) and tokens; without TLS only a loopback address is
+    accepted unless ``insecure`` (ConfigError otherwise). ``metrics`` ("HOST:PORT") serves
+    Prometheus metrics; ``request_log_level`` is the level of the one line per call.
+
     Every open WatchSession stream holds a thread, so the pool has ``max_workers`` threads
     for the other calls plus one per watch the hub admits (``max_watchers``, or the given
-    ``hub``'s own limit).
+    ``hub``'s own limit; by default the store's ``limits.max_watchers``).
+
+    The store's limits also set the largest request (``max_message_bytes``: gRPC refuses a
+    larger one with RESOURCE_EXHAUSTED), how long a connection may be idle
+    (``idle_connection_seconds``) and each client's request rate
+    (``max_requests_per_second``, :class:`~varstore.api.ratelimit.RateLimitInterceptor`).
     """
-    host, port = _split_listen(listen)
+    security = security or Security()
+    host, port = split_address(listen)
+    check_exposure(listen, security, insecure=insecure)
     hub = hub or WatchHub(store, max_watchers=max_watchers)
+    limits = store.limits
+    observed = Metrics(store, hub) if metrics is not None else None
+    # The error interceptor comes first, so that what the others raise is mapped too (and a
+    # bug in any of them is INTERNAL); metrics and the request log see every call's code,
+    # refusals of the auth and rate limit included.
+    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+    if observed is not None:
+        interceptors.append(observed.interceptor())
+    interceptors += [
+        RequestLogInterceptor(request_log_level),
+        AuthInterceptor(security.tokens(), lambda sid: _creation_of(store, sid)),
+        RateLimitInterceptor(limits.max_requests_per_second, identity=_rate_identity),
+    ]
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=max_workers + hub.max_watchers, thread_name_prefix="varstore-rpc"
         ),
-        # Every handler's errors become statuses here, in one place.
-        interceptors=[ErrorInterceptor()],
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=interceptors,
+        options=[("grpc.so_reuseport", 0), *_limit_options(limits)],
     )
     pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = _Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     bind_host = f"[{host}]" if ":" in host else host
-    bound = server.add_insecure_port(f"{bind_host}:{port}")
+    try:
+        if security.tls is not None:
+            bound = server.add_secure_port(f"{bind_host}:{port}", security.tls.credentials())
+        else:
+            bound = server.add_insecure_port(f"{bind_host}:{port}")
+    except RuntimeError:  # grpc's way of saying it could not bind
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(f"cannot listen on {listen} (is the port taken?)")
+    metrics_port = 0
+    if observed is not None and metrics is not None:
+        metrics_port = observed.serve(*split_address(metrics, "--metrics"))
     server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    _follow_the_log(store, health_servicer)
     stop = threading.Event()
     threading.Thread(
         target=_sweep, args=(store, stop), name="varstore-ttl-sweeper", daemon=True
     ).start()
-    return RunningServer(server, store, health_servicer, host, bound, stop, hub)
+    return RunningServer(
+        server, store, health_servicer, host, bound, stop, hub, observed, metrics_port
+    )
+
+
+def _follow_the_log(store: Store, health_servicer: _Health) -> None:
+    """Health SERVING while the log can be written, NOT_SERVING while it cannot."""
+
+    def report(writable: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if writable
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, status)
+
+    store.watch_writable(report)
+    report(store.probe_writable())
+
+
+def _creation_of(store: Store, session_id: str) -> int | None:
+    state = store.published(session_id)
+    return state.created_position if state is not None else None
+
+
+def _rate_identity(context: grpc.ServicerContext) -> str:
+    """The rate limit's caller: the authenticated identity, else the peer's address."""
+    identity = current_identity()
+    return identity.name if identity is not None else caller_identity(context)
+
+
+def _limit_options(limits: Limits) -> list[tuple[str, int]]:
+    """gRPC server options for the transport's limits (message size, idle connections)."""
+    options = [("grpc.max_receive_message_length", limits.max_message_bytes)]
+    if limits.idle_connection_seconds:
+        options.append(("grpc.max_connection_idle_ms", limits.idle_connection_seconds * 1000))
+    return options
 
 
 def _sweep(store: Store, stop: threading.Event) -> None:
@@ -146,25 +246,25 @@ def _sweep(store: Store, stop: threading.Event) -> None:
             log.exception("TTL sweep failed")
 
 
-def serve(
-    db: str,
-    listen: str,
-    sync: Literal["full", "normal"] = "full",
-    limits: Limits | None = None,
-    *,
-    snapshot_every: int = SNAPSHOT_EVERY,
-    checkpoint_every: int = CHECKPOINT_EVERY,
-) -> int:
-    """Run the server until SIGTERM or SIGINT, then drain and close. Returns an exit code."""
+def serve(config: ServerConfig) -> int:
+    """Run the server ``config`` describes until SIGTERM or SIGINT, then drain and close.
+    Returns an exit code; a refusal to start raises (the CLI prints it as one line)."""
     store = Store(
-        open_recorder(db, sync),
-        limits=limits,
-        snapshot_every=snapshot_every,
-        checkpoint_every=checkpoint_every,
+        open_recorder(config.db, config.sync),
+        limits=config.limits,
+        snapshot_every=config.snapshot_every,
+        checkpoint_every=config.checkpoint_every,
     )
     try:
-        running = start_server(store, listen)
-    except Exception:
+        running = start_server(
+            store,
+            config.listen,
+            security=config.security,
+            insecure=config.insecure,
+            metrics=config.metrics,
+            request_log_level=logging.INFO if config.log_format == "json" else logging.DEBUG,
+        )
+    except BaseException:
         store.close()
         raise
     stopping = threading.Event()
@@ -174,9 +274,17 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    where = "memory" if db == MEMORY else _where(db, sync)
+    where = "memory" if config.db == MEMORY else _where(config.db, config.sync)
+    protection = config.security.describe()
+    if config.security.tls is None:
+        protection += "; loopback only" if not config.insecure else "; INSECURE (--insecure)"
+    if running.metrics_port:
+        metrics_host = split_address(config.metrics or "", "--metrics")[0]
+        protection += f"; metrics on {metrics_host}:{running.metrics_port}"
     # Tools wait for this line; the address ends it.
-    print(f"varstore (log in {where}) listening on {running.address}", flush=True)
+    print(f"varstore (log in {where}; {protection}) listening on {running.address}", flush=True)
+    if not store.writable:
+        log.warning("the event log cannot be written: health is NOT_SERVING until it can")
     stopping.wait()
     log.info("stopping: draining in-flight calls")
     running.stop()

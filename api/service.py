@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from varstore.api import commands, queries, transfer
+from varstore.api.auth import recorded_source
 from varstore.api.convert import header, session_to_proto, variable_to_proto
 from varstore.api.event_codec import change_to_proto, event_to_proto
 from varstore.api.store import Store
@@ -30,7 +31,8 @@ VERSION = importlib.metadata.version("varstore")
 
 
 def _source(given: str, context: grpc.ServicerContext) -> str:
-    return given or context.peer()
+    """The authenticated caller, with its own label beside it (see auth.recorded_source)."""
+    return recorded_source(given, context)
 
 
 def _moment(stamp: Timestamp, field: str) -> datetime:

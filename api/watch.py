@@ -170,6 +170,11 @@ class WatchHub:
         """How many watches are open."""
         return self._fanout.watcher_count
 
+    @property
+    def dropped_watchers(self) -> int:
+        """Watches dropped for falling behind since start."""
+        return self._fanout.dropped_watchers
+
     # -- the stream -----------------------------------------------------------------------------
 
     def watch(
