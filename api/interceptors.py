@@ -8,6 +8,9 @@ that wraps every method handler of every service, unary and streaming alike.
 - Anything else is a bug: it is logged with its traceback and an incident id, and the
   caller gets INTERNAL (reason ``INTERNAL``, the incident id in the ErrorInfo). A bug is
   never UNAVAILABLE, which promises that nothing was written.
+- A request body that does not parse as the method's message is INVALID_ARGUMENT (gRPC
+  itself would answer INTERNAL): the deserializer never raises, and the handler is not
+  called with what it could not parse (a stream's bad message ends the call when read).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
-from varstore.types import InternalError, VarstoreError
+from varstore.types import InternalError, ValidationError, VarstoreError
 from varstore.types.status import status_for
 
 __all__ = ["ErrorInterceptor", "guard"]
@@ -66,34 +69,74 @@ def guard(handler: Handler, method: str) -> Handler:
         for behaviour in (handler.unary_stream, handler.stream_stream)
     ):
         return handler  # grpc's health Watch: it ends its calls from other threads itself
-    request, response = handler.request_deserializer, handler.response_serializer
+    request, response = _tolerant(handler.request_deserializer), handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _answer(handler.unary_unary, method), request, response
+            _answer(handler.unary_unary, method, False), request, response
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _answer(handler.stream_unary, method), request, response
+            _answer(handler.stream_unary, method, True), request, response
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _stream(handler.unary_stream, method), request, response
+            _stream(handler.unary_stream, method, False), request, response
         )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
-            _stream(handler.stream_stream, method), request, response
+            _stream(handler.stream_stream, method, True), request, response
         )
     return handler  # pragma: no cover - grpc always sets one behaviour
 
 
+class _Undecodable:
+    """A request body the method's deserializer refused (why, in ``problem``)."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` returning an :class:`_Undecodable` instead of raising."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as problem:  # noqa: BLE001 - any failure: the body is not valid
+            return _Undecodable(str(problem) or type(problem).__name__)
+
+    return deserialize
+
+
+def _decoded(request: Any, method: str) -> Any:
+    """``request``, unless it did not parse: then INVALID_ARGUMENT."""
+    if isinstance(request, _Undecodable):
+        text = (
+            f"the request is not a valid message for {method.rsplit('/', 1)[-1]}: "
+            f"{request.problem[:200]}"
+        )
+        raise ValidationError(text, violations={"request": text})
+    return request
+
+
+def _decoded_stream(requests: Iterator[Any], method: str) -> Iterator[Any]:
+    for request in requests:
+        yield _decoded(request, method)
+
+
 def _answer(
-    behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str
+    behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str, streamed: bool
 ) -> Callable[[Any, grpc.ServicerContext], Any]:
     """A behaviour that returns one response (unary or client-streaming requests)."""
 
     @functools.wraps(behaviour)
     def answered(request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            request = _decoded_stream(request, method) if streamed else _decoded(request, method)
             return behaviour(request, context)
         except Exception as error:  # noqa: BLE001 - _end_call aborts or re-raises
             _end_call(error, context, method)
@@ -102,18 +145,19 @@ def _answer(
 
 
 def _stream(
-    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
+    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str, streamed: bool
 ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
     """A behaviour that streams its responses; an error mid-stream ends it the same way."""
 
     @functools.wraps(behaviour)
-    def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
+            request = _decoded_stream(request, method) if streamed else _decoded(request, method)
             yield from behaviour(request, context)
         except Exception as error:  # noqa: BLE001 - _end_call aborts or re-raises
             _end_call(error, context, method)
 
-    return streamed
+    return streaming
 
 
 def _end_call(error: Exception, context: grpc.ServicerContext, method: str) -> NoReturn:
