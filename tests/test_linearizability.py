@@ -311,8 +311,10 @@ class Recording:
         """Wait for a server later than ``seen_generation`` if this one went down."""
         with self.changed:
             self.changed.wait_for(
-                lambda: self.stop.is_set()
-                or (not self.down.is_set() and self.generation > seen_generation),
+                lambda: (
+                    self.stop.is_set()
+                    or (not self.down.is_set() and self.generation > seen_generation)
+                ),
                 timeout=30,
             )
             return self.address, self.generation
