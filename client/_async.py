@@ -15,7 +15,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from varstore.client import _effects as effects
-from varstore.client._channels import open_aio_channel, open_channel
+from varstore.client._channels import ChannelSecurity, Pem, open_aio_channel, open_channel
 from varstore.client._client import ClientOps
 from varstore.client._core import MISSING
 from varstore.client._flow import Async, Flow, Runner
@@ -76,7 +76,13 @@ class _AsyncDriver:
     I/O. Blocking effects get a sync channel of their own to ``address``, opened on
     first use and closed by :meth:`close`."""
 
-    def __init__(self, channel: grpc.aio.Channel, address: str | None = None) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        address: str | None = None,
+        security: ChannelSecurity | None = None,
+    ) -> None:
+        self._security = security
         self.stub = pb_grpc.VariableStoreStub(channel)
         self._address = address
         self._blocking: grpc.Channel | None = None
@@ -142,7 +148,7 @@ class _AsyncDriver:
         if self._blocking is None:
             if self._address is None:
                 raise TypeError("blocking work needs a client's address")
-            self._blocking = open_channel(self._address)
+            self._blocking = open_channel(self._address, self._security)
         return pb_grpc.VariableStoreStub(self._blocking)
 
     def close(self) -> None:
@@ -224,9 +230,14 @@ class AsyncClient(ClientOps[Async, AsyncSessionContext]):
     """:class:`~varstore.client.Client` for asyncio, owning a ``grpc.aio`` channel. Use
     :func:`aconnect`."""
 
-    def __init__(self, address: str, config: Mapping[str, Any] | None = None) -> None:
-        self.channel = open_aio_channel(address)
-        self._driver = _AsyncDriver(self.channel, address)
+    def __init__(
+        self,
+        address: str,
+        config: Mapping[str, Any] | None = None,
+        security: ChannelSecurity | None = None,
+    ) -> None:
+        self.channel = open_aio_channel(address, security)
+        self._driver = _AsyncDriver(self.channel, address, security)
         super().__init__(address, config, self._driver)
 
     def _context(self, session_id: str, config: Mapping[str, Any]) -> AsyncSessionContext:
@@ -245,8 +256,23 @@ class AsyncClient(ClientOps[Async, AsyncSessionContext]):
 
 
 def aconnect(
-    address: str = "127.0.0.1:50051", config: Mapping[str, Any] | None = None
+    address: str = "127.0.0.1:50051",
+    config: Mapping[str, Any] | None = None,
+    *,
+    root_certificates: Pem | None = None,
+    certificate_chain: Pem | None = None,
+    private_key: Pem | None = None,
+    token: str | None = None,
+    tls: bool | None = None,
 ) -> AsyncClient:
     """An :class:`AsyncClient` on ``address`` that owns its channel
-    (``async with aconnect(...) as client``)."""
-    return AsyncClient(address, config)
+    (``async with aconnect(...) as client``); TLS and tokens as for
+    :func:`~varstore.client.connect`."""
+    security = ChannelSecurity.of(
+        root_certificates=root_certificates,
+        certificate_chain=certificate_chain,
+        private_key=private_key,
+        token=token,
+        tls=tls,
+    )
+    return AsyncClient(address, config, security)

@@ -16,7 +16,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from varstore.client import _effects as effects
-from varstore.client._channels import open_channel
+from varstore.client._channels import ChannelSecurity, Pem, open_channel
 from varstore.client._client import ClientOps
 from varstore.client._core import MISSING
 from varstore.client._flow import Flow, Runner, Sync
@@ -218,8 +218,13 @@ class Client(ClientOps[Sync, SessionContext]):
     """A connection to a varstore server that owns its channel; opens, creates, lists and
     deletes sessions. Use :func:`connect`."""
 
-    def __init__(self, address: str, config: Mapping[str, Any] | None = None) -> None:
-        self.channel = open_channel(address)
+    def __init__(
+        self,
+        address: str,
+        config: Mapping[str, Any] | None = None,
+        security: ChannelSecurity | None = None,
+    ) -> None:
+        self.channel = open_channel(address, security)
         super().__init__(address, config, _Driver(self.channel))
 
     def _context(self, session_id: str, config: Mapping[str, Any]) -> SessionContext:
@@ -236,6 +241,28 @@ class Client(ClientOps[Sync, SessionContext]):
         self.close()
 
 
-def connect(address: str = "127.0.0.1:50051", config: Mapping[str, Any] | None = None) -> Client:
-    """A :class:`Client` on ``address`` that owns its channel (use it as a context manager)."""
-    return Client(address, config)
+def connect(
+    address: str = "127.0.0.1:50051",
+    config: Mapping[str, Any] | None = None,
+    *,
+    root_certificates: Pem | None = None,
+    certificate_chain: Pem | None = None,
+    private_key: Pem | None = None,
+    token: str | None = None,
+    tls: bool | None = None,
+) -> Client:
+    """A :class:`Client` on ``address`` that owns its channel (use it as a context manager).
+
+    TLS and tokens (the server's ``--tls-cert``, ``--tls-client-ca`` and tokens): give
+    ``root_certificates`` (PEM bytes or a file's path; ``tls=True`` alone uses the system's
+    roots), ``certificate_chain`` and ``private_key`` for mTLS, and ``token`` for a bearer
+    token (sent only over TLS or to a loopback address).
+    """
+    security = ChannelSecurity.of(
+        root_certificates=root_certificates,
+        certificate_chain=certificate_chain,
+        private_key=private_key,
+        token=token,
+        tls=tls,
+    )
+    return Client(address, config, security)

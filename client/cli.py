@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 from varstore.client import (
@@ -100,6 +101,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         help=f"server address (default: env VARSTORE_SERVER, else {DEFAULT_SERVER})",
     )
     base.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_security_options(base)
     common = argparse.ArgumentParser(add_help=False, parents=[base])
     common.add_argument(
         "--timeout",
@@ -205,6 +207,61 @@ def _positive_float(text: str) -> float:
     return number
 
 
+def _add_security_options(parser: argparse.ArgumentParser) -> None:
+    """TLS and token options, the same as ``connect``'s (each with an environment default)."""
+    parser.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        default=None,
+        help="verify the server's TLS certificate with this CA (turns TLS on; env VARSTORE_CA_FILE)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=None,
+        help="use TLS with the system's CAs (env VARSTORE_TLS=1)",
+    )
+    parser.add_argument(
+        "--cert-file",
+        metavar="PEM",
+        default=None,
+        help="client certificate for mTLS, with --key-file (env VARSTORE_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--key-file",
+        metavar="PEM",
+        default=None,
+        help="private key of --cert-file (env VARSTORE_KEY_FILE)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=None,
+        help="file holding the bearer token (env VARSTORE_TOKEN_FILE, or the token itself "
+        "in VARSTORE_TOKEN)",
+    )
+
+
+def _connect(args: argparse.Namespace, address: str) -> Client:
+    """A client on ``address`` with the TLS and token options (flags first, then the
+    environment). Raises OSError for a file it cannot read, ValueError for a bad mix."""
+    env = os.environ.get
+    token_file = getattr(args, "token_file", None) or env("VARSTORE_TOKEN_FILE")
+    token = (
+        Path(token_file).expanduser().read_text().strip() if token_file else env("VARSTORE_TOKEN")
+    )
+    tls = getattr(args, "tls", None) or env("VARSTORE_TLS", "") == "1" or None
+    return connect(
+        address,
+        {"timeout": args.timeout},
+        root_certificates=getattr(args, "ca_file", None) or env("VARSTORE_CA_FILE"),
+        certificate_chain=getattr(args, "cert_file", None) or env("VARSTORE_CERT_FILE"),
+        private_key=getattr(args, "key_file", None) or env("VARSTORE_KEY_FILE"),
+        token=token or None,
+        tls=tls,
+    )
+
+
 # -- running ---------------------------------------------------------------------------------
 
 
@@ -219,7 +276,7 @@ def run_client_command(args: argparse.Namespace) -> int:
         return 2
     address = args.server or os.environ.get("VARSTORE_SERVER") or DEFAULT_SERVER
     try:
-        with connect(address, {"timeout": args.timeout}) as client:
+        with _connect(args, address) as client:
             output = handler(args, client)
         if output.printed:
             pass
@@ -239,6 +296,9 @@ def run_client_command(args: argparse.Namespace) -> int:
         return 1
     except BrokenPipeError:  # e.g. piped into `head`: nothing more to say
         _quiet_stdout()
+        return 1
+    except (OSError, ValueError) as problem:  # a TLS or token file, a bad option mix
+        _fail(str(problem))
         return 1
     except KeyboardInterrupt:
         if not getattr(args, "quiet_interrupt", False):
