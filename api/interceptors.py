@@ -5,6 +5,8 @@ that wraps every method handler of every service, unary and streaming alike.
   ``google.rpc`` details of :func:`~varstore.types.status.status_for`).
 - A status the handler chose itself (``context.abort``) and grpc's own errors (a request
   stream that broke because the client went away) pass through untouched.
+- The event log failing (a RecorderError, e.g. a read of a damaged or vanished file) is
+  UNAVAILABLE with a message that names no file; the details go to the server log.
 - Anything else is a bug: it is logged with its traceback and an incident id, and the
   caller gets INTERNAL (reason ``INTERNAL``, the incident id in the ErrorInfo). A bug is
   never UNAVAILABLE, which promises that nothing was written.
@@ -23,7 +25,8 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
-from varstore.types import InternalError, ValidationError, VarstoreError
+from varstore.eventstore import RecorderError
+from varstore.types import InternalError, Unavailable, ValidationError, VarstoreError
 from varstore.types.status import status_for
 
 __all__ = ["ErrorInterceptor", "guard"]
@@ -164,6 +167,13 @@ def _end_call(error: Exception, context: grpc.ServicerContext, method: str) -> N
     """End the call with the status ``error`` stands for (always raises)."""
     if isinstance(error, grpc.RpcError) or _status_chosen(context):
         raise error  # grpc's own: it ends the call with the status already chosen
+    if isinstance(error, RecorderError):  # the storage failed, not the code; the log has
+        # the details (paths included), the caller a message that names no file
+        log.error("%s: the event log failed: %s", method, error)
+        error = Unavailable(
+            "the event log cannot be read or written now; nothing was written, retry later",
+            info={"method": method},
+        )
     if not isinstance(error, VarstoreError):
         incident = uuid.uuid4().hex[:12]
         log.error("%s failed (incident %s)", method, incident, exc_info=error)

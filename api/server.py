@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -180,6 +181,7 @@ def start_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     bind_host = f"[{host}]" if ":" in host else host
+    _check_port_free(host, port, listen)
     try:
         if security.tls is not None:
             bound = server.add_secure_port(f"{bind_host}:{port}", security.tls.credentials())
@@ -201,6 +203,24 @@ def start_server(
     return RunningServer(
         server, store, health_servicer, host, bound, stop, hub, observed, metrics_port
     )
+
+
+def _check_port_free(host: str, port: int, listen: str) -> None:
+    """Refuse a port another process holds, in one line (grpc would also log its own)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # grpc will say what it makes of the name
+    for family, kind, proto, _, address in infos[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            # As grpc binds: a port whose old connections linger (TIME_WAIT) is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as problem:
+                raise OSError(f"cannot listen on {listen}: {problem.strerror}") from None
 
 
 def _follow_the_log(store: Store, health_servicer: _Health) -> None:
