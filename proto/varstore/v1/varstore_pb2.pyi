@@ -412,7 +412,8 @@ class CreateSessionResponse(_message.Message):
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
     """A bearer token that grants this session only, for servers that require tokens (empty
-    otherwise). It is returned once, here; the server keeps only its hash.
+    otherwise). The server stores no copy: it derives the token again to check it (an HMAC
+    of the session id and its creation position under the server's token secret).
     """
     @_builtins.property
     def header(self) -> Global___ResponseHeader:
@@ -2406,7 +2407,8 @@ class ForkSessionResponse(_message.Message):
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
     """A bearer token that grants this session only, for servers that require tokens (empty
-    otherwise). It is returned once, here; the server keeps only its hash.
+    otherwise). The server stores no copy: it derives the token again to check it (an HMAC
+    of the session id and its creation position under the server's token secret).
     """
     @_builtins.property
     def header(self) -> Global___ResponseHeader:
@@ -2539,7 +2541,8 @@ class ImportSessionResponse(_message.Message):
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
     """A bearer token that grants this session only, for servers that require tokens (empty
-    otherwise). It is returned once, here; the server keeps only its hash.
+    otherwise). The server stores no copy: it derives the token again to check it (an HMAC
+    of the session id and its creation position under the server's token secret).
     """
     @_builtins.property
     def header(self) -> Global___ResponseHeader:
