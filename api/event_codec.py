@@ -30,6 +30,7 @@ def event_to_proto(event: RecordedEvent) -> pb.Event:
         recorded_at=timestamp(event.recorded_at),
         source=event.source,
         metadata=dict(event.metadata),
+        request_id=event.request_id,
     )
     _WRITERS[event.type](event.payload, message, TRUSTED)
     return message
@@ -37,7 +38,8 @@ def event_to_proto(event: RecordedEvent) -> pb.Event:
 
 def event_from_proto(message: pb.Event) -> NewEvent:
     """The event a typed message describes, its payload checked against its type's model
-    (and stored in the model's form).
+    (and stored in the model's form). Its ``request_id`` names the write that recorded it
+    where it came from; the digest of that write's body is not sent, so it is "".
 
     Raises:
         ValidationError: unknown type, a body that does not match the type, or a value
@@ -55,6 +57,7 @@ def event_from_proto(message: pb.Event) -> NewEvent:
         source=message.source,
         metadata=dict(message.metadata),
         schema_version=message.schema_version or 1,
+        request_id=message.request_id,
     )
 
 

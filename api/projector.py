@@ -1,8 +1,9 @@
 """The projector: the one path from recorded events to what readers see.
 
 Only the projector moves the published session states, the per-session indexes (history,
-event times, snapshots), the last applied global position and, through its listeners, the
-watch fan-out; and it moves them only by applying events the log *recorded*. The committer
+event times, snapshots), the index of recent request ids, the last applied global position
+and, through its listeners, the watch fan-out; and it moves them only by applying events the
+log *recorded*. The committer
 hands it what it recorded; :meth:`Projector.catch_up` reads what it has not seen (another
 writer's events, or an append whose outcome was unknown); a tailer of a shared log will
 use the same door. Applying is idempotent: positions already applied are skipped, so the
@@ -18,6 +19,9 @@ Invariants:
 * :meth:`cut` returns the global position and the states *together*, under the publication
   lock: each state is its session's log folded up to at least every event at or below the
   position, which is what a checkpoint must hold (start-up skips what a state already has).
+* A request id is in the request index before the state its write published is, so once a
+  write is answered, a retry of it finds its record. The index is not in checkpoints:
+  :meth:`remember_requests` rebuilds it at start-up from the log's recent request events.
 
 Lock order: ``_apply_lock`` (one applier at a time, so listeners see commits in order), then
 ``_publish`` (short: swapping states and the global position), then ``_index_lock``.
@@ -29,8 +33,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
+from varstore.api.idempotency import REQUEST_TTL, RequestIndex, RequestKey, RequestRecord
 from varstore.eventstore import EventReader, RecordedEvent
 from varstore.projections import (
     ProjectionError,
@@ -56,9 +61,19 @@ CATCH_UP_PAGE = 1000
 class Projector:
     """Published session states and indexes, moved only by recorded events."""
 
-    def __init__(self, reader: EventReader, *, snapshot_every: int) -> None:
+    def __init__(
+        self,
+        reader: EventReader,
+        *,
+        snapshot_every: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        request_ttl: timedelta = REQUEST_TTL,
+    ) -> None:
         self._reader = reader
         self.snapshot_every = snapshot_every
+        self._clock = clock
+        #: The request ids recorded in the last ``request_ttl``.
+        self.requests = RequestIndex(request_ttl)
         # Published states, deleted sessions included (their position continues if the id
         # is created again). Read without a lock: one dict lookup.
         self._sessions: dict[str, SessionState] = {}
@@ -86,6 +101,16 @@ class Projector:
                 except ProjectionError as problem:
                     log.warning("ignoring the checkpoint (%s); folding the whole log", problem)
             self._load(0, {})
+
+    def remember_requests(self) -> int:
+        """Index the request ids the log recorded within the request TTL (start-up: the
+        index is not part of a checkpoint). Returns how many ids are remembered."""
+        with self._apply_lock:
+            now = self._clock()
+            for event in self._reader.read_requests(now - self.requests.ttl):
+                self.requests.add(event, event.recorded_at)
+            self.requests.prune(now)
+            return len(self.requests)
 
     def _load(self, after: int, sessions: dict[str, SessionState]) -> None:
         last = after
@@ -131,6 +156,15 @@ class Projector:
                 if left <= 0:
                     return False
                 self._publish.wait(left)
+
+    def request(self, key: RequestKey) -> RequestRecord | None:
+        """Where the write with ``key``'s request id was recorded, if it was within the
+        request TTL; None for a new id.
+
+        Raises:
+            ValidationError: the id was recorded for a request with another body.
+        """
+        return self.requests.match(key, self._clock())
 
     def history(self, session_id: str) -> SessionHistory:
         """The history of a session that exists or existed, or SessionNotFound."""
@@ -274,6 +308,7 @@ class Projector:
                 self._advance(events, complete)
             return fresh
         fresh.sort(key=lambda event: event.global_position)
+        self._index_requests(fresh)
         with self._index_lock:
             for event in fresh:
                 index = self._indexes.get(event.session_id)
@@ -288,6 +323,17 @@ class Projector:
             self._advance(events, complete)
             self._publish.notify_all()
         return fresh
+
+    def _index_requests(self, fresh: Sequence[RecordedEvent]) -> None:
+        """Remember the request ids of newly applied events, as recorded now (an import's
+        events carry their old times), and forget the expired ones."""
+        stamped = [event for event in fresh if event.request_id]
+        if not stamped:
+            return
+        now = self._clock()
+        for event in stamped:
+            self.requests.add(event, now)
+        self.requests.prune(now)
 
     def _advance(self, events: Sequence[RecordedEvent], complete: bool) -> None:
         """Move the global position over the contiguous run of ``events`` that follows it

@@ -311,15 +311,16 @@ def list_variables(
 
 
 def rollback_target(
-    store: ReadableStore, session_id: str, identifier: str, to_version: int
+    store: ReadableStore, session_id: str, identifier: str, to_version: int, at: At = None
 ) -> RollbackTarget:
-    """The live variable ``identifier`` names and the value it had at ``to_version``.
+    """The live variable ``identifier`` names (now, or at ``at``: a retry resolves it as
+    the first call did) and the value it had at ``to_version``.
 
     Raises:
         ValidationError: the variable never had that version.
         SessionNotFound, VariableNotFound.
     """
-    variable = find_variable(store.session(session_id), identifier)
+    variable = find_variable(session_at(store, session_id, at), identifier)
     value = store.history(session_id).value_at_version(variable.id, to_version)
     if value is None:
         raise ValidationError(

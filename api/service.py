@@ -17,6 +17,7 @@ from varstore.api import commands, queries, transfer
 from varstore.api.auth import recorded_source
 from varstore.api.convert import header, session_to_proto, variable_to_proto
 from varstore.api.event_codec import change_to_proto, event_to_proto
+from varstore.api.idempotency import request_key
 from varstore.api.store import Store
 from varstore.api.watch import WatchHub
 from varstore.types import from_proto as value_from_proto
@@ -67,16 +68,20 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def CreateSession(
         self, request: pb.CreateSessionRequest, context: grpc.ServicerContext
     ) -> pb.CreateSessionResponse:
-        session_id = request.session_id or f"session_{uuid.uuid4().hex}"
+        key = request_key(request)
+        known = self._store.known_request(key)  # a retry gets the id generated the first time
+        session_id = request.session_id or (
+            known.session_id if known is not None else f"session_{uuid.uuid4().hex}"
+        )
         command = commands.CreateSession(
             session_id=session_id,
             metadata=dict(request.metadata),
             ttl_seconds=request.ttl_seconds,
             source=_source(request.source, context),
         )
-        written = self._store.execute(session_id, command)
+        written = self._store.execute(session_id, command, key)
         return pb.CreateSessionResponse(
-            header=header(session_id, written.position),
+            header=header(written.result.session_id, written.position),
             session=_session_message(queries.describe_session(self._store, written.result)),
         )
 
@@ -109,7 +114,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             source=_source(request.source, context),
             metadata=dict(request.metadata),
         )
-        written = self._store.execute(request.session_id, command)
+        written = self._store.execute(request.session_id, command, request_key(request))
         return pb.DeleteSessionResponse(header=header(request.session_id, written.position))
 
     # -- variables --------------------------------------------------------------------------
@@ -126,7 +131,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             metadata=dict(request.metadata),
             source=_source(request.source, context),
         )
-        written = self._store.execute(request.session_id, command)
+        written = self._store.execute(request.session_id, command, request_key(request))
         return pb.RegisterVariableResponse(
             header=header(request.session_id, written.position),
             variable_id=written.result.id,
@@ -156,7 +161,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             ),
             source=_source(request.source, context),
         )
-        written = self._store.execute(request.session_id, command)
+        written = self._store.execute(request.session_id, command, request_key(request))
         return pb.SetVariableResponse(
             header=header(request.session_id, written.position),
             new_version=written.result.version,
@@ -189,7 +194,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             ),
             source=_source(request.source, context),
         )
-        written = self._store.execute(request.session_id, command)
+        written = self._store.execute(request.session_id, command, request_key(request))
         return pb.SetVariablesResponse(
             header=header(request.session_id, written.position),
             new_versions=written.result.new_versions,
@@ -229,7 +234,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             source=_source(request.source, context),
             metadata=dict(request.metadata),
         )
-        written = self._store.execute(request.session_id, command)
+        written = self._store.execute(request.session_id, command, request_key(request))
         return pb.DeleteVariableResponse(
             header=header(request.session_id, written.position),
             variable=variable_to_proto(written.result),
@@ -278,8 +283,14 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
         self, request: pb.RollbackVariableRequest, context: grpc.ServicerContext
     ) -> pb.RollbackVariableResponse:
         session_id = request.session_id
+        key = request_key(request)
+        known = self._store.known_request(key)  # a retry resolves the variable as the first did
         target = queries.rollback_target(
-            self._store, session_id, request.variable_identifier, request.to_version
+            self._store,
+            session_id,
+            request.variable_identifier,
+            request.to_version,
+            known.first_position - 1 if known is not None else None,
         )
         command = commands.RollbackVariable(
             session_id=session_id,
@@ -292,7 +303,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             ),
             source=_source(request.source, context),
         )
-        written = self._store.execute(session_id, command)
+        written = self._store.execute(session_id, command, key)
         return pb.RollbackVariableResponse(
             header=header(session_id, written.position),
             new_version=written.result.version,

@@ -20,6 +20,17 @@ Commits cannot leave the served state behind the log:
   (UNAVAILABLE: nothing was written, safe to retry), or someone else's events (decided
   again). If the log cannot even be read, the answer is COMMIT_OUTCOME_UNKNOWN.
 
+**Request ids** (:mod:`varstore.api.idempotency`). A command may come with a request key;
+the leader, before deciding it, looks its id up in the projector's request index (and
+among the commands of its own group): a recorded id with the same digest makes the command
+a retry, which appends nothing and is answered as the first time (below); another digest
+is INVALID_ARGUMENT; a command whose id another command of the group is writing waits for
+the next round. Deciding this under the leader is what keeps two concurrent retries of one
+id from both writing. An accepted command's events carry its key. A retry's answer is
+rebuilt by the same code that made the first one: the command decides again on the state
+just before the first write's events, at that write's time and with no limits (they were
+checked the first time), and answers from the state at its last event.
+
 Readers take published states from the projector: a read is one dict lookup, no lock,
 no database. Checkpoints and sessions' last use (for TTL) are written by a maintenance
 thread, off the write path.
@@ -32,11 +43,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from varstore.api.commands import Command, ExpireSession, WriteContext, live
+from varstore.api.idempotency import REQUEST_TTL, RequestKey, RequestRecord
 from varstore.api.limits import Limits, LiveSessions
 from varstore.api.projector import Listener, Projector
 from varstore.eventstore import (
@@ -101,10 +113,13 @@ class _Job:
 
     session_id: str
     command: Command[Any]
+    request: RequestKey | None = None
     signal: threading.Lock = field(default_factory=threading.Lock)
     written: Written[Any] | None = None
     error: BaseException | None = None
     promoted: bool = False
+    #: Set when the job is a retry of a recorded request: the answer is rebuilt from it.
+    replay: RequestRecord | None = None
 
     def __post_init__(self) -> None:
         self.signal.acquire()
@@ -137,12 +152,15 @@ class Store:
         snapshot_every: int = SNAPSHOT_EVERY,
         checkpoint_every: int = CHECKPOINT_EVERY,
         maintenance_interval: float = MAINTENANCE_INTERVAL,
+        request_ttl: timedelta = REQUEST_TTL,
     ) -> None:
         self.recorder = recorder
         self.limits = limits or Limits()
         self.checkpoint_every = checkpoint_every
         self._clock = clock
-        self.projector = Projector(recorder, snapshot_every=snapshot_every)
+        self.projector = Projector(
+            recorder, snapshot_every=snapshot_every, clock=clock, request_ttl=request_ttl
+        )
         # Lock order: _lock guards _pending and _leading only; nothing else is taken
         # while holding it.
         self._lock = threading.Lock()
@@ -161,6 +179,7 @@ class Store:
         self._writable_listeners: list[Callable[[bool], None]] = []
         self._commit_observers: list[Callable[[int, float], None]] = []
         self._start()
+        self.projector.remember_requests()
         # Live sessions, for max_sessions: counted once here, then by a listener.
         self.live_sessions = LiveSessions(self.projector.states().values())
         self.subscribe(self.live_sessions.on_commit)
@@ -242,15 +261,23 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def execute(self, session_id: str, command: Command[R]) -> Written[R]:
+    def execute(
+        self, session_id: str, command: Command[R], request: RequestKey | None = None
+    ) -> Written[R]:
         """Run ``command`` on ``session_id``; return once its events are durable.
 
-        Raises the command's VarstoreError; Unavailable if the log cannot be written
-        (nothing was) or the store is closed; VersionConflict if the session kept
-        changing under the command; CommitOutcomeUnknown if the log could not tell
-        whether the events were recorded; InternalError for a bug.
+        With a ``request`` key whose id was recorded (within the request TTL), nothing is
+        appended: the answer is the first write's, rebuilt from the log (see the module
+        docstring), whatever ``session_id`` says (a retry of a CreateSession or a fork
+        whose id the server generated names the session it made).
+
+        Raises the command's VarstoreError; ValidationError if the request id was used
+        by a request with another body; Unavailable if the log cannot be written (nothing
+        was) or the store is closed; VersionConflict if the session kept changing under
+        the command; CommitOutcomeUnknown if the log could not tell whether the events
+        were recorded; InternalError for a bug.
         """
-        job = _Job(session_id, command)
+        job = _Job(session_id, command, request)
         with self._lock:
             if self._closed:
                 raise Unavailable("the store is shutting down")
@@ -260,9 +287,70 @@ class Store:
         if not lead:
             job.signal.acquire()  # answered, or promoted to lead the next group
             if not job.promoted:
-                return job.outcome()
+                return self._answer(job)
         self._lead(job)
-        return job.outcome()
+        return self._answer(job)
+
+    def known_request(self, request: RequestKey | None) -> RequestRecord | None:
+        """Where the write with ``request``'s id was recorded, if it was (within the
+        request TTL): lets a handler prepare a retry as the first call was prepared (a
+        generated id, a read the retry must not repeat). Only a hint: whether a command
+        is a retry is decided when it runs.
+
+        Raises:
+            ValidationError: the id was used by a request with another body.
+        """
+        return self.projector.request(request) if request is not None else None
+
+    def recorded_request(self, request_id: str) -> RequestRecord | None:
+        """Where the write with ``request_id`` was recorded, if it was (within the request
+        TTL), whatever its body: a streamed request knows its id before its digest."""
+        return self.projector.requests.get(request_id, self._clock()) if request_id else None
+
+    def _answer(self, job: _Job) -> Written[Any]:
+        """A job's outcome; a retry's answer is rebuilt here, off the leader's thread."""
+        if job.replay is None or job.error is not None:
+            return job.outcome()
+        return self._replayed(job.command, job.replay)
+
+    def _replayed(self, command: Command[R], record: RequestRecord) -> Written[R]:
+        """The answer ``command`` got when its request was first recorded (``record``)."""
+        sid = record.session_id
+        try:
+            first = self._first_position(record)
+            before = self.projector.state_at(sid, first - 1)
+            after = self.projector.state_at(sid, record.last_position)
+            [last] = self.recorder.read_session(sid, record.last_position, record.last_position)
+        except RecorderError as unreadable:
+            log.error("cannot read the log to answer a retry of %r: %s", record, unreadable)
+            raise Unavailable(
+                "the event log cannot be read to answer this retry; it was already "
+                "recorded, nothing new was written: retry later",
+                info={"session_id": sid[:200], "request_id": record.request_id[:200]},
+            ) from None
+        # The first decision's time and the server's rules, without limits: the write
+        # passed them when it was decided, and a restart may have lowered them since.
+        ctx = replace(self._write_context(), now=last.recorded_at, limits=_unlimited(self.limits))
+        try:
+            return Written(command.decide(before, ctx).respond(after), record.last_position)
+        except Exception:
+            log.exception("cannot rebuild the answer to a retry of %r", record)
+            raise InternalError("internal error while answering a retry") from None
+
+    def _first_position(self, record: RequestRecord) -> int:
+        """The position of the first event the request wrote. A record read back at
+        start-up may start late: a fork's copies keep their origin's (older) times."""
+        first = record.first_position
+        while first > 1:
+            start = max(1, first - 1000)
+            earlier = self.recorder.read_session(record.session_id, start, first - 1)
+            for event in reversed(earlier):
+                if event.request_id != record.request_id:
+                    return first
+                first = event.position
+            if start == 1:
+                break
+        return first
 
     def expire_idle_sessions(self) -> int:
         """Append SessionDeleted(reason="expired") for every session idle past its TTL.
@@ -451,7 +539,7 @@ class Store:
         except Exception:  # a bug, not bad input: fail what is unanswered, keep serving
             log.exception("commit failed for a group of %d commands", len(jobs))
             for job in jobs:
-                if job.written is None and job.error is None:
+                if job.written is None and job.error is None and job.replay is None:
                     job.error = InternalError("internal error while writing; see the server log")
         finally:
             for job in jobs:
@@ -530,7 +618,21 @@ class Store:
         (their session moved under them)."""
         working: dict[str, SessionState | None] = {}
         accepted: list[_Accepted] = []
+        writing_ids: set[str] = set()  # request ids this round appends
+        later: list[_Job] = []  # jobs whose request id another job of the round writes
         for job in jobs:
+            key = job.request
+            if key is not None:
+                if key.id in writing_ids:
+                    later.append(job)
+                    continue
+                try:
+                    job.replay = self.projector.request(key)
+                except VarstoreError as refused:
+                    job.error = refused
+                    continue
+                if job.replay is not None:
+                    continue
             sid = job.session_id
             if sid not in working:
                 published = self.projector.published(sid)
@@ -552,10 +654,12 @@ class Store:
                 continue
             working[sid] = after
             position = base + len(decision.events)
-            accepted.append(
-                _Accepted(job, Append(sid, base, decision.events), Written(answer, position))
-            )
-        return self._commit(accepted, working)
+            events = decision.events
+            if key is not None and events:
+                writing_ids.add(key.id)
+                events = [_stamped(event, key) for event in events]
+            accepted.append(_Accepted(job, Append(sid, base, events), Written(answer, position)))
+        return self._commit(accepted, working) + later
 
     def _refold(self, sid: str, accepted: list[_Accepted]) -> SessionState | None:
         """The working state of ``sid`` rebuilt from the published one and the decisions
@@ -681,6 +785,7 @@ def _same_event(new: NewEvent, recorded: RecordedEvent) -> bool:
         new.type == recorded.type
         and new.recorded_at == recorded.recorded_at
         and new.source == recorded.source
+        and new.request_id == recorded.request_id
         and _canonical(new.payload) == _canonical(recorded.payload)
         and _canonical(new.metadata) == _canonical(recorded.metadata)
     )
@@ -688,3 +793,26 @@ def _same_event(new: NewEvent, recorded: RecordedEvent) -> bool:
 
 def _canonical(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, default=dict)
+
+
+def _stamped(event: NewEvent, key: RequestKey) -> NewEvent:
+    """``event`` as the write with ``key`` records it."""
+    return NewEvent(
+        event.type,
+        event.payload,
+        event.recorded_at,
+        event.source,
+        event.metadata,
+        event.schema_version,
+        key.id,
+        key.digest,
+    )
+
+
+def _unlimited(limits: Limits) -> Limits:
+    """``limits`` with every count and size raised out of reach (a retry's rebuilt
+    decision re-checks nothing the first decision passed)."""
+    raised = {
+        spec.name: 2**62 for spec in fields(limits) if type(getattr(limits, spec.name)) is int
+    }
+    return replace(limits, **raised)

@@ -34,8 +34,9 @@ from varstore.api.commands import (
 )
 from varstore.api.convert import header, session_to_proto
 from varstore.api.event_codec import event_from_proto, event_to_proto
+from varstore.api.idempotency import BodyDigest, check_request_id, request_key
 from varstore.api.queries import describe_session
-from varstore.api.store import Store
+from varstore.api.store import Store, Written
 from varstore.eventstore.events import NewEvent, RecordedEvent
 from varstore.projections import SessionState
 from varstore.types import (
@@ -88,6 +89,13 @@ def fork_session(
         LimitExceeded: the copy would hold more than MAX_TRANSFER_EVENTS events.
     """
     origin = request.session_id
+    key = request_key(request)
+    known = store.known_request(key)
+    if known is not None:  # a retry: answered from the log as the first time, nothing read
+        again = ForkSession(
+            known.session_id, origin, request.at_position, (), source, dict(request.metadata)
+        )
+        return _forked(store, store.execute(known.session_id, again, key))
     published = store.published(origin)
     if published is None:
         raise SessionNotFound(
@@ -134,9 +142,13 @@ def fork_session(
         source=source,
         metadata=dict(request.metadata),
     )
-    written = store.execute(new_id, command)
+    return _forked(store, store.execute(new_id, command, key))
+
+
+def _forked(store: Store, written: Written[SessionState]) -> pb.ForkSessionResponse:
+    # The session the answer names: a retry that raced the first call names the first's.
     return pb.ForkSessionResponse(
-        header=header(new_id, written.position),
+        header=header(written.result.session_id, written.position),
         session=_session_message(store, written.result),
     )
 
@@ -240,8 +252,10 @@ def import_session(
 ) -> pb.ImportSessionResponse:
     """A new session rebuilt from an export.
 
-    The first chunk names the new session (empty: the exported events' session) and how
-    far to import (``to_position``; 0 for everything); events after it are not read.
+    The first chunk names the new session (empty: the exported events' session), how far
+    to import (``to_position``; 0 for everything) and the ``request_id``; events after
+    ``to_position`` are not read. A retry (the same request id over the same session id,
+    ``to_position`` and events) is checked again and answered as the first time.
 
     Raises:
         ValidationError: no events, a bad id, or an event that does not check (the message
@@ -252,11 +266,17 @@ def import_session(
     """
     target = ""
     to_position = 0
+    request_id = ""
+    body = BodyDigest(pb.ImportSessionRequest.DESCRIPTOR.full_name)
     check: ImportCheck | None = None
     try:
         for index, chunk in enumerate(chunks):
             if index == 0:
                 target, to_position = chunk.session_id, chunk.to_position
+                request_id = chunk.request_id
+                if request_id:
+                    check_request_id(request_id)
+                body.update(pb.ImportSessionRequest(session_id=target, to_position=to_position))
                 if to_position < 0:
                     raise ValidationError(f"to_position must be 0 or more, not {to_position}")
             for message in chunk.events:
@@ -267,7 +287,8 @@ def import_session(
                             "import refused: no session id given and the events carry none"
                         )
                     check_name(target, store.limits, "session id")
-                    check_unused(store.published(target), target)
+                    if store.recorded_request(request_id) is None:  # a retry's id is taken
+                        check_unused(store.published(target), target)
                     check = ImportCheck(target, store.limits)
                 if to_position and check.position >= to_position:
                     break
@@ -276,6 +297,7 @@ def import_session(
                         f"import refused: more than {max_events} events",
                         info={"limit": str(max_events)},
                     )
+                body.update(message)
                 check.add(_decoded(message))
             else:
                 continue
@@ -292,7 +314,7 @@ def import_session(
             f"before to_position {to_position}",
             info={"position": str(to_position), "last_position": str(check.position)},
         )
-    written = store.execute(target, ImportSession(target, check.events))
+    written = store.execute(target, ImportSession(target, check.events), body.key(request_id))
     log.info("imported session %r (%d events) for %s", target, written.position, source)
     return pb.ImportSessionResponse(
         header=header(target, written.position),

@@ -56,9 +56,9 @@ class BrokenStore(Store):
         self._bug()
         return super().state_at(session_id, position)
 
-    def execute(self, session_id: str, command: Any) -> Any:
+    def execute(self, session_id: str, command: Any, request: Any = None) -> Any:
         self._bug()
-        return super().execute(session_id, command)
+        return super().execute(session_id, command, request)
 
     @property  # type: ignore[override]
     def limits(self) -> Any:
