@@ -326,7 +326,6 @@ class ContextCore:
             variable_identifier=identifier,
             from_version=from_version,
             newest_first=newest_first,
-            page_size=1000,
             page_token=page_token,
         )
         if to_version is not None:

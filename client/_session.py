@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -20,7 +21,14 @@ from varstore.client._core import MISSING, ChangeInfo, ContextCore, VariableInfo
 from varstore.client._effects import Background, Call, Stop
 from varstore.client._flow import Driver, F, Flavoured, Flow, Ready, every_page, operation, ready
 from varstore.client._watch import WatchPosition, cache_watch, watch_flow, watch_request
-from varstore.types import AlreadyExists, SessionNotFound, VariableNotFound, VarstoreError
+from varstore.types import (
+    AlreadyExists,
+    LimitExceeded,
+    SessionNotFound,
+    Unavailable,
+    VariableNotFound,
+    VarstoreError,
+)
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = ["SessionOps", "ViewOps"]
@@ -31,6 +39,12 @@ W = TypeVar("W")
 V = TypeVar("V")
 
 Runs = Callable[[Flow[Any]], Any]
+
+#: The limits each channel's server told (GetServerInfo), asked once per channel, so once
+#: per client (its contexts share its channel), and only when first needed.
+_SERVER_LIMITS: weakref.WeakKeyDictionary[Any, pb.ServerLimits] = weakref.WeakKeyDictionary()
+#: Items per page asked for when the server does not tell its largest page.
+_PAGE_SIZE = 1000
 
 
 class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
@@ -100,6 +114,21 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
             watch = Background(cache_watch(self._core), f"varstore-watch-{self.session_id}")
             self._watch = yield watch
         return response
+
+    def _limits(self) -> Flow[pb.ServerLimits]:
+        """The server's limits (0: not told); an older server without GetServerInfo, or
+        one that cannot answer now, tells none (and is asked again next time)."""
+        known = _SERVER_LIMITS.get(self.channel)
+        if known is None:
+            request = pb.GetServerInfoRequest()
+            try:
+                known = (yield Call("GetServerInfo", request, self._core.timeout)).limits
+            except Unavailable:
+                return pb.ServerLimits()
+            except VarstoreError:  # UNIMPLEMENTED: a server from before GetServerInfo
+                known = pb.ServerLimits()
+            _SERVER_LIMITS[self.channel] = known
+        return known
 
     def _create_session(self) -> Flow[None]:
         request = self._core.create_session_request()
@@ -213,6 +242,12 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
             ValidationError: an atomic batch was refused; ``violations`` says why, per name.
             VersionConflict, LimitExceeded, SessionNotFound, Unavailable.
         """
+        limit = (yield from self._limits()).max_batch_size
+        if limit and len(updates) > limit:  # the server's own refusal, without the trip
+            raise LimitExceeded(
+                f"batch has {len(updates)} updates; the limit is {limit} (max_batch_size)",
+                info={"limit": str(limit), "limit_name": "max_batch_size"},
+            )
         request = self._core.set_many_request(updates, metadata, atomic)
         response = yield from self._send("SetVariables", request)
         return self._core.remember_batch(updates, response)
@@ -292,6 +327,7 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
             SessionNotFound, Unavailable.
         """
         request = self._core.history_request(name, from_version, to_version, newest_first, "")
+        request.page_size = (yield from self._limits()).max_page_size or _PAGE_SIZE
         call = Call("GetVariableHistory", request, self._core.timeout)
         changes = yield from every_page(call, lambda page: page.changes)
         return [ChangeInfo.from_proto(change) for change in changes]
@@ -334,7 +370,7 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
             session_id=self.session_id,
             from_position=from_position,
             backwards=backwards,
-            page_size=1000,
+            page_size=(yield from self._limits()).max_page_size or _PAGE_SIZE,
         )
         if to_position is not None:
             request.to_position = to_position

@@ -431,7 +431,9 @@ class _Requests:
         session_id: str,
         to_position: int,
         progress: Progress | None,
+        chunk_bytes: int = IMPORT_CHUNK_BYTES,
     ) -> None:
+        self._chunk_bytes = chunk_bytes
         self._events = events
         self._session_id = session_id
         self._to_position = to_position
@@ -459,7 +461,7 @@ class _Requests:
                 break
             event_size = event.ByteSize()
             if chunk and (
-                len(chunk) >= IMPORT_CHUNK_EVENTS or size + event_size > IMPORT_CHUNK_BYTES
+                len(chunk) >= IMPORT_CHUNK_EVENTS or size + event_size > self._chunk_bytes
             ):
                 yield self._request(chunk, first)
                 first, chunk, size = False, [], 0
@@ -515,6 +517,15 @@ def import_session(
     return _import_from(stub, events, session_id, to_position, progress, timeout)
 
 
+def _chunk_bytes(stub: pb_grpc.VariableStoreStub) -> int:
+    """Bytes of events per import chunk: at most half the server's largest request."""
+    try:
+        largest = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30).limits.max_message_bytes
+    except grpc.RpcError:  # an older server: it tells no limit
+        return IMPORT_CHUNK_BYTES
+    return min(IMPORT_CHUNK_BYTES, largest // 2) if largest else IMPORT_CHUNK_BYTES
+
+
 def _import_from(
     stub: pb_grpc.VariableStoreStub,
     events: Iterator[pb.Event],
@@ -525,7 +536,7 @@ def _import_from(
 ) -> ImportResult:
     if to_position is not None and to_position < 1:
         raise ValidationError(f"to_position must be 1 or more, not {to_position}")
-    requests = _Requests(events, session_id or "", to_position or 0, progress)
+    requests = _Requests(events, session_id or "", to_position or 0, progress, _chunk_bytes(stub))
     try:
         call = stub.ImportSession.future(iter(requests), timeout=timeout)
         requests.call = call

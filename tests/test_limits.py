@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -26,6 +27,7 @@ from varstore.api.limits import Limits
 from varstore.api.ratelimit import TokenBucket, caller_identity
 from varstore.api.server import RunningServer
 from varstore.api.store import Store
+from varstore.client import SessionContext, connect
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.types import LimitExceeded
 from varstore.types.status import error_from_rpc_error
@@ -489,3 +491,53 @@ def test_serve_refuses_a_limit_out_of_range_in_one_line(tmp_path: Path) -> None:
     line = result.stderr.strip()
     assert "\n" not in line and line.startswith("varstore: ")
     assert line.endswith("--max-sessions must be a whole number from 1 up, not 0")
+
+
+# -- the client reads the server's limits ---------------------------------------------------
+
+
+class _Recorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Client-side: the methods called and the requests sent, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.calls.append((details.method.rsplit("/", 1)[-1], request))
+        return continuation(details, request)
+
+
+def test_the_client_asks_the_limits_once_per_channel_and_uses_them() -> None:
+    with serving(max_batch_size=2, max_page_size=3) as (running, _):
+        recorder = _Recorder()
+        with grpc.insecure_channel(running.address) as plain:
+            channel = grpc.intercept_channel(plain, recorder)
+            first = SessionContext("one", channel)
+            second = SessionContext("two", channel)
+            first.register_variable("v", "integer", 0)
+            for version in range(1, 8):
+                first.set_variable("v", version)
+            with pytest.raises(LimitExceeded, match=r"the limit is 2 \(max_batch_size\)") as raised:
+                first.update_variables({"a": 1, "b": 2, "c": 3})
+            assert raised.value.info["limit_name"] == "max_batch_size"
+            assert len(first.history("v")) == 8  # every version, three a page
+            second.update_variables({})
+            assert len(second.read_events()) == 1
+        methods = [method for method, _ in recorder.calls]
+        assert methods.count("GetServerInfo") == 1
+        batches = [r for m, r in recorder.calls if m == "SetVariables"]
+        assert batches and all(not r.updates for r in batches)  # type: ignore[attr-defined]
+        pages = [r for m, r in recorder.calls if m in ("GetVariableHistory", "ReadEvents")]
+        assert pages and all(r.page_size == 3 for r in pages)  # type: ignore[attr-defined]
+        assert methods.count("GetVariableHistory") == 3
+
+
+def test_an_import_is_sent_in_chunks_the_servers_max_message_bytes_admits(tmp_path: Path) -> None:
+    with serving(max_message_bytes=64_000) as (running, _), connect(running.address) as client:
+        origin = client.session("big")
+        for n in range(12):
+            origin.register_variable(f"v{n}", "string", str(n) * 20_000)
+        export = tmp_path / "big.jsonl"
+        client.export_session("big", export)
+        copy = client.import_session(export, session_id="copy")
+        assert copy.get_variable("v11") == "1" * 40_000
