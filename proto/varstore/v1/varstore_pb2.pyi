@@ -93,7 +93,9 @@ class Constraints(_message.Message):
     max_length: _builtins.int
     """Most accepted characters (Unicode code points); string variables only."""
     pattern: _builtins.str
-    """A Python regular expression the whole string must match; string variables only."""
+    """An RE2 regular expression (Python's syntax without backreferences or look-around) the
+    whole string must match, in time linear in its length; string variables only.
+    """
     @_builtins.property
     def choices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]:
         """When not empty, the only accepted values; each must be of the variable's type."""
@@ -2587,7 +2589,8 @@ Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
 @_typing.final
 class ServerLimits(_message.Message):
     """ServerLimits are the server's limits; a request beyond one is RESOURCE_EXHAUSTED (names and
-    ids too long: INVALID_ARGUMENT), and the message names the limit. 0 means no limit.
+    ids too long, a ttl_seconds too long: INVALID_ARGUMENT), and the message names the limit
+    ("... the limit is N (max_batch_size)"). 0 means no limit.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2615,7 +2618,9 @@ class ServerLimits(_message.Message):
     max_variables_per_session: _builtins.int
     """Most live variables in one session."""
     max_batch_size: _builtins.int
-    """Most updates in one SetVariables call, and identifiers in one GetVariables call."""
+    """Most updates in one SetVariables call, and identifiers in one GetVariables or
+    WatchSession call.
+    """
     max_sessions: _builtins.int
     """Most live sessions on the server."""
     max_watchers_per_session: _builtins.int
@@ -2623,7 +2628,9 @@ class ServerLimits(_message.Message):
     max_watchers: _builtins.int
     """Most open watches on the server."""
     max_page_size: _builtins.int
-    """Largest page of ListSessions, GetVariableHistory and ReadEvents."""
+    """Largest page of ListSessions, GetVariableHistory and ReadEvents (a larger page_size is
+    served as this).
+    """
     max_metadata_entries: _builtins.int
     """Most metadata entries on one request."""
     max_metadata_entry_bytes: _builtins.int
