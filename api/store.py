@@ -118,6 +118,8 @@ class _Job:
     written: Written[Any] | None = None
     error: BaseException | None = None
     promoted: bool = False
+    #: The decider refused it (a VarstoreError from ``decide``, not from the commit).
+    refused: bool = False
     #: Set when the job is a retry of a recorded request: the answer is rebuilt from it.
     replay: RequestRecord | None = None
 
@@ -590,11 +592,7 @@ class Store:
         applied (another server's): a refusal (not found, a version conflict) must come from
         the log as it is, never from a state behind it. The loop catches up, then decides
         them again. One cheap read of the log's head, only when something was refused."""
-        refused = [
-            job
-            for job in decided
-            if isinstance(job.error, VarstoreError) and not isinstance(job.error, InternalError)
-        ]
+        refused = [job for job in decided if job.refused]
         if not refused:
             return []
         try:
@@ -604,7 +602,7 @@ class Store:
         if not behind:
             return []
         for job in refused:
-            job.error = None
+            job.error, job.refused = None, False
         return refused
 
     def _write_context(self) -> WriteContext:
@@ -641,7 +639,7 @@ class Store:
             try:
                 decision = job.command.decide(state, ctx)
             except VarstoreError as refused:
-                job.error = refused
+                job.error, job.refused = refused, True
                 continue
             base = state.position if state is not None else 0
             try:
