@@ -128,12 +128,12 @@ class _AsyncDriver:
         if isinstance(effect, effects.Blocking):
             stub = self._blocking_stub()
             return await asyncio.to_thread(effect.function, stub, *effect.args, **effect.kwargs)
+        if isinstance(effect, effects.Sleep):  # a retry's pause, or a watch's
+            return await asyncio.sleep(effect.seconds)
         if line is None:
             raise TypeError(f"{effect!r} outside a streaming run")
         if effect is effects.RECEIVE:
             return await line.receive()
-        if isinstance(effect, effects.Sleep):
-            return await asyncio.sleep(effect.seconds)
         if isinstance(effect, effects.Open):
             return line.open(self.stub, effect)
         raise TypeError(f"no way to perform {effect!r}")

@@ -8,13 +8,24 @@ the asyncio driver runs in a worker thread.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from varstore.client import transfer
 from varstore.client._core import DEFAULT_SOURCE, DEFAULT_TIMEOUT, SessionInfo, session_request
 from varstore.client._effects import Blocking, Call
-from varstore.client._flow import Driver, F, Flavoured, Flow, every_page, operation
+from varstore.client._flow import (
+    Driver,
+    F,
+    Flavoured,
+    Flow,
+    Retry,
+    every_page,
+    new_request_id,
+    operation,
+    retried,
+)
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = ["ClientOps", "Contextual"]
@@ -39,6 +50,7 @@ class ClientOps(Flavoured[F], Generic[F, C]):
         self.config = dict(config or {})
         self._run = driver.run
         self._timeout = float(self.config.get("timeout", DEFAULT_TIMEOUT))
+        self._retry = Retry.from_config(self.config)
 
     def _context(self, session_id: str, config: Mapping[str, Any]) -> C:
         """A context of this client's flavour on its channel."""
@@ -73,26 +85,28 @@ class ClientOps(Flavoured[F], Generic[F, C]):
             ValidationError: the id or TTL is not acceptable.
         """
         request = session_request(session_id, metadata, ttl_seconds)
-        response = yield self._call("CreateSession", request)
+        response = yield from retried(self._call("CreateSession", request), self._retry)
         return self._opened(response.session.id, config)
 
     @operation
     def get_session(self, session_id: str) -> Flow[SessionInfo]:
         """Describe one session. Raises SessionNotFound."""
-        response = yield self._call("GetSession", pb.GetSessionRequest(session_id=session_id))
+        request = pb.GetSessionRequest(session_id=session_id)
+        response = yield from retried(self._call("GetSession", request), self._retry)
         return SessionInfo.from_proto(response.session)
 
     @operation
     def list_sessions(self) -> Flow[list[SessionInfo]]:
         """Every live session, by id."""
         call = self._call("ListSessions", pb.ListSessionsRequest())
-        sessions = yield from every_page(call, lambda page: page.sessions)
+        sessions = yield from every_page(call, lambda page: page.sessions, retry=self._retry)
         return [SessionInfo.from_proto(session) for session in sessions]
 
     @operation
     def delete_session(self, session_id: str) -> Flow[None]:
         """Delete a session. Raises SessionNotFound."""
-        yield self._call("DeleteSession", pb.DeleteSessionRequest(session_id=session_id))
+        request = pb.DeleteSessionRequest(session_id=session_id)
+        yield from retried(self._call("DeleteSession", request), self._retry)
 
     # -- copies of logs (see varstore.client.transfer) ------------------------------------
 
@@ -115,9 +129,14 @@ class ClientOps(Flavoured[F], Generic[F, C]):
             AlreadyExists: ``new_session_id`` was used before.
         """
         source = str(self.config.get("source", DEFAULT_SOURCE))
-        options = {"source": source, "metadata": metadata, "timeout": self._timeout}
+        options = {
+            "source": source,
+            "metadata": metadata,
+            "timeout": self._timeout,
+            "request_id": new_request_id(),  # the same on every retry
+        }
         fork = Blocking(transfer.fork_session, (session_id, at_position, new_session_id), options)
-        info: SessionInfo = yield fork
+        info: SessionInfo = yield from retried(fork, self._retry, write=True)
         return self._opened(info.id, config)
 
     @operation
@@ -144,9 +163,9 @@ class ClientOps(Flavoured[F], Generic[F, C]):
             "progress": progress,
             "timeout": timeout,
         }
-        result: transfer.ExportResult = yield Blocking(
-            transfer.export_session, (session_id, path_or_file), options
-        )
+        export = Blocking(transfer.export_session, (session_id, path_or_file), options)
+        retry = self._retry if _rereadable(path_or_file) else self._retry.with_enabled(False)
+        result: transfer.ExportResult = yield from retried(export, retry, write=False)
         return result
 
     @operation
@@ -170,8 +189,16 @@ class ClientOps(Flavoured[F], Generic[F, C]):
             AlreadyExists: the id was used before.
             OutOfRange: the export ends before ``to_position``.
         """
-        options = {"progress": progress, "timeout": timeout}
-        result: transfer.ImportResult = yield Blocking(
+        options = {"progress": progress, "timeout": timeout, "request_id": new_request_id()}
+        imported = Blocking(
             transfer.import_session, (path_or_file, session_id, to_position), options
         )
+        retry = self._retry if _rereadable(path_or_file) else self._retry.with_enabled(False)
+        result: transfer.ImportResult = yield from retried(imported, retry, write=True)
         return self._opened(result.session.id, config)
+
+
+def _rereadable(path_or_file: transfer.PathOrFile) -> bool:
+    """Whether a transfer can start again from scratch: a path can; an open file, which
+    the failed attempt consumed or wrote half of, cannot (its call is not retried)."""
+    return isinstance(path_or_file, str | os.PathLike)

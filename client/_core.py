@@ -223,6 +223,8 @@ class ContextCore:
             "timeout",
             "create_session",
             "cache_mode",
+            "retry",
+            "retry_deadline",
         }
         if unknown:
             raise ValueError(f"unknown config key {min(unknown)!r}")

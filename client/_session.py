@@ -4,7 +4,9 @@ the sync and the asyncio context (see :mod:`varstore.client._flow`).
 Creating the session on first use lives in :meth:`SessionOps._send` alone: a call the
 server answers with SessionNotFound creates the session and is made once more, unless
 the session was known to exist (then it was deleted, and that is the answer) or
-``create_session`` is off.
+``create_session`` is off. Every call goes through :func:`~varstore.client._flow.retried`
+with the context's :class:`~varstore.client._flow.Retry` (config ``retry``,
+``retry_deadline``): a write carries one request id across its retries.
 """
 
 from __future__ import annotations
@@ -19,7 +21,18 @@ from typing import Any, Generic, TypeVar
 from varstore.client import transfer
 from varstore.client._core import MISSING, ChangeInfo, ContextCore, VariableInfo, point_fields
 from varstore.client._effects import Background, Call, Stop
-from varstore.client._flow import Driver, F, Flavoured, Flow, Ready, every_page, operation, ready
+from varstore.client._flow import (
+    Driver,
+    F,
+    Flavoured,
+    Flow,
+    Ready,
+    Retry,
+    every_page,
+    operation,
+    ready,
+    retried,
+)
 from varstore.client._watch import WatchPosition, cache_watch, watch_flow, watch_request
 from varstore.types import (
     AlreadyExists,
@@ -62,6 +75,7 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         self.session_id = session_id
         self.channel = channel
         self._core = ContextCore(session_id, config or {}, clock)
+        self._retry = Retry.from_config(self._core.config)
         #: True once any answer showed the session exists: it is never re-created.
         self._session_known = False
         #: The cache's watch (what Background answered), while it runs.
@@ -100,12 +114,12 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         first answer of a "watch"-mode context starts the cache's watch."""
         call = Call(method, request, self._core.timeout)
         try:
-            response = yield call
+            response = yield from retried(call, self._retry)
         except SessionNotFound:
             if self._session_known or not self._core.create_session:
                 raise
             yield from self._create_session()
-            response = yield call
+            response = yield from retried(call, self._retry)  # the same request id
         except VarstoreError:
             self._session_known = True  # any other answer means the session was there
             raise
@@ -133,7 +147,7 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
     def _create_session(self) -> Flow[None]:
         request = self._core.create_session_request()
         with contextlib.suppress(AlreadyExists):  # someone else created it first: as good
-            yield Call("CreateSession", request, self._core.timeout)
+            yield from retried(Call("CreateSession", request, self._core.timeout), self._retry)
         self._session_known = True
 
     def _write(self, method: str, request: Any) -> Flow[int]:
@@ -329,7 +343,7 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         request = self._core.history_request(name, from_version, to_version, newest_first, "")
         request.page_size = (yield from self._limits()).max_page_size or _PAGE_SIZE
         call = Call("GetVariableHistory", request, self._core.timeout)
-        changes = yield from every_page(call, lambda page: page.changes)
+        changes = yield from every_page(call, lambda page: page.changes, retry=self._retry)
         return [ChangeInfo.from_proto(change) for change in changes]
 
     @operation
@@ -375,7 +389,7 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         if to_position is not None:
             request.to_position = to_position
         call = Call("ReadEvents", request, self._core.timeout)
-        events = yield from every_page(call, lambda page: page.events, limit)
+        events = yield from every_page(call, lambda page: page.events, limit, self._retry)
         return [transfer.event_to_json(event) for event in events]
 
     def at(self, point: int | datetime) -> V:
@@ -424,20 +438,22 @@ class ViewOps(Flavoured[F]):
     """
 
     def __init__(self, run: Runs, core: ContextCore, fields: dict[str, Any]) -> None:
+        self._retry = Retry.from_config(core.config)
         self._run = run
         self._core = core
         self._fields = fields
 
-    def _call(self, method: str, request: Any) -> Call:
-        """A call for the view's point in time (its fields merged into ``request``)."""
+    def _call(self, method: str, request: Any) -> Flow[Any]:
+        """The answer to a read at the view's point in time (its fields merged into
+        ``request``), retried as the context's reads are."""
         request.MergeFrom(type(request)(**self._fields))
-        return Call(method, request, self._core.timeout)
+        return (yield from retried(Call(method, request, self._core.timeout), self._retry))
 
     @operation
     def get_variable(self, name: str, default: Any = MISSING) -> Flow[Any]:
         """A variable's value then; ``default`` if it did not exist then (when given)."""
         try:
-            response = yield self._call("GetVariable", self._core.get_request(name))
+            response = yield from self._call("GetVariable", self._core.get_request(name))
         except VariableNotFound as missing:
             return self._core.default_or_raise(missing, default)
         return VariableInfo.from_proto(response.variable).value
@@ -447,7 +463,7 @@ class ViewOps(Flavoured[F]):
         self, names: Iterable[str], defaults: Mapping[str, Any] | None = None
     ) -> Flow[dict[str, Any]]:
         """Values of many variables then, keyed as asked (missing ones from defaults)."""
-        response = yield self._call("GetVariables", self._core.get_many_request(names))
+        response = yield from self._call("GetVariables", self._core.get_many_request(names))
         results = {
             name: VariableInfo.from_proto(variable).value
             for name, variable in response.variables.items()
@@ -460,5 +476,5 @@ class ViewOps(Flavoured[F]):
     @operation
     def list_variables(self, pattern: str | None = None) -> Flow[list[VariableInfo]]:
         """The variables then (optionally those whose names match a glob), by name."""
-        response = yield self._call("ListVariables", self._core.list_request(pattern))
+        response = yield from self._call("ListVariables", self._core.list_request(pattern))
         return [VariableInfo.from_proto(variable) for variable in response.variables]

@@ -10,6 +10,7 @@ the effects flows ask for, with blocking calls. Its mirror,
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Self, TypeVar
 
@@ -107,14 +108,17 @@ class _Driver:
             return _Watcher(self, effect)
         if isinstance(effect, effects.Stop):
             return effect.handle.stop()
+        if isinstance(effect, effects.Sleep):  # a retry's pause, or a watch's (ends on stop)
+            if line is None:
+                time.sleep(effect.seconds)
+            else:
+                line.stopped.wait(effect.seconds)
+            return None
         assert line is not None, f"{effect!r} outside a streaming run"
         if effect is effects.RECEIVE:
             return line.receive()
         if isinstance(effect, effects.Open):
             return line.open(self.stub, effect)
-        if isinstance(effect, effects.Sleep):
-            line.stopped.wait(effect.seconds)
-            return None
         raise TypeError(f"no way to perform {effect!r}")
 
 

@@ -253,7 +253,7 @@ def _connect(args: argparse.Namespace, address: str) -> Client:
     tls = getattr(args, "tls", None) or env("VARSTORE_TLS", "") == "1" or None
     return connect(
         address,
-        {"timeout": args.timeout},
+        {"timeout": args.timeout, "retry": False},  # a command fails at once; run it again
         root_certificates=getattr(args, "ca_file", None) or env("VARSTORE_CA_FILE"),
         certificate_chain=getattr(args, "cert_file", None) or env("VARSTORE_CERT_FILE"),
         private_key=getattr(args, "key_file", None) or env("VARSTORE_KEY_FILE"),

@@ -24,9 +24,12 @@ position order, UTF-8, ``\\n``-terminated::
 Values are JSON booleans, numbers and strings; a float variable's values are written with
 a decimal point or exponent (``1.0``), an integer variable's without. When reading, a
 number is taken as its variable's type (so ``1`` for a float variable is ``1.0``).
-``recorded_at`` is RFC 3339 in UTC with microseconds. When reading, ``format``,
-``session_id``, ``global_position``, ``schema_version`` (1), ``source`` and ``metadata``
-may be left out; unknown keys are refused, and blank lines are skipped.
+``recorded_at`` is RFC 3339 in UTC with microseconds. ``request_id``, the id of the write
+that recorded the event, comes after ``metadata`` when there is one. When reading,
+``format``, ``session_id``, ``global_position``, ``schema_version`` (1), ``source``,
+``metadata`` and ``request_id`` may be left out; unknown keys are refused, and blank lines
+are skipped. (An import records its events under its own request id: the file's say
+which writes made them where they came from.)
 
 This module imports only ``varstore.v1`` and ``varstore.types``, like the rest of the
 client.
@@ -92,6 +95,7 @@ _KEYS: Final = (
     "recorded_at",
     "source",
     "metadata",
+    "request_id",
     "payload",
 )
 _REQUIRED: Final = ("position", "type", "recorded_at", "payload")
@@ -116,8 +120,9 @@ def _payload(event: pb.Event) -> dict[str, Any]:
 
 
 def event_to_json(event: pb.Event) -> dict[str, Any]:
-    """The JSON object of one event (one line of an export), keys in the documented order."""
-    return {
+    """The JSON object of one event (one line of an export), keys in the documented order
+    (``request_id`` only when the event has one)."""
+    data: dict[str, Any] = {
         "format": FORMAT,
         "session_id": event.session_id,
         "position": event.position,
@@ -127,8 +132,11 @@ def event_to_json(event: pb.Event) -> dict[str, Any]:
         "recorded_at": _time_text(event.recorded_at),
         "source": event.source,
         "metadata": dict(event.metadata),
-        "payload": _payload(event),
     }
+    if event.request_id:
+        data["request_id"] = event.request_id
+    data["payload"] = _payload(event)
+    return data
 
 
 def _line(event: pb.Event) -> str:
@@ -250,6 +258,7 @@ def _event_from_json(data: object, types: dict[str, str]) -> pb.Event:
         recorded_at=_timestamp(_text(data, "recorded_at")),
         source=_text(data, "source") if "source" in data else "",
         metadata=_strings(data, "metadata") if "metadata" in data else {},
+        request_id=_text(data, "request_id") if "request_id" in data else "",
     )
     _set_body(event, payload, types)
     return event
@@ -338,8 +347,10 @@ def fork_session(
     source: str = "python",
     metadata: Mapping[str, str] | None = None,
     timeout: float | None = 30.0,
+    request_id: str = "",
 ) -> SessionInfo:
     """Fork ``session_id`` at ``at_position`` (0: its last position) into a new session.
+    A call repeated with the same ``request_id`` forks once and answers as the first time.
 
     Raises:
         SessionNotFound, OutOfRange, AlreadyExists, ValidationError.
@@ -350,6 +361,7 @@ def fork_session(
         new_session_id=new_session_id or "",
         source=source,
         metadata=dict(metadata or {}),
+        request_id=request_id,
     )
     try:
         response = stub.ForkSession(request, timeout=timeout)
@@ -432,8 +444,10 @@ class _Requests:
         to_position: int,
         progress: Progress | None,
         chunk_bytes: int = IMPORT_CHUNK_BYTES,
+        request_id: str = "",
     ) -> None:
         self._chunk_bytes = chunk_bytes
+        self._request_id = request_id
         self._events = events
         self._session_id = session_id
         self._to_position = to_position
@@ -477,6 +491,7 @@ class _Requests:
         if first:
             request.session_id = self._session_id
             request.to_position = self._to_position
+            request.request_id = self._request_id
         self.sent += len(chunk)
         if self._progress is not None:
             self._progress(self.sent)
@@ -491,13 +506,15 @@ def import_session(
     *,
     progress: Progress | None = None,
     timeout: float | None = None,
+    request_id: str = "",
 ) -> ImportResult:
     """Rebuild a session from an export: a JSON Lines path or open text file, or events.
 
     ``session_id``: the new session's id (default: the exported session's); it must never
     have been used. ``to_position``: import only the events up to it. The server checks
     every event; nothing is written unless all of them pass. ``timeout`` bounds the whole
-    import (None: no bound).
+    import (None: no bound). An import sent again with the same ``request_id`` and the
+    same events imports once and answers as the first time.
 
     Raises:
         ValidationError: the file or an event is not acceptable (file errors name the
@@ -508,13 +525,15 @@ def import_session(
         path = Path(source)
         with path.open(encoding="utf-8") as opened:
             events = read_events(opened, str(path))
-            return _import_from(stub, events, session_id, to_position, progress, timeout)
+            return _import_from(
+                stub, events, session_id, to_position, progress, timeout, request_id
+            )
     if hasattr(source, "read"):
         file = cast(IO[str], source)
         events = read_events(file, str(getattr(file, "name", "<export>")))
     else:
         events = iter(source)
-    return _import_from(stub, events, session_id, to_position, progress, timeout)
+    return _import_from(stub, events, session_id, to_position, progress, timeout, request_id)
 
 
 def _chunk_bytes(stub: pb_grpc.VariableStoreStub) -> int:
@@ -533,10 +552,13 @@ def _import_from(
     to_position: int | None,
     progress: Progress | None,
     timeout: float | None,
+    request_id: str = "",
 ) -> ImportResult:
     if to_position is not None and to_position < 1:
         raise ValidationError(f"to_position must be 1 or more, not {to_position}")
-    requests = _Requests(events, session_id or "", to_position or 0, progress, _chunk_bytes(stub))
+    requests = _Requests(
+        events, session_id or "", to_position or 0, progress, _chunk_bytes(stub), request_id
+    )
     try:
         call = stub.ImportSession.future(iter(requests), timeout=timeout)
         requests.call = call

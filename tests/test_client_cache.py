@@ -265,7 +265,9 @@ async def test_get_variable_raises_unavailable_even_with_a_default_when_the_serv
 ) -> None:
     """The seed turned every failed read into the default or KeyError, so a server that
     was down looked like a missing variable. Only NOT_FOUND becomes the default."""
-    ctx = contexts.open(unused_session_id(), {"timeout": 5.0}, address=closed_port_address())
+    ctx = contexts.open(
+        unused_session_id(), {"timeout": 5.0, "retry_deadline": 0.5}, address=closed_port_address()
+    )
 
     with pytest.raises(Unavailable):
         await settle(ctx.get_variable("x", default=1))

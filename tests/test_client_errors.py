@@ -101,6 +101,7 @@ async def opener(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., 
     closers: list[Callable[[], object]] = []
 
     def open_context(address: str, session_id: str, **config: Any) -> Context:
+        config.setdefault("retry", False)  # how ONE failed call maps (retries: test_client_retry)
         if request.param == "sync":
             channel = grpc.insecure_channel(address)
             closers.append(channel.close)

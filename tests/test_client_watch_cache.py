@@ -223,7 +223,7 @@ async def test_entries_fall_back_to_the_ttl_while_the_watch_is_down(opener: Open
         reader = opener.open(
             running.address,
             "down",
-            {"cache_mode": "watch", "cache_ttl": 10.0, "timeout": 5.0},
+            {"cache_mode": "watch", "cache_ttl": 10.0, "timeout": 5.0, "retry_deadline": 0.5},
             clock,
         )
         await settle(reader.register_variable("x", "integer", 3))
