@@ -29,6 +29,7 @@ from varstore.api import commands
 from varstore.api.idempotency import REQUEST_TTL, RequestKey
 from varstore.api.server import RunningServer
 from varstore.api.store import Store
+from varstore.client import transfer
 from varstore.eventstore import (
     AppendResult,
     MemoryRecorder,
@@ -576,3 +577,39 @@ def test_a_set_variable_retried_after_the_server_was_killed_and_restarted_writes
     assert again == first
     assert (again.new_version, again.header.position) == (1, 3)
     assert [e.request_id for e in events] == ["", "", "across-kill"]
+
+
+# -- exports -------------------------------------------------------------------------------
+
+
+def test_an_export_line_names_the_request_that_wrote_its_event_and_reads_back(
+    server: Restartable, tmp_path: Path
+) -> None:
+    create(server.stub, "s", "x")
+    server.stub.SetVariable(
+        pb.SetVariableRequest(
+            session_id="s", variable_identifier="x", value=to_proto(1), request_id="set-1"
+        )
+    )
+    events = server.stub.ReadEvents(pb.ReadEventsRequest(session_id="s")).events
+    lines = [transfer.event_to_json(event) for event in events]
+
+    assert "request_id" not in lines[0]  # written without one: no key, as before
+    assert lines[-1]["request_id"] == "set-1"
+    assert list(lines[-1])[-2:] == ["request_id", "payload"]
+    assert transfer.event_from_json(lines[-1], {"var_x_2": "integer"}) == events[-1]
+
+
+def test_an_import_records_its_events_under_its_own_request_id(server: Restartable) -> None:
+    create(server.stub, "s", "x")
+    server.stub.SetVariable(
+        pb.SetVariableRequest(
+            session_id="s", variable_identifier="x", value=to_proto(1), request_id="set-1"
+        )
+    )
+    events = _export(server.stub, "s")
+    server.stub.ImportSession(
+        iter([pb.ImportSessionRequest(session_id="copy", events=events, request_id="copy-1")])
+    )
+    copied = server.stub.ReadEvents(pb.ReadEventsRequest(session_id="copy")).events
+    assert {event.request_id for event in copied} == {"copy-1"}
