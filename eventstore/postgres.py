@@ -203,7 +203,7 @@ class PostgresRecorder(Recorder):
                 )
             for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
                 for statement in statements:
-                    conn.execute(statement)  # type: ignore[arg-type]  # constant SQL
+                    conn.execute(statement)  # constant SQL
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
 
     # -- appending ------------------------------------------------------------------------
