@@ -678,8 +678,8 @@ class StoreModel(RuleBasedStateMachine):
         if target is None:
             refusals.add(NOT_FOUND)
         else:
-            if version_check:
-                refusals.add(ABORTED)
+            if version_check:  # a negative version is out of range, not a mismatch
+                refusals.add(ABORTED if expected_version >= 0 else INVALID_ARGUMENT)
             try:
                 stored = accepted(target.type, target.rules, value)
             except Refused:
@@ -767,8 +767,8 @@ class StoreModel(RuleBasedStateMachine):
         else:
             if len(metadata) > MAX_METADATA_ENTRIES:
                 refusals.add(RESOURCE_EXHAUSTED)
-            if position_check:
-                refusals.add(ABORTED)
+            if position_check:  # a negative position is out of range, not a mismatch
+                refusals.add(ABORTED if expected_position >= 0 else INVALID_ARGUMENT)
             for identifier, value in updates.items():
                 target = session.find(identifier)
                 try:
@@ -848,8 +848,8 @@ class StoreModel(RuleBasedStateMachine):
             refusals.add(RESOURCE_EXHAUSTED)
         if target is None:
             refusals.add(NOT_FOUND)
-        elif version_check:
-            refusals.add(ABORTED)
+        elif version_check:  # a negative version is out of range, not a mismatch
+            refusals.add(ABORTED if expected_version >= 0 else INVALID_ARGUMENT)
         answer = self.outcome(
             lambda: self.stub.DeleteVariable(
                 pb.DeleteVariableRequest(
