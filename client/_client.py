@@ -32,7 +32,10 @@ __all__ = ["ClientOps", "Contextual"]
 
 
 class Contextual(Protocol):
-    """What a client needs of the contexts it opens: to say the session exists."""
+    """What a client needs of the contexts it opens: to say the session exists, and to
+    hand over the token the server issued for it."""
+
+    session_token: str
 
     def _known(self) -> None: ...
 
@@ -60,10 +63,12 @@ class ClientOps(Flavoured[F], Generic[F, C]):
         """A context on ``session_id`` (created on first use) sharing this channel."""
         return self._context(session_id, {**self.config, **(config or {})})
 
-    def _opened(self, session_id: str, config: Mapping[str, Any] | None) -> C:
-        """A context on a session this client just made (never re-created behind its back)."""
-        context = self.session(session_id, config)
+    def _opened(self, session: SessionInfo, config: Mapping[str, Any] | None) -> C:
+        """A context on a session this client just made (never re-created behind its back),
+        holding the session's token when the server issued one."""
+        context = self.session(session.id, config)
         context._known()
+        context.session_token = session.session_token
         return context
 
     def _call(self, method: str, request: Any) -> Call:
@@ -86,7 +91,9 @@ class ClientOps(Flavoured[F], Generic[F, C]):
         """
         request = session_request(session_id, metadata, ttl_seconds)
         response = yield from retried(self._call("CreateSession", request), self._retry)
-        return self._opened(response.session.id, config)
+        return self._opened(
+            SessionInfo.from_proto(response.session, response.session_token), config
+        )
 
     @operation
     def get_session(self, session_id: str) -> Flow[SessionInfo]:
@@ -137,7 +144,7 @@ class ClientOps(Flavoured[F], Generic[F, C]):
         }
         fork = Blocking(transfer.fork_session, (session_id, at_position, new_session_id), options)
         info: SessionInfo = yield from retried(fork, self._retry, write=True)
-        return self._opened(info.id, config)
+        return self._opened(info, config)
 
     @operation
     def export_session(
@@ -195,7 +202,7 @@ class ClientOps(Flavoured[F], Generic[F, C]):
         )
         retry = self._retry if _rereadable(path_or_file) else self._retry.with_enabled(False)
         result: transfer.ImportResult = yield from retried(imported, retry, write=True)
-        return self._opened(result.session.id, config)
+        return self._opened(result.session, config)
 
 
 def _rereadable(path_or_file: transfer.PathOrFile) -> bool:

@@ -170,10 +170,13 @@ class SessionInfo:
     variable_count: int
     #: When the session expires if nothing touches it; None without a TTL.
     expires_at: datetime | None
+    #: The bearer token granting this session only, in the answer that created (forked,
+    #: imported) it on a server that requires tokens; "" otherwise. Keep it: it is sent once.
+    session_token: str = ""
 
     @classmethod
-    def from_proto(cls, message: pb.Session) -> SessionInfo:
-        """The info a ``Session`` message holds."""
+    def from_proto(cls, message: pb.Session, session_token: str = "") -> SessionInfo:
+        """The info a ``Session`` message holds (and the token its answer carried)."""
         return cls(
             id=message.id,
             metadata=dict(message.metadata),
@@ -187,6 +190,7 @@ class SessionInfo:
                 if message.HasField("expires_at")
                 else None
             ),
+            session_token=session_token,
         )
 
 

@@ -78,6 +78,9 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         self._retry = Retry.from_config(self._core.config)
         #: True once any answer showed the session exists: it is never re-created.
         self._session_known = False
+        #: The session's bearer token, when this context's client created (forked,
+        #: imported) the session on a server that requires tokens; "" otherwise.
+        self.session_token = ""
         #: The cache's watch (what Background answered), while it runs.
         self._watch: object | None = None
         self._driver = self._driver_for(channel)

@@ -345,7 +345,8 @@ def _context(client: Client, session_id: str) -> SessionContext:
 
 def _session_create(args: argparse.Namespace, client: Client) -> Output:
     context = client.create_session(args.session_id, metadata=dict(args.meta), ttl_seconds=args.ttl)
-    return _session_output(client.get_session(context.session_id))
+    made = client.get_session(context.session_id)
+    return _session_output(dataclasses.replace(made, session_token=context.session_token))
 
 
 def _session_list(args: argparse.Namespace, client: Client) -> Output:
@@ -555,7 +556,15 @@ def _variable_data(variable: VariableInfo) -> dict[str, Any]:
 
 
 def _session_data(session: SessionInfo) -> dict[str, Any]:
-    return _json_ready(dataclasses.asdict(session))
+    data = _json_ready(dataclasses.asdict(session))
+    if not session.session_token:  # only the answer that made a session carries one
+        del data["session_token"]
+    return data
+
+
+def _token_pairs(session: SessionInfo) -> list[tuple[str, str]]:
+    """The session token line, when the server issued one (it is shown only once)."""
+    return [("session_token", session.session_token)] if session.session_token else []
 
 
 def _variable_output(session_id: str, variable: VariableInfo) -> Output:
@@ -587,6 +596,7 @@ def _session_output(session: SessionInfo) -> Output:
             ("created_at", _show_time(session.created_at)),
             ("updated_at", _show_time(session.updated_at)),
             ("expires_at", _show_time(session.expires_at)),
+            *_token_pairs(session),
         ]
     )
     return Output(_session_data(session), text)
@@ -1120,4 +1130,5 @@ def _session_pairs(session: SessionInfo) -> list[tuple[str, str]]:
         ("metadata", _show_mapping(session.metadata)),
         ("created_at", _show_time(session.created_at)),
         ("updated_at", _show_time(session.updated_at)),
+        *_token_pairs(session),
     ]

@@ -367,7 +367,7 @@ def fork_session(
         response = stub.ForkSession(request, timeout=timeout)
     except grpc.RpcError as failure:
         raise error_from_rpc_error(failure) from failure
-    return SessionInfo.from_proto(response.session)
+    return SessionInfo.from_proto(response.session, response.session_token)
 
 
 def export_session(
@@ -577,4 +577,6 @@ def _import_from(
     except BaseException:
         call.cancel()
         raise
-    return ImportResult(SessionInfo.from_proto(response.session), response.header.position)
+    return ImportResult(
+        SessionInfo.from_proto(response.session, response.session_token), response.header.position
+    )

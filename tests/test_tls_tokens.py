@@ -343,6 +343,26 @@ def test_the_python_client_and_session_tokens(token_server: RunningServer) -> No
             client.session("someone-else", {"create_session": False}).get_variable("x")
 
 
+def test_the_python_client_hands_over_the_token_of_each_session_it_makes(
+    token_server: RunningServer, tmp_path: Path
+) -> None:
+    with connect(token_server.address, token=ADMIN) as admin:
+        made = admin.create_session("handed")
+        made.register_variable("x", "integer", 1)
+        forked = admin.fork_session("handed", new_session_id="handed-fork")
+        admin.export_session("handed", tmp_path / "handed.jsonl")
+        imported = admin.import_session(tmp_path / "handed.jsonl", session_id="handed-copy")
+        assert admin.session("handed").session_token == ""  # only the making answer has one
+    tokens = {ctx.session_id: ctx.session_token for ctx in (made, forked, imported)}
+    assert all(tokens.values()) and len(set(tokens.values())) == 3
+    for session_id, token in tokens.items():
+        with connect(token_server.address, token=token) as client:
+            assert client.session(session_id).get_variable("x") == 1
+            other = next(sid for sid in tokens if sid != session_id)
+            with pytest.raises(PermissionDenied):
+                client.session(other, {"create_session": False}).get_variable("x")
+
+
 def test_tokens_from_one_secret_agree_and_from_another_do_not() -> None:
     first, second = (
         Tokens(ADMIN, b"shared-secret-0123456789"),
@@ -419,6 +439,14 @@ def test_the_cli_talks_to_a_tls_server_with_tokens_and_a_restart_keeps_session_t
             "session", "create", "cli-made", *ca, "--token-file", str(tmp_path / "admin")
         )
         assert made.returncode == 0, made.stderr
+        [token_line] = [line for line in made.stdout.splitlines() if "session_token" in line]
+        session_token = token_line.split()[-1]
+        as_session = run_cli(
+            "get", "cli-made", "nothing", *ca, env={"VARSTORE_TOKEN": session_token}
+        )
+        assert "not found" in as_session.stderr  # the session's own token reaches it
+        other = run_cli("session", "list", *ca, env={"VARSTORE_TOKEN": session_token})
+        assert other.returncode == 1 and "needs the admin token" in other.stderr
         listed = run_cli("session", "list", *ca, env={"VARSTORE_TOKEN": ADMIN})
         assert "cli-made" in listed.stdout
         with stub(server.address, grpc.ssl_channel_credentials(pki.ca)) as s:
