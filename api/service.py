@@ -20,6 +20,7 @@ from varstore.api.event_codec import change_to_proto, event_to_proto
 from varstore.api.idempotency import request_key
 from varstore.api.store import Store
 from varstore.api.watch import WatchHub
+from varstore.types import ValidationError
 from varstore.types import from_proto as value_from_proto
 from varstore.types.constraints import Constraints
 from varstore.v1 import varstore_pb2 as pb
@@ -31,8 +32,23 @@ __all__ = ["VERSION", "VariableStoreService"]
 VERSION = importlib.metadata.version("varstore")
 
 
+#: Longest ``source`` label a caller may give, in characters.
+MAX_SOURCE_LENGTH = 256
+
+
 def _source(given: str, context: grpc.ServicerContext) -> str:
-    """The authenticated caller, with its own label beside it (see auth.recorded_source)."""
+    """The authenticated caller, with its own label beside it (see auth.recorded_source).
+
+    Raises:
+        ValidationError: the label is longer than MAX_SOURCE_LENGTH or holds a control
+            character (every backend must be able to store it as text).
+    """
+    if len(given) > MAX_SOURCE_LENGTH:
+        text = f"source is {len(given)} characters long; the limit is {MAX_SOURCE_LENGTH}"
+        raise ValidationError(text, violations={"source": text})
+    if any(ord(char) < 32 or ord(char) == 127 for char in given):
+        text = "source must not hold control characters"
+        raise ValidationError(text, violations={"source": text})
     return recorded_source(given, context)
 
 

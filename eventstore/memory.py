@@ -185,6 +185,8 @@ def _recorded(new: NewEvent, session_id: str, position: int, global_position: in
     try:
         for text in (session_id, new.type, new.source, new.request_id, new.request_digest):
             text.encode()  # SQLite's TEXT is UTF-8: a lone surrogate cannot be stored
+            if "\x00" in text:  # nor can PostgreSQL's TEXT hold a NUL
+                raise ValueError("text columns cannot hold a NUL character")
         recorded_at = new.recorded_at.astimezone(UTC)
         # A JSON round trip both detaches the log from the caller's (mutable) mappings and
         # normalises exactly as SQLite's text columns do (tuples to lists, keys to str...).

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
-import json
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime
+from typing import Literal
 
-from pydantic_core import from_json
-
-from varstore.eventstore.events import NewEvent, RecordedEvent
+from varstore.eventstore.events import RecordedEvent
 from varstore.eventstore.recorder import (
     Append,
     AppendResult,
@@ -31,6 +27,15 @@ from varstore.eventstore.recorder import (
     Recorded,
     Recorder,
     RecorderError,
+)
+from varstore.eventstore.rows import (
+    INT64_MAX,
+    Fields,
+    clamp,
+    decode,
+    encode,
+    micros,
+    moment,
 )
 
 __all__ = ["SQLiteRecorder"]
@@ -86,13 +91,6 @@ _SELECT = f"SELECT {_COLUMNS} FROM events"
 
 # read_all fetches this many rows per query, so a long log never sits in memory at once.
 _CHUNK = 1000
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-#: An event's columns after its positions: type, schema_version, recorded_at_us, source,
-#: metadata, payload, request_id, request_digest.
-_Fields = tuple[str, int, int, str, str, str, str, str]
 #: A row of ``events``, columns in ``_COLUMNS`` order.
 _Row = tuple[int, str, int, str, int, int, str, str, str, str, str]
 
@@ -150,7 +148,7 @@ class SQLiteRecorder(Recorder):
         """Record every append whose expected position holds, in one transaction (see
         :meth:`Recorder.append_many`)."""
         # Encode outside the lock: JSON work for a big batch should not hold up other writers.
-        encoded = [[_encode(new, append.session_id) for new in append.events] for append in appends]
+        encoded = [[encode(new, append.session_id) for new in append.events] for append in appends]
         with self._write_lock, _translated(f"cannot append to {self._path}"):
             self._check_open()
             if not appends:
@@ -161,12 +159,12 @@ class SQLiteRecorder(Recorder):
                 if rows:
                     self._writer.executemany(_INSERT, rows)
         return [
-            rows if isinstance(rows, Conflict) else Recorded(tuple(map(_decode, rows)))
+            rows if isinstance(rows, Conflict) else Recorded(tuple(map(decode, rows)))
             for rows in planned
         ]
 
     def _positioned(
-        self, appends: Sequence[Append], encoded: list[list[_Fields]]
+        self, appends: Sequence[Append], encoded: list[list[Fields]]
     ) -> list[list[_Row] | Conflict]:
         """Each append's rows, or its Conflict; runs inside the write transaction, so the
         positions it reads cannot move before the rows are inserted."""
@@ -196,14 +194,14 @@ class SQLiteRecorder(Recorder):
         self, session_id: str, from_position: int = 1, to_position: int | None = None
     ) -> list[RecordedEvent]:
         """A session's events within the bounds (see :meth:`Recorder.read_session`)."""
-        upper = _INT64_MAX if to_position is None else _clamp(to_position)
+        upper = INT64_MAX if to_position is None else clamp(to_position)
         with self._read_lock, _translated(f"cannot read {self._path}"):
             self._check_open()
             rows = self._reader.execute(
                 f"{_SELECT} WHERE session_id = ? AND position BETWEEN ? AND ? ORDER BY position",
-                (session_id, _clamp(from_position), upper),
+                (session_id, clamp(from_position), upper),
             ).fetchall()
-        return [_decode(row) for row in rows]
+        return [decode(row) for row in rows]
 
     def read_all(
         self, after_global_position: int = 0, limit: int | None = None
@@ -215,10 +213,10 @@ class SQLiteRecorder(Recorder):
         """
         with self._read_lock:
             self._check_open()  # fail at the call, not at the first next()
-        return self._read_all(_clamp(after_global_position), limit)
+        return self._read_all(clamp(after_global_position), limit)
 
     def _read_all(self, after: int, limit: int | None) -> Iterator[RecordedEvent]:
-        left = _INT64_MAX if limit is None else max(limit, 0)
+        left = INT64_MAX if limit is None else max(limit, 0)
         while left > 0:
             with self._read_lock, _translated(f"cannot read {self._path}"):
                 self._check_open()
@@ -226,7 +224,7 @@ class SQLiteRecorder(Recorder):
                     f"{_SELECT} WHERE global_position > ? ORDER BY global_position LIMIT ?",
                     (after, min(_CHUNK, left)),
                 ).fetchall()
-            yield from map(_decode, rows)
+            yield from map(decode, rows)
             if len(rows) < min(_CHUNK, left):
                 return
             after = rows[-1][0]
@@ -244,7 +242,7 @@ class SQLiteRecorder(Recorder):
         remember, not with the log."""
         if recorded_since.utcoffset() is None:
             raise RecorderError("recorded_since must be timezone-aware")
-        since = _clamp((recorded_since.astimezone(UTC) - _EPOCH) // _MICROSECOND)
+        since = clamp(micros(recorded_since))
         with self._read_lock:
             self._check_open()  # fail at the call, not at the first next()
         return self._read_requests(since)
@@ -261,7 +259,7 @@ class SQLiteRecorder(Recorder):
                     "> (?, ?) ORDER BY recorded_at_us, global_position LIMIT ?",
                     (*after, _CHUNK),
                 ).fetchall()
-            yield from map(_decode, rows)
+            yield from map(decode, rows)
             if len(rows) < _CHUNK:
                 return
             after = (rows[-1][5], rows[-1][0])
@@ -343,10 +341,10 @@ class SQLiteRecorder(Recorder):
     def save_touches(self, touches: Mapping[str, datetime]) -> None:
         """Upsert each session's latest use, keeping the later time (see Recorder)."""
         rows = []
-        for session_id, moment in touches.items():
-            if moment.utcoffset() is None:
+        for session_id, when in touches.items():
+            if when.utcoffset() is None:
                 raise RecorderError(f"touch of {session_id!r} must be timezone-aware")
-            rows.append((session_id, (moment.astimezone(UTC) - _EPOCH) // _MICROSECOND))
+            rows.append((session_id, micros(when)))
         with self._write_lock, _translated(f"cannot record session use in {self._path}"):
             self._check_open()
             with _immediate_transaction(self._writer):
@@ -362,7 +360,7 @@ class SQLiteRecorder(Recorder):
         with self._read_lock, _translated(f"cannot read session use in {self._path}"):
             self._check_open()
             rows = self._reader.execute("SELECT session_id, touched_at_us FROM touches").fetchall()
-        return {str(sid): _EPOCH + int(us) * _MICROSECOND for sid, us in rows}
+        return {str(sid): moment(int(us)) for sid, us in rows}
 
 
 @contextlib.contextmanager
@@ -433,93 +431,3 @@ def _last_position(conn: sqlite3.Connection, session_id: str) -> int:
         "SELECT COALESCE(MAX(position), 0) FROM events WHERE session_id = ?", (session_id,)
     ).fetchone()
     return int(value)
-
-
-def _clamp(value: int) -> int:
-    """``value`` within SQLite's INTEGER range (a bigger Python int cannot be bound)."""
-    return max(_INT64_MIN, min(value, _INT64_MAX))
-
-
-def _encode(new: NewEvent, session_id: str) -> _Fields:
-    """``new``'s columns after its positions, or RecorderError if it cannot be stored."""
-    where = f"event {new.type!r} for session {session_id!r}"
-    if new.recorded_at.utcoffset() is None:
-        raise RecorderError(f"{where}: recorded_at must be timezone-aware")
-    if not _INT64_MIN <= new.schema_version <= _INT64_MAX:
-        raise RecorderError(f"{where}: schema_version {new.schema_version} is out of range")
-    try:
-        _check_utf8(session_id, new.type, new.source, new.request_id, new.request_digest)
-        # astimezone first: an instant before year 1 in UTC could be written but not read back.
-        recorded_at_us = (new.recorded_at.astimezone(UTC) - _EPOCH) // _MICROSECOND
-        metadata = _json(new.metadata)
-        payload = _json(new.payload)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise RecorderError(f"{where} cannot be stored: {e}") from e
-    return (
-        str(new.type),
-        new.schema_version,
-        recorded_at_us,
-        str(new.source),
-        metadata,
-        payload,
-        str(new.request_id),
-        str(new.request_digest),
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _metadata(text: str) -> Mapping[str, str]:
-    """Request metadata repeats (the same reason, the same tags), so each distinct text
-    is parsed once; the mapping is shared, and events never change their metadata."""
-    parsed: Mapping[str, str] = from_json(text) if text != "{}" else {}
-    return parsed
-
-
-def _decode(row: Any) -> RecordedEvent:
-    """The event a row of ``events`` holds, or RecorderError if the row is corrupt."""
-    (
-        global_position,
-        session_id,
-        position,
-        type_,
-        schema_version,
-        us,
-        source,
-        metadata,
-        payload,
-        request_id,
-        request_digest,
-    ) = row
-    try:
-        return RecordedEvent(  # positional: this runs once per event on every replay
-            session_id,
-            position,
-            global_position,
-            type_,
-            from_json(payload),
-            _EPOCH + us * _MICROSECOND,
-            source,
-            _metadata(metadata),
-            schema_version,
-            request_id,
-            request_digest,
-        )
-    except (TypeError, ValueError, OverflowError) as e:
-        raise RecorderError(f"event at global position {global_position} is corrupt: {e}") from e
-
-
-def _check_utf8(*texts: str) -> None:
-    # Lone surrogates would fail only when bound, mid-transaction, as a UnicodeEncodeError.
-    for text in texts:
-        text.encode()
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_json_default)
-
-
-def _json_default(value: object) -> object:
-    # json only knows dict; payloads are typed Mapping (a MappingProxyType, say).
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -53,4 +53,5 @@ def postgres_recorder(schema: str | None = None) -> PostgresRecorder:
 BACKENDS: dict[str, Callable[[Path], Recorder]] = {
     "memory": lambda directory: MemoryRecorder(),
     "sqlite": lambda directory: SQLiteRecorder(directory / "events.db"),
+    "postgres": lambda directory: postgres_recorder(),
 }

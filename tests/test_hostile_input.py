@@ -480,3 +480,22 @@ def test_a_negative_number_is_invalid_argument_naming_its_field_and_writes_nothi
     assert failure.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"{field} must be 0 or more" in (failure.details() or "")
     assert _log_end(running) == before
+
+
+@pytest.mark.parametrize(
+    "source",
+    [pytest.param("a\x00b", id="nul"), pytest.param("line\nbreak", id="newline"), "x" * 257],
+)
+def test_a_source_label_no_backend_can_keep_is_invalid_argument_and_writes_nothing(
+    stub: Stub, running: RunningServer, source: str
+) -> None:
+    stub.CreateSession(pb.CreateSessionRequest(session_id="labelled"))
+    before = running.store.recorder.last_global_position()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.CreateSession(pb.CreateSessionRequest(session_id="other", source=source))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "source" in (refused.value.details() or "")
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.DeleteSession(pb.DeleteSessionRequest(session_id="labelled", source=source))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert running.store.recorder.last_global_position() == before

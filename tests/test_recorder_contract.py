@@ -7,6 +7,7 @@ Backend-specific tests follow the shared suite.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -236,6 +237,19 @@ def test_an_unstorable_payload_raises_recorder_error_and_writes_nothing(
     assert list(recorder.read_all()) == []
 
 
+@pytest.mark.parametrize("field", ["session_id", "source", "type"])
+def test_a_nul_in_a_text_column_raises_recorder_error_and_writes_nothing(
+    recorder: Recorder, field: str
+) -> None:
+    # Every backend refuses what one cannot store (PostgreSQL's TEXT holds no NUL); the API
+    # refuses such a source before it gets here.
+    session = "s\x00" if field == "session_id" else "s"
+    event = dataclasses.replace(new(), **({field: "a\x00b"} if field != "session_id" else {}))
+    with pytest.raises(RecorderError, match="NUL"):
+        recorder.append_many([Append("a", 0, news(1)), Append(session, 0, [event])])
+    assert list(recorder.read_all()) == []
+
+
 def test_a_naive_recorded_at_raises_recorder_error_and_writes_nothing(recorder: Recorder) -> None:
     naive = new(recorded_at=datetime(2024, 1, 1))
     with pytest.raises(RecorderError, match="timezone-aware"):
@@ -450,7 +464,7 @@ json_values = st.recursive(
 @given(
     payload=st.dictionaries(st.text(max_size=8), json_values, max_size=5),
     metadata=st.dictionaries(st.text(max_size=8), st.text(), max_size=3),
-    source=st.text(),
+    source=st.text(alphabet=st.characters(exclude_characters="\x00")),
 )
 def test_any_json_payload_round_trips_exactly(
     recorder: Recorder, payload: dict[str, Any], metadata: dict[str, str], source: str
