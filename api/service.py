@@ -6,6 +6,7 @@ on the server, turns every exception into its status in one place."""
 from __future__ import annotations
 
 import importlib.metadata
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -31,6 +32,9 @@ __all__ = ["VERSION", "VariableStoreService"]
 #: The varstore version this server runs.
 VERSION = importlib.metadata.version("varstore")
 
+
+#: Seconds an import waits, once its stream ended, for a cancellation to show.
+IMPORT_CANCEL_GRACE = 0.03
 
 #: Longest ``source`` label a caller may give, in characters.
 MAX_SOURCE_LENGTH = 256
@@ -346,7 +350,17 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def ImportSession(
         self, request_iterator: Iterator[pb.ImportSessionRequest], context: grpc.ServicerContext
     ) -> pb.ImportSessionResponse:
-        return transfer.import_session(self._store, request_iterator, _source("", context))
+        ended = threading.Event()
+        context.add_callback(ended.set)
+
+        def still_open() -> bool:
+            # gRPC can end a cancelled stream as if it were complete and report the cancel
+            # a moment later: give it that moment before an import commits.
+            return not ended.wait(IMPORT_CANCEL_GRACE)
+
+        return transfer.import_session(
+            self._store, request_iterator, _source("", context), is_active=still_open
+        )
 
     # -- the server -------------------------------------------------------------------------
 

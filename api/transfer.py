@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import grpc
@@ -249,8 +249,10 @@ def import_session(
     source: str,
     *,
     max_events: int = MAX_TRANSFER_EVENTS,
+    is_active: Callable[[], bool] = lambda: True,
 ) -> pb.ImportSessionResponse:
-    """A new session rebuilt from an export.
+    """A new session rebuilt from an export; ``is_active`` says whether the call is still
+    open (a cancelled call commits nothing, however its stream ended).
 
     The first chunk names the new session (empty: the exported events' session), how far
     to import (``to_position``; 0 for everything) and the ``request_id``; events after
@@ -314,6 +316,8 @@ def import_session(
             f"before to_position {to_position}",
             info={"position": str(to_position), "last_position": str(check.position)},
         )
+    if not is_active():  # gRPC may end a cancelled stream as if it were complete
+        raise Unavailable("the import was cancelled by the client; nothing was written")
     written = store.execute(target, ImportSession(target, check.events), body.key(request_id))
     log.info("imported session %r (%d events) for %s", target, written.position, source)
     return pb.ImportSessionResponse(
