@@ -3,6 +3,7 @@ log cannot be written, start-up refusals are one line, and no path reaches a cli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from _support import skip_or_fail
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import start_server_process, stub_for
 
@@ -298,3 +300,75 @@ def test_a_database_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
         )
     finally:
         server.terminate()
+
+
+@contextmanager
+def small_disk(tmp_path: Path, size: str = "2m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted under ``tmp_path`` (root only: mount needs it)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        skip_or_fail(f"cannot mount a small tmpfs to fill: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until its disk is full (to the last byte it takes)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 16, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(descriptor, b"\0" * size)
+    finally:
+        os.close(descriptor)
+
+
+def test_a_full_disk_turns_health_not_serving_refuses_writes_cleanly_and_recovers(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path) as disk:
+        db = disk / "log.db"
+        with sqlite_server(db) as running, stub_for(running.address) as stub:
+            stub.CreateSession(pb.CreateSessionRequest(session_id="s"))
+            stub.RegisterVariable(
+                pb.RegisterVariableRequest(
+                    session_id="s", name="n", type="integer", initial_value=to_proto(0)
+                )
+            )
+            filler = disk / "filler"
+            fill(filler)
+            before = running.store.recorder.last_global_position()
+            refused = None
+            for value in range(1, 200):  # until the log cannot grow (a page may be free)
+                try:
+                    stub.SetVariable(
+                        pb.SetVariableRequest(
+                            session_id="s", variable_identifier="n", value=to_proto(value)
+                        )
+                    )
+                except grpc.RpcError as error:
+                    refused = error
+                    break
+            assert refused is not None and refused.code() == grpc.StatusCode.UNAVAILABLE
+            assert "nothing was recorded" in (refused.details() or "")
+            assert str(disk) not in (refused.details() or "")
+            assert eventually(lambda: health_status(running.address) == NOT_SERVING)
+            # Reads go on; what was answered is all there, and nothing else.
+            got = stub.GetVariable(pb.GetVariableRequest(session_id="s", variable_identifier="n"))
+            assert got.header.position == running.store.recorder.last_global_position()
+            assert got.header.position >= before
+            filler.unlink()  # space again
+            assert eventually(lambda: health_status(running.address) == SERVING)
+            stub.SetVariable(
+                pb.SetVariableRequest(session_id="s", variable_identifier="n", value=to_proto(-1))
+            )
