@@ -21,7 +21,7 @@ import grpc
 
 from varstore.types import VarstoreError
 
-__all__ = ["Amend", "Around", "Finish", "WrappingInterceptor", "code_of", "wrap"]
+__all__ = ["Amend", "Around", "Finish", "HandlerCache", "WrappingInterceptor", "code_of", "wrap"]
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Handler | None]"
@@ -33,15 +33,19 @@ Around: TypeAlias = Callable[[str, Any, grpc.ServicerContext], "Finish | None"]
 Amend: TypeAlias = Callable[[str, Any], Any]
 
 
-class WrappingInterceptor(grpc.ServerInterceptor):
-    """A server interceptor that runs ``around`` for every call of every method (see the
-    module docstring); wrapped handlers are kept per method, so a call pays one lookup."""
+class HandlerCache(grpc.ServerInterceptor):
+    """A server interceptor that replaces each method's handler by :meth:`wrap` of it, built
+    once per method and kept, so a call pays one dict lookup."""
 
-    def __init__(self, around: Around, amend: Amend | None = None) -> None:
-        self._around = around
-        self._amend = amend
+    def __init__(self) -> None:
+        # method -> (the handler as registered, the same handler wrapped); only methods a
+        # service registered get here, so the dict stays as small as the services.
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
         self._lock = threading.Lock()
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """``handler`` as this interceptor serves it."""
+        raise NotImplementedError
 
     def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -53,10 +57,24 @@ class WrappingInterceptor(grpc.ServerInterceptor):
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        wrapped = wrap(handler, method, self._around, self._amend)
+        wrapped = self.wrap(handler, method)
         with self._lock:
             self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class WrappingInterceptor(HandlerCache):
+    """A server interceptor that runs ``around`` for every call of every method (see the
+    module docstring)."""
+
+    def __init__(self, around: Around, amend: Amend | None = None) -> None:
+        super().__init__()
+        self._around = around
+        self._amend = amend
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """``handler`` with ``around`` (and ``amend``) about its behaviour."""
+        return wrap(handler, method, self._around, self._amend)
 
 
 def code_of(error: BaseException | None, context: grpc.ServicerContext) -> grpc.StatusCode:

@@ -25,6 +25,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
+from varstore.api.calls import HandlerCache
 from varstore.eventstore import RecorderError
 from varstore.types import InternalError, Unavailable, ValidationError, VarstoreError
 from varstore.types.status import status_for
@@ -33,35 +34,19 @@ __all__ = ["ErrorInterceptor", "guard"]
 
 log = logging.getLogger(__name__)
 
-# Strings: grpc's classes are generic only in its type stubs.
+# A string: grpc's classes are generic only in its type stubs.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Handler | None]"
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
+class ErrorInterceptor(HandlerCache):
     """Maps every error raised by any handler to its status (see the module docstring).
 
     Wrapped handlers are kept per method, so a call pays one dict lookup, not a new wrap.
     """
 
-    def __init__(self) -> None:
-        # method -> (the handler as registered, the same handler guarded); only methods a
-        # service registered get here, so the dict stays as small as the services.
-        self._guarded: dict[str, tuple[Handler, Handler]] = {}
-
-    def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        known = self._guarded.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        guarded = guard(handler, method)
-        self._guarded[method] = (handler, guarded)
-        return guarded
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """``handler`` guarded (see :func:`guard`)."""
+        return guard(handler, method)
 
 
 def guard(handler: Handler, method: str) -> Handler:
