@@ -46,13 +46,21 @@ from varstore.eventstore.recorder import (
     Recorder,
     RecorderError,
 )
-from varstore.eventstore.rows import Fields, clamp, decode, encode, micros, moment
+from varstore.eventstore.rows import (
+    Fields,
+    by_global_position,
+    by_time_then_global_position,
+    clamp,
+    decode,
+    encode,
+    keyset_pages,
+    micros,
+    moment,
+)
 
 __all__ = ["DEFAULT_SCHEMA", "PostgresRecorder", "describe_dsn", "is_postgres_dsn", "schema_of"]
 
 DEFAULT_SCHEMA: Final = "varstore"
-#: Rows read_all fetches per query.
-_CHUNK: Final = 1000
 _COLUMNS: Final = (
     "global_position, session_id, position, type, schema_version, recorded_at_us, source,"
     " metadata, payload, request_id, request_digest"
@@ -291,20 +299,19 @@ class PostgresRecorder(Recorder):
         return self._read_all(clamp(after_global_position), limit)
 
     def _read_all(self, after: int, limit: int | None) -> Iterator[RecordedEvent]:
-        left = clamp(2**63) if limit is None else max(limit, 0)
-        while left > 0:
-            size = min(_CHUNK, left)
-            with self._reading("cannot read the PostgreSQL log") as conn:
-                rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM events WHERE global_position > %s "
-                    "ORDER BY global_position LIMIT %s",
-                    (after, size),
-                ).fetchall()
-            yield from map(decode, rows)
-            if len(rows) < size:
-                return
-            after = rows[-1][0]
-            left -= len(rows)
+        def fetch(key: tuple[int, ...], size: int) -> list[Any]:
+            return self._fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE global_position > %s "
+                "ORDER BY global_position LIMIT %s",
+                (*key, size),
+            )
+
+        return keyset_pages(fetch, (after,), by_global_position, limit)
+
+    def _fetch(self, query: str, parameters: tuple[Any, ...]) -> list[Any]:
+        """The rows of one read query, on a pooled connection."""
+        with self._reading("cannot read the PostgreSQL log") as conn:
+            return conn.execute(query, parameters).fetchall()
 
     def read_requests(self, recorded_since: datetime) -> Iterator[RecordedEvent]:
         """Recent events that carry a request id (see :meth:`Recorder.read_requests`),
@@ -316,19 +323,15 @@ class PostgresRecorder(Recorder):
 
     def _read_requests(self, since_us: int) -> Iterator[RecordedEvent]:
         # Keyset pages in the index's order: each page is one range scan, no sort.
-        after = (since_us, 0)
-        while True:
-            with self._reading("cannot read the PostgreSQL log") as conn:
-                rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM events WHERE request_id <> '' "
-                    "AND (recorded_at_us, global_position) > (%s, %s) "
-                    "ORDER BY recorded_at_us, global_position LIMIT %s",
-                    (*after, _CHUNK),
-                ).fetchall()
-            yield from map(decode, rows)
-            if len(rows) < _CHUNK:
-                return
-            after = (rows[-1][5], rows[-1][0])
+        def fetch(key: tuple[int, ...], size: int) -> list[Any]:
+            return self._fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE request_id <> '' "
+                "AND (recorded_at_us, global_position) > (%s, %s) "
+                "ORDER BY recorded_at_us, global_position LIMIT %s",
+                (*key, size),
+            )
+
+        return keyset_pages(fetch, (since_us, 0), by_time_then_global_position)
 
     def last_position(self, session_id: str) -> int:
         """The position of a session's last event; 0 if it has none."""

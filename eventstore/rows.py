@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,25 @@ from pydantic_core import from_json
 from varstore.eventstore.events import NewEvent, RecordedEvent
 from varstore.eventstore.recorder import RecorderError
 
-__all__ = ["INT64_MAX", "INT64_MIN", "Fields", "clamp", "decode", "encode", "micros", "moment"]
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "PAGE_ROWS",
+    "Fields",
+    "by_global_position",
+    "by_time_then_global_position",
+    "clamp",
+    "decode",
+    "encode",
+    "keyset_pages",
+    "micros",
+    "moment",
+]
+
+#: Rows one query of a keyset page fetches, so a long log never sits in memory at once.
+PAGE_ROWS = 1000
+#: Fetches the rows after a key (one query), at most the given number: ``fetch(key, size)``.
+Fetch = Callable[[tuple[int, ...], int], Sequence[Any]]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -29,6 +47,37 @@ _MICROSECOND = timedelta(microseconds=1)
 #: An event's columns after its positions: type, schema_version, recorded_at_us, source,
 #: metadata, payload, request_id, request_digest.
 Fields = tuple[str, int, int, str, str, str, str, str]
+
+
+def keyset_pages(
+    fetch: Fetch,
+    after: tuple[int, ...],
+    key: Callable[[Any], tuple[int, ...]],
+    limit: int | None = None,
+) -> Iterator[RecordedEvent]:
+    """Events from keyset pages: ``fetch(after, size)`` runs one query for the rows after a
+    key in the key's order, ``key(row)`` is a row's key; at most ``limit`` events (all
+    without one). Each page is one range scan of an index, and no connection or lock is
+    held between pages (the backend's ``fetch`` takes them per call)."""
+    left = INT64_MAX if limit is None else max(limit, 0)
+    while left > 0:
+        size = min(PAGE_ROWS, left)
+        rows = fetch(after, size)
+        yield from map(decode, rows)
+        if len(rows) < size:
+            return
+        after = key(rows[-1])
+        left -= len(rows)
+
+
+def by_global_position(row: Any) -> tuple[int, ...]:
+    """A row's key in global order."""
+    return (row[0],)
+
+
+def by_time_then_global_position(row: Any) -> tuple[int, ...]:
+    """A row's key in (recorded_at_us, global_position) order."""
+    return (row[5], row[0])
 
 
 def clamp(value: int) -> int:

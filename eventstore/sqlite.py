@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from varstore.eventstore.events import RecordedEvent
 from varstore.eventstore.recorder import (
@@ -31,9 +31,12 @@ from varstore.eventstore.recorder import (
 from varstore.eventstore.rows import (
     INT64_MAX,
     Fields,
+    by_global_position,
+    by_time_then_global_position,
     clamp,
     decode,
     encode,
+    keyset_pages,
     micros,
     moment,
 )
@@ -89,8 +92,6 @@ CREATE TABLE IF NOT EXISTS touches (
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SELECT = f"SELECT {_COLUMNS} FROM events"
 
-# read_all fetches this many rows per query, so a long log never sits in memory at once.
-_CHUNK = 1000
 #: A row of ``events``, columns in ``_COLUMNS`` order.
 _Row = tuple[int, str, int, str, int, int, str, str, str, str, str]
 
@@ -208,7 +209,7 @@ class SQLiteRecorder(Recorder):
     ) -> Iterator[RecordedEvent]:
         """Events after the given global position (see :meth:`Recorder.read_all`).
 
-        Lazy: it queries ``_CHUNK`` rows at a time and holds no lock between chunks, so appends
+        Lazy: it queries a page of rows at a time and holds no lock between pages, so appends
         and other reads may happen while the caller consumes. It stops once caught up.
         """
         with self._read_lock:
@@ -216,19 +217,19 @@ class SQLiteRecorder(Recorder):
         return self._read_all(clamp(after_global_position), limit)
 
     def _read_all(self, after: int, limit: int | None) -> Iterator[RecordedEvent]:
-        left = INT64_MAX if limit is None else max(limit, 0)
-        while left > 0:
-            with self._read_lock, _translated(f"cannot read {self._path}"):
-                self._check_open()
-                rows = self._reader.execute(
-                    f"{_SELECT} WHERE global_position > ? ORDER BY global_position LIMIT ?",
-                    (after, min(_CHUNK, left)),
-                ).fetchall()
-            yield from map(decode, rows)
-            if len(rows) < min(_CHUNK, left):
-                return
-            after = rows[-1][0]
-            left -= len(rows)
+        def fetch(key: tuple[int, ...], size: int) -> list[Any]:
+            return self._fetch(
+                f"{_SELECT} WHERE global_position > ? ORDER BY global_position LIMIT ?",
+                (*key, size),
+            )
+
+        return keyset_pages(fetch, (after,), by_global_position, limit)
+
+    def _fetch(self, query: str, parameters: tuple[Any, ...]) -> list[Any]:
+        """The rows of one read query, under the read lock."""
+        with self._read_lock, _translated(f"cannot read {self._path}"):
+            self._check_open()
+            return self._reader.execute(query, parameters).fetchall()
 
     def last_global_position(self) -> int:
         """The highest global position; 0 while the log is empty."""
@@ -250,19 +251,14 @@ class SQLiteRecorder(Recorder):
     def _read_requests(self, since_us: int) -> Iterator[RecordedEvent]:
         # Keyset pages in the index's own order (its keys end with the rowid, the global
         # position), so each page is one range scan of the index and no sort.
-        after = (since_us, 0)
-        while True:
-            with self._read_lock, _translated(f"cannot read {self._path}"):
-                self._check_open()
-                rows = self._reader.execute(
-                    f"{_SELECT} WHERE request_id != '' AND (recorded_at_us, global_position) "
-                    "> (?, ?) ORDER BY recorded_at_us, global_position LIMIT ?",
-                    (*after, _CHUNK),
-                ).fetchall()
-            yield from map(decode, rows)
-            if len(rows) < _CHUNK:
-                return
-            after = (rows[-1][5], rows[-1][0])
+        def fetch(key: tuple[int, ...], size: int) -> list[Any]:
+            return self._fetch(
+                f"{_SELECT} WHERE request_id != '' AND (recorded_at_us, global_position) "
+                "> (?, ?) ORDER BY recorded_at_us, global_position LIMIT ?",
+                (*key, size),
+            )
+
+        return keyset_pages(fetch, (since_us, 0), by_time_then_global_position)
 
     def last_position(self, session_id: str) -> int:
         """The position of a session's last event; 0 if it has none."""
