@@ -8,10 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -151,3 +151,16 @@ class FakeWallClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+def edited_events(events: Sequence[Any], position: int, change: Callable[[Any], None]) -> list[Any]:
+    """Copies of exported ``varstore.v1.Event`` messages, the one at ``position`` changed by
+    ``change`` (for imports that must be refused)."""
+    copies = []
+    for event in events:
+        copy = type(event)()
+        copy.CopyFrom(event)
+        if copy.position == position:
+            change(copy)
+        copies.append(copy)
+    return copies

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import hypothesis
 import pytest
+from _support import edited_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_transfer import export, fresh, import_events, make_origin, read_log, without_ids
@@ -36,17 +37,6 @@ def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
         call()
     error: Any = caught.value
     return error.code(), error.details()
-
-
-def edited(events: list[pb.Event], position: int, change: Change) -> list[pb.Event]:
-    copies = []
-    for event in events:
-        copy = pb.Event()
-        copy.CopyFrom(event)
-        if copy.position == position:
-            change(copy)
-        copies.append(copy)
-    return copies
 
 
 def expire(server: RunningServer, session_id: str) -> None:
@@ -286,7 +276,7 @@ def test_a_fork_of_a_fork_imports(stub: Stub) -> None:
 def test_a_value_is_coerced_to_its_variable_type_as_a_live_write_coerces_it(stub: Stub) -> None:
     origin = fresh("origin")
     make_origin(stub, origin)
-    events = edited(
+    events = edited_events(
         exported(stub, origin), 4, lambda e: e.variable_updated.value.CopyFrom(to_proto(1))
     )
     copy = fresh("coerced")
@@ -430,7 +420,7 @@ def test_an_edited_event_is_refused_with_the_reason_the_live_call_gives(
             )
         )
     live_code, live_reason = refusal(lambda: live_call(stub, before))
-    events = edited(exported(stub, origin), position, change)
+    events = edited_events(exported(stub, origin), position, change)
     target = fresh("edited")
     code, reason = refusal(lambda: import_events(stub, events, target))
     assert reason.startswith(f"import refused: event at position {position} ")
@@ -498,7 +488,7 @@ def test_an_event_the_live_command_would_not_record_is_refused(
     stub: Stub, server: RunningServer, case: str
 ) -> None:
     position, change, words = MISMATCHES[case]
-    events = edited(_deleted_then_written(stub), position, change)
+    events = edited_events(_deleted_then_written(stub), position, change)
     target = fresh("mismatch")
     code, reason = refusal(lambda: import_events(stub, events, target))
     assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)

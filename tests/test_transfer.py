@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
+from _support import edited_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -484,17 +485,6 @@ def _good_log(stub: Stub) -> list[pb.Event]:
     return [e for chunk in export(stub, origin) for e in chunk.events]
 
 
-def _broken(events: list[pb.Event], position: int, change: Any) -> list[pb.Event]:
-    copies = []
-    for event in events:
-        copy = pb.Event()
-        copy.CopyFrom(event)
-        if copy.position == position:
-            change(copy)
-        copies.append(copy)
-    return copies
-
-
 BREAKAGES: dict[str, tuple[int, Any, str]] = {
     # name: (position, change, words the message must hold)
     "a gap in positions": (4, lambda e: setattr(e, "position", 5), "position 5"),
@@ -579,7 +569,7 @@ def test_a_bad_import_is_refused_whole_naming_the_position(
     stub: Stub, server: RunningServer, breakage: str
 ) -> None:
     position, change, words = BREAKAGES[breakage]
-    events = _broken(_good_log(stub), position, change)
+    events = edited_events(_good_log(stub), position, change)
     target = fresh("bad")
     code, message = code_of(lambda: import_events(stub, events, target))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, message
@@ -592,7 +582,7 @@ def test_a_bad_import_is_refused_whole_naming_the_position(
 
 def test_an_event_from_the_future_is_refused(stub: Stub, server: RunningServer) -> None:
     future = datetime.now(UTC) + timedelta(days=1)
-    events = _broken(_good_log(stub), 7, lambda e: e.recorded_at.FromDatetime(future))
+    events = edited_events(_good_log(stub), 7, lambda e: e.recorded_at.FromDatetime(future))
     target = fresh("future")
     code, message = code_of(lambda: import_events(stub, events, target))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -609,7 +599,7 @@ def test_an_import_into_a_used_id_or_of_nothing_is_refused(stub: Stub) -> None:
     code, message = code_of(lambda: import_events(stub, [], fresh()))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "no events" in message
-    nameless = _broken(events, 1, lambda e: setattr(e, "session_id", ""))
+    nameless = edited_events(events, 1, lambda e: setattr(e, "session_id", ""))
     nameless = [e for e in nameless if e.position == 1]
     code, message = code_of(lambda: import_events(stub, nameless))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
