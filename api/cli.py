@@ -26,6 +26,16 @@ def _positive(text: str) -> int:
     return number
 
 
+def _seconds(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not (0.01 <= number <= 3600):
+        raise argparse.ArgumentTypeError(f"must be from 0.01 to 3600 seconds, not {text}")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="varstore", description="Event-sourced typed session variables over gRPC."
@@ -65,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="checkpoint every session's state every N events, so start-up folds only what "
         "came after (default 10000)",
+    )
+    serve_cmd.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=os.environ.get("VARSTORE_POLL_INTERVAL", "1.0"),
+        metavar="SECONDS",
+        help="on a log several servers share (PostgreSQL): read it for other servers' "
+        "writes at least this often when no notice of them comes (default 1.0; env "
+        "VARSTORE_POLL_INTERVAL)",
     )
     serve_cmd.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     _add_security_flags(serve_cmd)

@@ -100,6 +100,8 @@ class ServerConfig:
     sync: Literal["full", "normal"] = "full"
     snapshot_every: int = 1000
     checkpoint_every: int = 10_000
+    #: Seconds between reads of a shared log when no notice of another server's commit comes.
+    poll_interval: float = 1.0
     limits: Limits = field(default_factory=Limits)
     security: Security = field(default_factory=Security)
     #: Listen on a non-loopback address without TLS.
@@ -155,6 +157,7 @@ class ServerConfig:
             sync=args.sync,
             snapshot_every=args.snapshot_every,
             checkpoint_every=args.checkpoint_every,
+            poll_interval=args.poll_interval,
             limits=limits,
             security=Security(tls, admin_token or None, secret or None),
             insecure=args.insecure,

@@ -26,8 +26,14 @@ def timestamp(moment: datetime) -> Timestamp:
     return Timestamp(seconds=int(whole.timestamp()), nanos=moment.microsecond * 1000)
 
 
-@functools.lru_cache(maxsize=4096)
 def _constraints_message(constraints: Constraints) -> pb.Constraints:
+    # Choices equal in Python but not on the wire (0 == 0.0 == False) must not share a
+    # cached message: the key holds each choice's type beside the constraints.
+    return _cached_constraints_message(constraints, tuple(map(type, constraints.choices)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_constraints_message(constraints: Constraints, _: tuple[type, ...]) -> pb.Constraints:
     # Constraints are immutable and shared by every version of a variable; message
     # constructors copy sub-messages, so one cached message can serve every response.
     return constraints.to_proto()

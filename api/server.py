@@ -274,6 +274,7 @@ def serve(config: ServerConfig) -> int:
         limits=config.limits,
         snapshot_every=config.snapshot_every,
         checkpoint_every=config.checkpoint_every,
+        poll_interval=config.poll_interval,
     )
     try:
         running = start_server(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import threading
+import typing
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -35,6 +36,12 @@ VERSION = importlib.metadata.version("varstore")
 
 #: Seconds an import waits, once its stream ended, for a cancellation to show.
 IMPORT_CANCEL_GRACE = 0.03
+
+#: Longest a read waits for this server to apply its ``min_position`` (never past the
+#: call's deadline), in seconds.
+MAX_TAIL_WAIT = 5.0
+#: Seconds of a call's deadline left for answering once the wait for its tail ends.
+_ANSWER_MARGIN = 0.05
 
 #: Longest ``source`` label a caller may give, in characters.
 MAX_SOURCE_LENGTH = 256
@@ -70,6 +77,31 @@ def _at(
     if request.HasField("as_of"):
         return _moment(request.as_of, "as_of")
     return None
+
+
+class _ReadRequest(typing.Protocol):
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def min_position(self) -> int: ...
+
+
+def _caught_up(store: Store, request: _ReadRequest, context: grpc.ServicerContext) -> None:
+    """Return once this server has applied the session up to the request's
+    ``min_position`` (read-your-writes on any server sharing the log).
+
+    Raises:
+        ValidationError: a negative min_position.
+        Unavailable: still behind after the bounded wait, saying how far.
+    """
+    wanted = request.min_position
+    if wanted == 0:
+        return
+    if wanted < 0:
+        raise ValidationError(f"min_position must be 0 or more, not {wanted}")
+    left = context.time_remaining()
+    wait = MAX_TAIL_WAIT if left is None else min(MAX_TAIL_WAIT, left - _ANSWER_MARGIN)
+    queries.wait_until_applied(store, request.session_id, wanted, max(0.0, wait))
 
 
 def _session_message(summary: queries.SessionSummary) -> pb.Session:
@@ -108,6 +140,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.ServicerContext
     ) -> pb.GetSessionResponse:
+        _caught_up(self._store, request, context)
         summary = queries.get_session(self._store, request.session_id)
         return pb.GetSessionResponse(
             header=header(summary.state.session_id, summary.state.position),
@@ -161,6 +194,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def GetVariable(
         self, request: pb.GetVariableRequest, context: grpc.ServicerContext
     ) -> pb.GetVariableResponse:
+        _caught_up(self._store, request, context)
         read = queries.get_variable(
             self._store, request.session_id, request.variable_identifier, _at(request)
         )
@@ -191,6 +225,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def GetVariables(
         self, request: pb.GetVariablesRequest, context: grpc.ServicerContext
     ) -> pb.GetVariablesResponse:
+        _caught_up(self._store, request, context)
         read = queries.get_variables(
             self._store, request.session_id, request.variable_identifiers, _at(request)
         )
@@ -234,6 +269,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def ListVariables(
         self, request: pb.ListVariablesRequest, context: grpc.ServicerContext
     ) -> pb.ListVariablesResponse:
+        _caught_up(self._store, request, context)
         listed = queries.list_variables(
             self._store, request.session_id, request.pattern, _at(request)
         )
@@ -265,6 +301,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def GetVariableHistory(
         self, request: pb.GetVariableHistoryRequest, context: grpc.ServicerContext
     ) -> pb.GetVariableHistoryResponse:
+        _caught_up(self._store, request, context)
         page = queries.variable_history(
             self._store,
             request.session_id,
@@ -284,6 +321,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def ReadEvents(
         self, request: pb.ReadEventsRequest, context: grpc.ServicerContext
     ) -> pb.ReadEventsResponse:
+        _caught_up(self._store, request, context)
         page = queries.read_events(
             self._store,
             request.session_id,
@@ -333,6 +371,7 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def WatchSession(
         self, request: pb.WatchSessionRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchSessionResponse]:
+        _caught_up(self._store, request, context)
         yield from self._hub.watch(request, context)
 
     # -- copies of logs -----------------------------------------------------------------------
@@ -340,11 +379,13 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
     def ForkSession(
         self, request: pb.ForkSessionRequest, context: grpc.ServicerContext
     ) -> pb.ForkSessionResponse:
+        _caught_up(self._store, request, context)
         return transfer.fork_session(self._store, request, _source(request.source, context))
 
     def ExportSession(
         self, request: pb.ExportSessionRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportSessionResponse]:
+        _caught_up(self._store, request, context)
         yield from transfer.export_session(self._store, request)
 
     def ImportSession(

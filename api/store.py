@@ -34,6 +34,13 @@ checked the first time), and answers from the state at its last event.
 Readers take published states from the projector: a read is one dict lookup, no lock,
 no database. Checkpoints and sessions' last use (for TTL) are written by a maintenance
 thread, off the write path.
+
+**Several servers on one log** (PostgreSQL): a :class:`~varstore.api.tailer.Tailer` feeds
+the other servers' events into the projector (notices, then a poll); a reader's
+``min_position`` nudges it (:meth:`Store.wait_until_applied`). Writes need nothing more: a
+command decided on a state behind the log meets a position conflict (or a refusal made on
+a stale state) and is decided again after catching up. The TTL sweep runs on the one server
+holding the recorder's ``ttl-sweeper`` role, and counts reads recorded by every server.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from varstore.api.commands import Command, ExpireSession, WriteContext, live
 from varstore.api.idempotency import REQUEST_TTL, RequestKey, RequestRecord
 from varstore.api.limits import Limits, LiveSessions
 from varstore.api.projector import Listener, Projector
+from varstore.api.tailer import POLL_INTERVAL, Tailer
 from varstore.eventstore import (
     Append,
     Conflict,
@@ -93,6 +101,8 @@ CHECKPOINT_EVERY = 10_000
 MAX_ATTEMPTS = 4
 #: Seconds between two rounds of the maintenance thread (checkpoints, durable touches).
 MAINTENANCE_INTERVAL = 0.5
+#: The role (see Recorder.holds_role) of the one server that expires idle sessions.
+SWEEPER_ROLE = "ttl-sweeper"
 #: The session id of the touch row that probes whether the log can be written: no session
 #: can have it (ids are 1 to 128 characters), so start-up ignores the row.
 _PROBE = ""
@@ -155,6 +165,7 @@ class Store:
         checkpoint_every: int = CHECKPOINT_EVERY,
         maintenance_interval: float = MAINTENANCE_INTERVAL,
         request_ttl: timedelta = REQUEST_TTL,
+        poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.recorder = recorder
         self.limits = limits or Limits()
@@ -193,6 +204,12 @@ class Store:
             daemon=True,
         )
         self._maintainer.start()
+        # Another server's events reach this one only through the log: follow it.
+        notices = recorder.notices()
+        self.tailer: Tailer | None = None
+        if notices is not None:
+            self.tailer = Tailer(self.projector, notices, poll_interval)
+            self.tailer.start()
 
     @property
     def snapshot_every(self) -> int:
@@ -233,7 +250,13 @@ class Store:
 
     def wait_until_applied(self, session_id: str, position: int, timeout: float) -> bool:
         """Wait (up to ``timeout`` seconds) until the published state of ``session_id`` has
-        folded in ``position``; True once it has, False on timeout."""
+        folded in ``position``; True once it has, False on timeout. A server following a
+        shared log reads it at once rather than at its next notice or poll."""
+        state = self.projector.published(session_id)
+        if state is not None and state.position >= position:
+            return True
+        if self.tailer is not None:
+            self.tailer.nudge()
         return self.projector.wait_for(session_id, position, timeout)
 
     def history(self, session_id: str) -> SessionHistory:
@@ -358,17 +381,35 @@ class Store:
         """Append SessionDeleted(reason="expired") for every session idle past its TTL.
 
         Idle time counts from the session's last event or recorded use, so it survives a
-        restart. Returns how many expired. The server's sweeper calls this every second.
+        restart, and from the uses other servers on the log recorded. Returns how many
+        expired: 0 on a server that does not hold the sweeper role (another one sweeps).
+        The server's sweeper calls this every second.
         """
+        if not self.recorder.holds_role(SWEEPER_ROLE):
+            return 0
 
         def is_expired(state: SessionState) -> bool:
             left = self.expires_in(state)
             return left is not None and left <= 0
 
         candidates = [state.session_id for state in self.sessions() if is_expired(state)]
+        if candidates:
+            self._learn_touches()  # a read on another server may have kept one alive
         return sum(
             1 for sid in candidates if self.execute(sid, ExpireSession(sid, is_expired)).result
         )
+
+    def _learn_touches(self) -> None:
+        """Merge in the sessions' last uses the log's other writers recorded."""
+        try:
+            recorded = self.recorder.load_touches()
+        except RecorderError as unreadable:
+            log.warning("cannot read the sessions' last uses: %s", unreadable)
+            return
+        for sid, moment in recorded.items():
+            known = self._touches.get(sid)
+            if sid != _PROBE and (known is None or moment > known):
+                self._touches[sid] = moment
 
     def checkpoint(self) -> None:
         """Save a checkpoint of every session's state now, from one consistent cut (start-up
@@ -436,6 +477,8 @@ class Store:
             if self._closed:
                 return
             self._closed = True
+        if self.tailer is not None:
+            self.tailer.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:

@@ -20,7 +20,10 @@ cannot both win.
 
 One writer connection per recorder runs each :meth:`append_many` as one transaction (the
 store's group commit); reads take connections from a small pool. A broken connection is
-replaced on the next call (a restarted database, ``pg_terminate_backend``).
+replaced on the next call (a restarted database, ``pg_terminate_backend``). Each append
+transaction also sends one NOTIFY (delivered at its commit) for the other servers' tailers;
+:meth:`PostgresRecorder.notices` and :meth:`PostgresRecorder.holds_role` are in
+:mod:`varstore.eventstore.postgres_cluster`.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from varstore.eventstore.events import RecordedEvent
+from varstore.eventstore.postgres_cluster import PostgresNotices, PostgresRoles, channel_of
 from varstore.eventstore.recorder import (
     Append,
     AppendResult,
     Conflict,
+    LogNotices,
     Recorded,
     Recorder,
     RecorderError,
@@ -152,6 +157,8 @@ class PostgresRecorder(Recorder):
         self._closed = False
         self._write_lock = threading.Lock()
         self._writer: psycopg.Connection[Any] | None = None
+        self._channel = channel_of(schema)
+        self._roles = PostgresRoles(self._connect, schema)
         with _translated("cannot open the PostgreSQL log"):
             with self._connect() as conn:
                 self._migrate(conn)
@@ -254,6 +261,8 @@ class PostgresRecorder(Recorder):
                         "WHERE session_heads.session_id = moved.session_id",
                         (list(ends), list(ends.values())),
                     )
+                    # Delivered when (and only if) this transaction commits.
+                    conn.execute("SELECT pg_notify(%s, %s)", (self._channel, str(first + count)))
         numbered = iter(rows)
         return [
             item if isinstance(item, Conflict) else Recorded(tuple(map(decode, next(numbered))))
@@ -396,10 +405,23 @@ class PostgresRecorder(Recorder):
             rows = conn.execute("SELECT session_id, touched_at_us FROM touches").fetchall()
         return {str(sid): moment(int(us)) for sid, us in rows}
 
+    # -- several servers ------------------------------------------------------------------
+
+    def notices(self) -> LogNotices:
+        """A listener to every writer's commits (one NOTIFY per append transaction), on
+        its own connection; the caller closes it."""
+        self._check_open()
+        return PostgresNotices(self._connect, self._channel)
+
+    def holds_role(self, role: str) -> bool:
+        """Whether this recorder holds ``role`` among every server on this log (an
+        advisory lock, taken now if free, held while its connection lives)."""
+        return not self._closed and self._roles.holds(role)
+
     # -- closing --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the writer connection and the pool. Idempotent."""
+        """Close the writer connection, the pool and the roles' connection. Idempotent."""
         with self._write_lock:
             if self._closed:
                 return
@@ -407,6 +429,7 @@ class PostgresRecorder(Recorder):
             if self._writer is not None:
                 self._writer.close()
             self._pool.close()
+            self._roles.close()
 
     def _check_open(self) -> None:
         if self._closed:

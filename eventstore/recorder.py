@@ -9,8 +9,13 @@ Layered as the eventsourcing library layers its recorders, each layer one more c
   request id.
 * :class:`DerivedStore`: what is kept *beside* the log: the checkpoint of the projections and
   sessions' last activity (durable touches for TTL). Derived data: losing it loses no event.
-* :class:`Recorder`: all three, plus ``close``. Every backend (memory, SQLite, later
-  PostgreSQL) implements it and passes one contract suite, ``tests/test_recorder_contract.py``.
+* :class:`Recorder`: all three, plus ``close``. Every backend (memory, SQLite, PostgreSQL)
+  implements it and passes one contract suite, ``tests/test_recorder_contract.py``.
+
+A log that several servers write (PostgreSQL) adds two capabilities a private one does not
+need: :meth:`Recorder.notices`, wake-ups when another writer commits (the tailer's hint), and
+:meth:`Recorder.holds_role`, a lock that lets one server of the cluster do a job (the TTL
+sweep). The defaults are those of a log one process owns: no notices, every role held.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "DerivedStore",
     "EventAppender",
     "EventReader",
+    "LogNotices",
     "PositionConflict",
     "Recorded",
     "Recorder",
@@ -197,9 +203,35 @@ class DerivedStore(ABC):
         """Every session's last recorded use, in UTC."""
 
 
+class LogNotices(ABC):
+    """Wake-ups when the log grows: one notice per committed group of any writer."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for a notice. Returns the highest global position
+        announced, 0 when notices may have been missed (the connection was re-established:
+        read the log), or None when nothing came. Raises RecorderError while the notices
+        cannot be listened to (the caller polls meanwhile)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop listening. Idempotent."""
+
+
 class Recorder(EventAppender, EventReader, DerivedStore):
     """An append-only log of events, ordered per session and globally, and the derived data
     kept beside it."""
+
+    def notices(self) -> LogNotices | None:
+        """A listener to other writers' commits, for a log several processes write; None
+        (the default) for a log only this process writes."""
+        return None
+
+    def holds_role(self, role: str) -> bool:
+        """Whether this process holds ``role`` among every process writing the log (taking
+        it if nobody does), so that a cluster-wide job runs on one server at a time. A log
+        only this process writes: always True."""
+        return True
 
     @abstractmethod
     def close(self) -> None:

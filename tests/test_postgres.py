@@ -16,7 +16,9 @@ from backends import PG_DSN, ThrowawayPostgresRecorder, postgres_recorder
 from servers import start_server_process, stub_for
 
 from varstore.api import commands
+from varstore.api.projector import Projector
 from varstore.api.store import Store
+from varstore.api.tailer import Tailer
 from varstore.eventstore import (
     EventType,
     NewEvent,
@@ -192,3 +194,61 @@ def test_varstore_serve_on_postgresql_keeps_acknowledged_writes_across_a_kill() 
             server.terminate()
     finally:
         ThrowawayPostgresRecorder(PG_DSN, schema=schema).close()  # drops the schema
+
+
+def test_a_store_follows_another_stores_writes_through_notices(
+    recorder: PostgresRecorder,
+) -> None:
+    # A poll interval of an hour: only the NOTIFY of each commit can bring the writes over.
+    writer = Store(PostgresRecorder(PG_DSN, schema=recorder.schema), poll_interval=3600)
+    follower = Store(PostgresRecorder(PG_DSN, schema=recorder.schema), poll_interval=3600)
+    try:
+        seen: list[tuple[str, int]] = []
+        follower.subscribe(lambda events: seen.extend((e.session_id, e.position) for e in events))
+        writer.execute("s", commands.CreateSession("s"))
+        writer.execute("s", commands.RegisterVariable("s", "n", "integer", 0))
+        for value in range(1, 21):
+            writer.execute("s", commands.SetVariable("s", "n", value))
+        deadline = time.monotonic() + 10
+        while len(seen) < 22 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [("s", position) for position in range(1, 23)]  # in order, once each
+        assert follower.published("s") == writer.published("s")
+    finally:
+        writer.close()
+        follower.close()
+
+
+def test_a_nudge_reads_the_log_at_once_when_no_notice_comes(recorder: PostgresRecorder) -> None:
+    reader = PostgresRecorder(PG_DSN, schema=recorder.schema)
+    projector = Projector(reader, snapshot_every=1000)
+    projector.start(None)
+    tailer = Tailer(projector, notices=None, poll_interval=3600)  # neither notices nor polls
+    tailer.start()
+    writer = Store(PostgresRecorder(PG_DSN, schema=recorder.schema))
+    try:
+        writer.execute("s", commands.CreateSession("s"))
+        assert not projector.wait_for("s", 1, 0.3)  # nothing has read the log
+        tailer.nudge()  # what a reader's min_position does
+        assert projector.wait_for("s", 1, 5.0)
+    finally:
+        writer.close()
+        tailer.close()
+        reader.close()
+
+
+def test_one_server_holds_the_sweeper_role_until_its_connection_dies(
+    recorder: PostgresRecorder,
+) -> None:
+    first = PostgresRecorder(PG_DSN, schema=recorder.schema)
+    second = PostgresRecorder(PG_DSN, schema=recorder.schema)
+    try:
+        assert first.holds_role("ttl-sweeper")
+        assert not second.holds_role("ttl-sweeper")
+        assert first.holds_role("ttl-sweeper")  # still held
+        assert second.holds_role("other-job")  # roles are independent
+        first.close()  # its connection goes, and the role with it
+        assert second.holds_role("ttl-sweeper")
+    finally:
+        first.close()
+        second.close()

@@ -543,7 +543,16 @@ class StoreModel(RuleBasedStateMachine):
 
     @rule()
     def list_sessions(self) -> None:
-        listed = {s.id: s for s in self.stub.ListSessions(pb.ListSessionsRequest()).sessions}
+        # Every page: the shared server keeps the sessions of earlier examples, and the
+        # random id prefixes sort this example's anywhere among them.
+        listed: dict[str, pb.Session] = {}
+        token = ""
+        while True:
+            page = self.stub.ListSessions(pb.ListSessionsRequest(page_token=token))
+            listed.update((s.id, s) for s in page.sessions)
+            token = page.next_page_token
+            if not token:
+                break
         for sid, session in self.sessions.items():
             assert (sid in listed) == session.live
             if session.live:

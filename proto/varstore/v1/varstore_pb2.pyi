@@ -447,16 +447,24 @@ class GetSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
+    min_position: _builtins.int
+    """When above 0, answer only once this server has applied the session's log up to this
+    position (read your writes on any server sharing the log: send the position of your
+    last write's header). A server behind waits for its tail (5 s at most, and never past
+    the call's deadline), then answers UNAVAILABLE saying how far behind it is.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        min_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_position", b"min_position", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -760,6 +768,7 @@ class GetVariableRequest(_message.Message):
     VARIABLE_IDENTIFIER_FIELD_NUMBER: _builtins.int
     AT_POSITION_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     variable_identifier: _builtins.str
@@ -767,6 +776,12 @@ class GetVariableRequest(_message.Message):
     at_position: _builtins.int
     """When set, read the variable as it stood at this session position (OUT_OF_RANGE
     beyond the log).
+    """
+    min_position: _builtins.int
+    """When above 0, answer only once this server has applied the session's log up to this
+    position (read your writes on any server sharing the log: send the position of your
+    last write's header). A server behind waits for its tail (5 s at most, and never past
+    the call's deadline), then answers UNAVAILABLE saying how far behind it is.
     """
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
@@ -781,10 +796,11 @@ class GetVariableRequest(_message.Message):
         variable_identifier: _builtins.str = ...,
         at_position: _builtins.int | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        min_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position", "session_id", b"session_id", "variable_identifier", b"variable_identifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position", "min_position", b"min_position", "session_id", b"session_id", "variable_identifier", b"variable_identifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__at_position: _TypeAlias = _typing.Literal["at_position"]  # noqa: Y015
     _WhichOneofArgType__at_position: _TypeAlias = _typing.Literal["_at_position", b"_at_position"]  # noqa: Y015
@@ -942,10 +958,17 @@ class GetVariablesRequest(_message.Message):
     VARIABLE_IDENTIFIERS_FIELD_NUMBER: _builtins.int
     AT_POSITION_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     at_position: _builtins.int
     """When set, read as the session stood at this position (OUT_OF_RANGE beyond the log)."""
+    min_position: _builtins.int
+    """When above 0, answer only once this server has applied the session's log up to this
+    position (read your writes on any server sharing the log: send the position of your
+    last write's header). A server behind waits for its tail (5 s at most, and never past
+    the call's deadline), then answers UNAVAILABLE saying how far behind it is.
+    """
     @_builtins.property
     def variable_identifiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Variable ids or names."""
@@ -961,10 +984,11 @@ class GetVariablesRequest(_message.Message):
         variable_identifiers: _abc.Iterable[_builtins.str] | None = ...,
         at_position: _builtins.int | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        min_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position", "session_id", b"session_id", "variable_identifiers", b"variable_identifiers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position", "min_position", b"min_position", "session_id", b"session_id", "variable_identifiers", b"variable_identifiers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__at_position: _TypeAlias = _typing.Literal["at_position"]  # noqa: Y015
     _WhichOneofArgType__at_position: _TypeAlias = _typing.Literal["_at_position", b"_at_position"]  # noqa: Y015
@@ -1280,12 +1304,19 @@ class ListVariablesRequest(_message.Message):
     PATTERN_FIELD_NUMBER: _builtins.int
     AT_POSITION_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     pattern: _builtins.str
     """Shell-style glob on names ("*", "?", "[ab]"); empty matches every name."""
     at_position: _builtins.int
     """When set, list as the session stood at this position (OUT_OF_RANGE beyond the log)."""
+    min_position: _builtins.int
+    """When above 0, answer only once this server has applied the session's log up to this
+    position (read your writes on any server sharing the log: send the position of your
+    last write's header). A server behind waits for its tail (5 s at most, and never past
+    the call's deadline), then answers UNAVAILABLE saying how far behind it is.
+    """
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
         """When set (and at_position is not), list as the session stood at this time."""
@@ -1297,10 +1328,11 @@ class ListVariablesRequest(_message.Message):
         pattern: _builtins.str = ...,
         at_position: _builtins.int | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        min_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position", "pattern", b"pattern", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at_position", b"_at_position", "as_of", b"as_of", "at_position", b"at_position", "min_position", b"min_position", "pattern", b"pattern", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__at_position: _TypeAlias = _typing.Literal["at_position"]  # noqa: Y015
     _WhichOneofArgType__at_position: _TypeAlias = _typing.Literal["_at_position", b"_at_position"]  # noqa: Y015
@@ -1917,6 +1949,7 @@ class GetVariableHistoryRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     NEWEST_FIRST_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     variable_identifier: _builtins.str
@@ -1931,6 +1964,12 @@ class GetVariableHistoryRequest(_message.Message):
     """Token from a previous response's next_page_token; empty for the first page."""
     newest_first: _builtins.bool
     """Newest change first (default: oldest first)."""
+    min_position: _builtins.int
+    """When above 0, answer only once this server has applied the session's log up to this
+    position (read your writes on any server sharing the log: send the position of your
+    last write's header). A server behind waits for its tail (5 s at most, and never past
+    the call's deadline), then answers UNAVAILABLE saying how far behind it is.
+    """
     def __init__(
         self,
         *,
@@ -1941,10 +1980,11 @@ class GetVariableHistoryRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         newest_first: _builtins.bool = ...,
+        min_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_to_version", b"_to_version", "to_version", b"to_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to_version", b"_to_version", "from_version", b"from_version", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id", "to_version", b"to_version", "variable_identifier", b"variable_identifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to_version", b"_to_version", "from_version", b"from_version", "min_position", b"min_position", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id", "to_version", b"to_version", "variable_identifier", b"variable_identifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__to_version: _TypeAlias = _typing.Literal["to_version"]  # noqa: Y015
     _WhichOneofArgType__to_version: _TypeAlias = _typing.Literal["_to_version", b"_to_version"]  # noqa: Y015
@@ -1998,6 +2038,7 @@ class ReadEventsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     BACKWARDS_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id (deleted sessions' logs can still be read)."""
     from_position: _builtins.int
@@ -2010,6 +2051,12 @@ class ReadEventsRequest(_message.Message):
     """Newest first (default: oldest first)."""
     page_token: _builtins.str
     """Token from a previous response's next_page_token; empty for the first page."""
+    min_position: _builtins.int
+    """When above 0, answer only once this server has applied the session's log up to this
+    position (read your writes on any server sharing the log: send the position of your
+    last write's header). A server behind waits for its tail (5 s at most, and never past
+    the call's deadline), then answers UNAVAILABLE saying how far behind it is.
+    """
     def __init__(
         self,
         *,
@@ -2019,10 +2066,11 @@ class ReadEventsRequest(_message.Message):
         page_size: _builtins.int = ...,
         backwards: _builtins.bool = ...,
         page_token: _builtins.str = ...,
+        min_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "to_position", b"to_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "backwards", b"backwards", "from_position", b"from_position", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id", "to_position", b"to_position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "backwards", b"backwards", "from_position", b"from_position", "min_position", b"min_position", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id", "to_position", b"to_position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__to_position: _TypeAlias = _typing.Literal["to_position"]  # noqa: Y015
     _WhichOneofArgType__to_position: _TypeAlias = _typing.Literal["_to_position", b"_to_position"]  # noqa: Y015
@@ -2183,6 +2231,7 @@ class WatchSessionRequest(_message.Message):
     VARIABLES_FIELD_NUMBER: _builtins.int
     INCLUDE_INITIAL_FIELD_NUMBER: _builtins.int
     PROGRESS_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     from_position: _builtins.int
@@ -2191,6 +2240,12 @@ class WatchSessionRequest(_message.Message):
     """First send the state at from_position (the filtered variables)."""
     progress_interval_ms: _builtins.int
     """Send a progress message after this many milliseconds without events; 0 means 1000."""
+    min_position: _builtins.int
+    """When above 0, answer only once this server has applied the session's log up to this
+    position (read your writes on any server sharing the log: send the position of your
+    last write's header). A server behind waits for its tail (5 s at most, and never past
+    the call's deadline), then answers UNAVAILABLE saying how far behind it is.
+    """
     @_builtins.property
     def variables(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only changes to these variables (ids or names); empty for every variable."""
@@ -2203,10 +2258,11 @@ class WatchSessionRequest(_message.Message):
         variables: _abc.Iterable[_builtins.str] | None = ...,
         include_initial: _builtins.bool = ...,
         progress_interval_ms: _builtins.int = ...,
+        min_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_position", b"from_position", "include_initial", b"include_initial", "progress_interval_ms", b"progress_interval_ms", "session_id", b"session_id", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_position", b"from_position", "include_initial", b"include_initial", "min_position", b"min_position", "progress_interval_ms", b"progress_interval_ms", "session_id", b"session_id", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2362,6 +2418,7 @@ class ForkSessionRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session to fork (the origin)."""
     at_position: _builtins.int
@@ -2376,6 +2433,12 @@ class ForkSessionRequest(_message.Message):
     after a restart: the id is kept in the log); the same id with a different request is
     INVALID_ARGUMENT. Ids are remembered for 24 hours.
     """
+    min_position: _builtins.int
+    """When above 0, answer only once this server has applied the session's log up to this
+    position (read your writes on any server sharing the log: send the position of your
+    last write's header). A server behind waits for its tail (5 s at most, and never past
+    the call's deadline), then answers UNAVAILABLE saying how far behind it is.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Metadata recorded with the fork event."""
@@ -2389,10 +2452,11 @@ class ForkSessionRequest(_message.Message):
         source: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        min_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_position", b"at_position", "metadata", b"metadata", "new_session_id", b"new_session_id", "request_id", b"request_id", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_position", b"at_position", "metadata", b"metadata", "min_position", b"min_position", "new_session_id", b"new_session_id", "request_id", b"request_id", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2444,22 +2508,30 @@ class ExportSessionRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     FROM_POSITION_FIELD_NUMBER: _builtins.int
     TO_POSITION_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id (deleted sessions can be exported too)."""
     from_position: _builtins.int
     """Lowest position to include (0 or 1: from the start)."""
     to_position: _builtins.int
     """When set, highest position to include."""
+    min_position: _builtins.int
+    """When above 0, answer only once this server has applied the session's log up to this
+    position (read your writes on any server sharing the log: send the position of your
+    last write's header). A server behind waits for its tail (5 s at most, and never past
+    the call's deadline), then answers UNAVAILABLE saying how far behind it is.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         from_position: _builtins.int = ...,
         to_position: _builtins.int | None = ...,
+        min_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "to_position", b"to_position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "from_position", b"from_position", "session_id", b"session_id", "to_position", b"to_position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to_position", b"_to_position", "from_position", b"from_position", "min_position", b"min_position", "session_id", b"session_id", "to_position", b"to_position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__to_position: _TypeAlias = _typing.Literal["to_position"]  # noqa: Y015
     _WhichOneofArgType__to_position: _TypeAlias = _typing.Literal["_to_position", b"_to_position"]  # noqa: Y015
