@@ -16,7 +16,9 @@ events it inserts and takes its global positions from it. The head row stays loc
 COMMIT, so the next transaction gets higher numbers only after this one is visible:
 global positions are gap-free and become visible in order. The unique key on
 ``(session_id, position)`` is the last line of defence: two servers racing on one session
-cannot both win.
+cannot both win. A request id is claimed once across all servers (the ``requests`` table,
+in the same transaction): an append carrying an id another server recorded within the
+request TTL is refused as a conflict, so the store reads the log and answers it as a retry.
 
 One writer connection per recorder runs each :meth:`append_many` as one transaction (the
 store's group commit); reads take connections from a small pool. A broken connection is
@@ -32,7 +34,8 @@ import contextlib
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Set as AbstractSet
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import psycopg
@@ -102,6 +105,14 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """CREATE INDEX events_with_request_ids ON events (recorded_at_us, global_position)
         WHERE request_id <> ''""",
     ),
+    (  # 3: each request id claimed once across every server on the log
+        """CREATE TABLE requests (
+            request_id TEXT PRIMARY KEY, recorded_at_us BIGINT NOT NULL
+        )""",
+        """INSERT INTO requests (request_id, recorded_at_us)
+        SELECT request_id, max(recorded_at_us) FROM events WHERE request_id <> ''
+        GROUP BY request_id""",
+    ),
 )
 #: The advisory lock key that serialises migrations across servers ("varstore" in ASCII).
 _MIGRATION_LOCK: Final = 0x7661727374_6F7265
@@ -148,7 +159,14 @@ class PostgresRecorder(Recorder):
         ValueError: ``schema`` is not a plain lower-case identifier.
     """
 
-    def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 4,
+        request_ttl: timedelta = timedelta(hours=24),
+    ) -> None:
         schema = schema_of(dsn) if schema is None else schema
         if _SCHEMA_NAME.fullmatch(schema) is None:
             raise ValueError(f"schema must be a lower-case SQL identifier, not {schema!r}")
@@ -158,6 +176,7 @@ class PostgresRecorder(Recorder):
         self._write_lock = threading.Lock()
         self._writer: psycopg.Connection[Any] | None = None
         self._channel = channel_of(schema)
+        self._request_ttl_us = int(request_ttl / timedelta(microseconds=1))
         self._roles = PostgresRoles(self._connect, schema)
         with _translated("cannot open the PostgreSQL log"):
             with self._connect() as conn:
@@ -235,6 +254,10 @@ class PostgresRecorder(Recorder):
             with conn.transaction():
                 heads = self._lock_heads(conn, sorted({a.session_id for a in appends}))
                 planned = _plan(appends, encoded, heads)
+                taken = self._claim_requests(conn, appends, planned)
+                if taken:  # another server recorded one of these requests: decide again
+                    planned = _plan(appends, encoded, heads, taken)
+                    self._release_requests(conn, appends, planned, taken)
                 count = sum(len(item) for item in planned if not isinstance(item, Conflict))
                 first = 0
                 if count:
@@ -268,6 +291,52 @@ class PostgresRecorder(Recorder):
             item if isinstance(item, Conflict) else Recorded(tuple(map(decode, next(numbered))))
             for item in planned
         ]
+
+    def _claim_requests(
+        self,
+        conn: psycopg.Connection[Any],
+        appends: Sequence[Append],
+        planned: list[list[_Planned] | Conflict],
+    ) -> set[str]:
+        """Claim the request ids of the appends about to be recorded; returns the ids
+        another writer (another server) recorded within the request TTL. Their appends
+        must not be recorded: the store reads the log and answers them as retries."""
+        wanted = {
+            append.events[0].request_id: micros(append.events[0].recorded_at)
+            for append, item in zip(appends, planned, strict=True)
+            if not isinstance(item, Conflict) and append.events and append.events[0].request_id
+        }
+        if not wanted:
+            return set()
+        claimed = conn.execute(
+            "INSERT INTO requests (request_id, recorded_at_us) "
+            "SELECT * FROM unnest(%s::text[], %s::bigint[]) "
+            "ON CONFLICT (request_id) DO UPDATE SET recorded_at_us = excluded.recorded_at_us "
+            "WHERE requests.recorded_at_us < excluded.recorded_at_us - %s "
+            "RETURNING request_id",
+            (list(wanted), list(wanted.values()), self._request_ttl_us),
+        ).fetchall()
+        return set(wanted) - {str(row[0]) for row in claimed}
+
+    @staticmethod
+    def _release_requests(
+        conn: psycopg.Connection[Any],
+        appends: Sequence[Append],
+        planned: list[list[_Planned] | Conflict],
+        taken: set[str],
+    ) -> None:
+        """Give back the ids claimed for appends that are no longer recorded (they came
+        after a refused one in their session)."""
+        released = [
+            append.events[0].request_id
+            for append, item in zip(appends, planned, strict=True)
+            if isinstance(item, Conflict)
+            and append.events
+            and append.events[0].request_id
+            and append.events[0].request_id not in taken
+        ]
+        if released:
+            conn.execute("DELETE FROM requests WHERE request_id = ANY(%s)", (released,))
 
     @staticmethod
     def _lock_heads(conn: psycopg.Connection[Any], session_ids: list[str]) -> dict[str, int]:
@@ -441,16 +510,21 @@ _Planned = tuple[Any, ...]
 
 
 def _plan(
-    appends: Sequence[Append], encoded: list[list[Fields]], heads: dict[str, int]
+    appends: Sequence[Append],
+    encoded: list[list[Fields]],
+    heads: dict[str, int],
+    taken: AbstractSet[str] = frozenset(),
 ) -> list[list[_Planned] | Conflict]:
-    """Each append's rows (session positions after the locked heads), or its Conflict; an
-    append after a conflict in its session conflicts too (it was decided on the one before)."""
+    """Each append's rows (session positions after the locked heads), or its Conflict: its
+    expected position does not hold, its request id is ``taken``, or it comes after a
+    conflict in its session (it was decided on the one before)."""
     planned: list[list[_Planned] | Conflict] = []
     last = dict(heads)
     conflicted: set[str] = set()
     for append, events in zip(appends, encoded, strict=True):
         sid = append.session_id
-        if append.expected_position != last[sid] or sid in conflicted:
+        request_id = append.events[0].request_id if append.events else ""
+        if append.expected_position != last[sid] or sid in conflicted or request_id in taken:
             planned.append(Conflict(sid, append.expected_position, last[sid]))
             conflicted.add(sid)
             continue

@@ -16,6 +16,7 @@ from backends import PG_DSN, ThrowawayPostgresRecorder, postgres_recorder
 from servers import start_server_process, stub_for
 
 from varstore.api import commands
+from varstore.api.idempotency import RequestKey
 from varstore.api.projector import Projector
 from varstore.api.store import Store
 from varstore.api.tailer import Tailer
@@ -252,3 +253,25 @@ def test_one_server_holds_the_sweeper_role_until_its_connection_dies(
     finally:
         first.close()
         second.close()
+
+
+def test_a_request_retried_through_another_server_that_has_not_seen_it_is_recorded_once(
+    recorder: PostgresRecorder,
+) -> None:
+    # CreateSession without an id: a server that does not know the request id generates a
+    # new session id, so nothing in the retry's own session conflicts. Only the claim of
+    # the request id in the append's transaction keeps it from creating a second session.
+    first = Store(PostgresRecorder(PG_DSN, schema=recorder.schema))
+    behind = Store(PostgresRecorder(PG_DSN, schema=recorder.schema))
+    try:
+        assert behind.tailer is not None
+        behind.tailer.close()  # it learns of the first store's writes only by reading the log
+        key = RequestKey("create-1", "digest-1")
+        answered = first.execute("session_a", commands.CreateSession("session_a"), key)
+        assert behind.known_request(key) is None  # its index has not seen the write
+        again = behind.execute("session_b", commands.CreateSession("session_b"), key)
+        assert again == answered  # the first answer, rebuilt from the log
+        assert [e.session_id for e in recorder.read_all()] == ["session_a"]
+    finally:
+        first.close()
+        behind.close()
