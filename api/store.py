@@ -40,7 +40,8 @@ the other servers' events into the projector (notices, then a poll); a reader's
 ``min_position`` nudges it (:meth:`Store.wait_until_applied`). Writes need nothing more: a
 command decided on a state behind the log meets a position conflict (or a refusal made on
 a stale state) and is decided again after catching up. The TTL sweep runs on the one server
-holding the recorder's ``ttl-sweeper`` role, and counts reads recorded by every server.
+holding the recorder's ``ttl-sweeper`` role, and counts reads recorded by every server;
+checkpoints are saved by the one holding the ``checkpointer`` role.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ MAX_ATTEMPTS = 4
 MAINTENANCE_INTERVAL = 0.5
 #: The role (see Recorder.holds_role) of the one server that expires idle sessions.
 SWEEPER_ROLE = "ttl-sweeper"
+#: The role of the one server that saves checkpoints of a shared log (any server's cut is
+#: the same fold of the same log; one writer is enough).
+CHECKPOINTER_ROLE = "checkpointer"
 #: The session id of the touch row that probes whether the log can be written: no session
 #: can have it (ids are 1 to 128 characters), so start-up ignores the row.
 _PROBE = ""
@@ -570,7 +574,8 @@ class Store:
                 log.exception("could not record the last use of %d sessions", len(touches))
                 self._set_writable(False)
                 return
-        if self.projector.global_position - self._checkpointed >= self.checkpoint_every:
+        due = self.projector.global_position - self._checkpointed >= self.checkpoint_every
+        if due and self.recorder.holds_role(CHECKPOINTER_ROLE):  # one server saves them
             self.checkpoint()
 
     # -- committing -----------------------------------------------------------------------

@@ -275,3 +275,25 @@ def test_a_request_retried_through_another_server_that_has_not_seen_it_is_record
     finally:
         first.close()
         behind.close()
+
+
+def test_one_server_of_a_shared_log_saves_its_checkpoints(recorder: PostgresRecorder) -> None:
+    stores = [
+        Store(
+            PostgresRecorder(PG_DSN, schema=recorder.schema),
+            checkpoint_every=1,
+            maintenance_interval=0.05,
+        )
+        for _ in range(2)
+    ]
+    try:
+        stores[0].execute("s", commands.CreateSession("s"))
+        deadline = time.monotonic() + 10
+        while recorder.load_checkpoint() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert recorder.load_checkpoint() is not None
+        holders = [store.recorder.holds_role("checkpointer") for store in stores]
+        assert sorted(holders) == [False, True]
+    finally:
+        for store in stores:
+            store.close()
