@@ -150,10 +150,11 @@ def child_server(name: str, command: Sequence[str], timeout: float = 30.0) -> It
         child.stop()
 
 
-def varstore_server(db: str | Path) -> AbstractContextManager[Child]:
-    """``varstore serve --db DB --listen 127.0.0.1:0`` (default ``--sync full``) as a child."""
+def varstore_server(db: str | Path, listen: str = "127.0.0.1:0") -> AbstractContextManager[Child]:
+    """``varstore serve --db DB --listen LISTEN`` (default ``--sync full``) as a child;
+    ``LISTEN`` is a free loopback port unless given (a restart on the same address)."""
     command = [sys.executable, "-m", "varstore.api.cli", "serve", "--db", str(db)]
-    return child_server("varstore", [*command, "--listen", "127.0.0.1:0"])
+    return child_server("varstore", [*command, "--listen", listen])
 
 
 def open_channel(address: str) -> grpc.Channel:

@@ -71,6 +71,21 @@ CASES = [
         4,
         id="watch",
     ),
+    pytest.param(
+        "bench_cluster.py",
+        "| operation | SQLite 1c p50 µs | PG 1 server 1c p50 µs | PG 2 servers 1c p50 µs "
+        "| SQLite 16c calls/s | PG 1 server 16c calls/s | PG 2 servers 16c calls/s "
+        "| PG 1 server / SQLite 16c | PG 2 servers / SQLite 16c |",
+        [
+            "| GetVariable |",
+            "| SetVariable |",
+            "| UPDATE one counter row + INSERT 1 row per transaction | 16 |",
+            "| server B (writes through A) |",
+            "kill to next success ms",
+        ],
+        2,
+        id="cluster",
+    ),
 ]
 
 
