@@ -5,6 +5,11 @@ with connect("127.0.0.1:50051") as client:
     ctx = client.session("demo")
     ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
     ctx.get_variable("temperature")          # 0.7
+
+Several servers sharing one log: ``connect("h1:50051,h2:50051")`` (or a list, or one DNS
+name with several records). Calls go round robin to the servers that answer, a call
+whose server went away is retried on another, watches resume there, and every read is
+answered by a server that has applied what this client wrote (read-your-writes).
 """
 
 from varstore.client._async import (

@@ -15,7 +15,14 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from varstore.client import _effects as effects
-from varstore.client._channels import ChannelSecurity, Pem, open_aio_channel, open_channel
+from varstore.client._channels import (
+    Address,
+    ChannelSecurity,
+    Pem,
+    address_text,
+    open_aio_channel,
+    open_channel,
+)
 from varstore.client._client import ClientOps
 from varstore.client._core import MISSING
 from varstore.client._flow import Async, Flow, Runner
@@ -227,21 +234,22 @@ class AsyncSessionContext(SessionOps[Async, grpc.aio.Channel, AsyncWatchStream, 
 
 
 class AsyncClient(ClientOps[Async, AsyncSessionContext]):
-    """:class:`~varstore.client.Client` for asyncio, owning a ``grpc.aio`` channel. Use
-    :func:`aconnect`."""
+    """:class:`~varstore.client.Client` for asyncio, owning a ``grpc.aio`` channel to one
+    or several servers. Use :func:`aconnect`."""
 
     def __init__(
         self,
-        address: str,
+        address: Address,
         config: Mapping[str, Any] | None = None,
         security: ChannelSecurity | None = None,
     ) -> None:
         self.channel = open_aio_channel(address, security)
-        self._driver = _AsyncDriver(self.channel, address, security)
-        super().__init__(address, config, self._driver)
+        text = address_text(address)
+        self._driver = _AsyncDriver(self.channel, text, security)
+        super().__init__(text, config, self._driver)
 
     def _context(self, session_id: str, config: Mapping[str, Any]) -> AsyncSessionContext:
-        return AsyncSessionContext(session_id, self.channel, config)
+        return AsyncSessionContext(session_id, self.channel, config, positions=self._seen)
 
     async def close(self) -> None:
         """Close the channels (the client's, and the one transfers use)."""
@@ -256,7 +264,7 @@ class AsyncClient(ClientOps[Async, AsyncSessionContext]):
 
 
 def aconnect(
-    address: str = "127.0.0.1:50051",
+    address: Address = "127.0.0.1:50051",
     config: Mapping[str, Any] | None = None,
     *,
     root_certificates: Pem | None = None,
@@ -266,8 +274,8 @@ def aconnect(
     tls: bool | None = None,
 ) -> AsyncClient:
     """An :class:`AsyncClient` on ``address`` that owns its channel
-    (``async with aconnect(...) as client``); TLS and tokens as for
-    :func:`~varstore.client.connect`."""
+    (``async with aconnect(...) as client``); addresses (one or several servers), TLS and
+    tokens as for :func:`~varstore.client.connect`."""
     security = ChannelSecurity.of(
         root_certificates=root_certificates,
         certificate_chain=certificate_chain,

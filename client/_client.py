@@ -26,6 +26,7 @@ from varstore.client._flow import (
     operation,
     retried,
 )
+from varstore.client._positions import SeenPositions
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = ["ClientOps", "Contextual"]
@@ -45,8 +46,14 @@ C = TypeVar("C", bound=Contextual)
 
 
 class ClientOps(Flavoured[F], Generic[F, C]):
-    """A connection to a varstore server; the flavour's class adds how it opens its
-    channel, the contexts it gives, and how it closes."""
+    """A connection to one or several varstore servers sharing a log; the flavour's class
+    adds how it opens its channel, the contexts it gives, and how it closes.
+
+    ``address`` is the servers' addresses joined by ",". Every call, the client's and its
+    contexts', asks for a server that has applied the session as far as any answer to
+    this client showed it (one :class:`SeenPositions` for the client): the client reads
+    its own writes on any server.
+    """
 
     def __init__(self, address: str, config: Mapping[str, Any] | None, driver: Driver) -> None:
         self.address = address
@@ -54,13 +61,17 @@ class ClientOps(Flavoured[F], Generic[F, C]):
         self._run = driver.run
         self._timeout = float(self.config.get("timeout", DEFAULT_TIMEOUT))
         self._retry = Retry.from_config(self.config)
+        #: Per session, the highest position any answer to this client showed.
+        self._seen = SeenPositions()
 
     def _context(self, session_id: str, config: Mapping[str, Any]) -> C:
         """A context of this client's flavour on its channel."""
         raise NotImplementedError
 
     def session(self, session_id: str, config: Mapping[str, Any] | None = None) -> C:
-        """A context on ``session_id`` (created on first use) sharing this channel."""
+        """A context on ``session_id`` (created on first use) sharing this client's channel
+        and its record of the positions seen (it reads what the client's other contexts
+        wrote)."""
         return self._context(session_id, {**self.config, **(config or {})})
 
     def _opened(self, session: SessionInfo, config: Mapping[str, Any] | None) -> C:
@@ -90,7 +101,8 @@ class ClientOps(Flavoured[F], Generic[F, C]):
             ValidationError: the id or TTL is not acceptable.
         """
         request = session_request(session_id, metadata, ttl_seconds)
-        response = yield from retried(self._call("CreateSession", request), self._retry)
+        call = self._call("CreateSession", request)
+        response = yield from retried(call, self._retry, seen=self._seen)
         return self._opened(
             SessionInfo.from_proto(response.session, response.session_token), config
         )
@@ -99,7 +111,9 @@ class ClientOps(Flavoured[F], Generic[F, C]):
     def get_session(self, session_id: str) -> Flow[SessionInfo]:
         """Describe one session. Raises SessionNotFound."""
         request = pb.GetSessionRequest(session_id=session_id)
-        response = yield from retried(self._call("GetSession", request), self._retry)
+        response = yield from retried(
+            self._call("GetSession", request), self._retry, seen=self._seen
+        )
         return SessionInfo.from_proto(response.session)
 
     @operation
@@ -113,7 +127,7 @@ class ClientOps(Flavoured[F], Generic[F, C]):
     def delete_session(self, session_id: str) -> Flow[None]:
         """Delete a session. Raises SessionNotFound."""
         request = pb.DeleteSessionRequest(session_id=session_id)
-        yield from retried(self._call("DeleteSession", request), self._retry)
+        yield from retried(self._call("DeleteSession", request), self._retry, seen=self._seen)
 
     # -- copies of logs (see varstore.client.transfer) ------------------------------------
 
@@ -141,9 +155,11 @@ class ClientOps(Flavoured[F], Generic[F, C]):
             "metadata": metadata,
             "timeout": self._timeout,
             "request_id": new_request_id(),  # the same on every retry
+            "min_position": self._seen.position(session_id),
         }
         fork = Blocking(transfer.fork_session, (session_id, at_position, new_session_id), options)
         info: SessionInfo = yield from retried(fork, self._retry, write=True)
+        self._seen.saw(info.id, info.position)
         return self._opened(info, config)
 
     @operation
@@ -169,10 +185,12 @@ class ClientOps(Flavoured[F], Generic[F, C]):
             "to_position": to_position,
             "progress": progress,
             "timeout": timeout,
+            "min_position": self._seen.position(session_id),
         }
         export = Blocking(transfer.export_session, (session_id, path_or_file), options)
         retry = self._retry if _rereadable(path_or_file) else self._retry.with_enabled(False)
         result: transfer.ExportResult = yield from retried(export, retry, write=False)
+        self._seen.saw(result.session_id, result.last_position)
         return result
 
     @operation
@@ -202,6 +220,7 @@ class ClientOps(Flavoured[F], Generic[F, C]):
         )
         retry = self._retry if _rereadable(path_or_file) else self._retry.with_enabled(False)
         result: transfer.ImportResult = yield from retried(imported, retry, write=True)
+        self._seen.saw(result.session.id, result.session.position)
         return self._opened(result.session, config)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Final
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from varstore.client._cache import VariableCache
+from varstore.client._positions import SeenPositions
 from varstore.types import (
     Constraints,
     OutOfRange,
@@ -216,6 +217,8 @@ class ContextCore:
     session_id: str
     config: Mapping[str, Any] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
+    #: The positions the client has seen, shared by its contexts (read-your-writes).
+    positions: SeenPositions = field(default_factory=SeenPositions)
 
     def __post_init__(self) -> None:
         unknown = set(self.config) - {
@@ -499,8 +502,14 @@ class ContextCore:
             return True
 
     def watch_request(self) -> pb.WatchSessionRequest:
-        """The cache's watch, from the last position applied (resuming: no gap)."""
-        return pb.WatchSessionRequest(session_id=self.session_id, from_position=self.watch.position)
+        """The cache's watch, from the last position applied (resuming: no gap), on a
+        server that has applied at least that far and as far as the client has seen."""
+        with self.watch.lock:
+            request = pb.WatchSessionRequest(
+                session_id=self.session_id, from_position=self.watch.position
+            )
+        self.positions.stamp(request, at_least=request.from_position)
+        return request
 
     def apply_watch_message(
         self, message: pb.WatchSessionResponse, now: float | None = None
@@ -513,6 +522,7 @@ class ContextCore:
             self.watch.connected = True
             if kind == "progress":
                 self.watch.position = max(self.watch.position, message.progress.position)
+                self.positions.saw(self.session_id, message.progress.position)
                 return
             if kind != "event":
                 return
@@ -536,6 +546,7 @@ class ContextCore:
                         position=change.position,
                     )
             self.watch.position = event.position
+            self.positions.saw(self.session_id, event.position)
             recorded = event.recorded_at.ToDatetime(tzinfo=UTC).timestamp()
             self.watch.record_lag(max(0.0, (time.time() if now is None else now) - recorded))
 

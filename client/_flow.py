@@ -48,6 +48,7 @@ from typing import (
 import grpc
 
 from varstore.client._effects import Blocking, Call, Effect, Flow, Sleep, rpc_failure
+from varstore.client._positions import SeenPositions
 from varstore.types import CommitOutcomeUnknown, DeadlineExceeded, Unavailable, VarstoreError
 
 __all__ = [
@@ -128,13 +129,14 @@ def every_page(
     items: Callable[[Any], Sequence[T]],
     limit: int | None = None,
     retry: Retry | None = None,
+    seen: SeenPositions | None = None,
 ) -> Flow[list[T]]:
     """The items of page after page of ``call`` (each answer's ``next_page_token`` becomes
     the request's ``page_token``), until the last page or ``limit`` items; with ``retry``,
-    each page is :func:`retried`."""
+    each page is :func:`retried` (with ``seen`` as it says)."""
     found: list[T] = []
     while limit is None or len(found) < limit:
-        page = (yield call) if retry is None else (yield from retried(call, retry))
+        page = (yield call) if retry is None else (yield from retried(call, retry, seen=seen))
         found.extend(items(page))
         if not page.next_page_token:
             break
@@ -250,6 +252,7 @@ def retried(
     retry: Retry,
     *,
     write: bool | None = None,
+    seen: SeenPositions | None = None,
     clock: Callable[[], float] = time.monotonic,
     draw: Callable[[], float] = random.random,
 ) -> Flow[Any]:
@@ -261,25 +264,41 @@ def retried(
     first attempt unless it has one, and every attempt sends that id, so the server
     records it once and answers a retry as the first time. Each attempt's timeout is the
     call's, cut to the time left. The error raised is the last attempt's.
+
+    With ``seen`` (the client's :class:`SeenPositions`), every attempt of a ``Call`` asks
+    for the highest position the client has seen of the session (``min_position``), and
+    the answer's position is recorded: whichever server answers, it is never behind what
+    the client already saw (a server that is behind answers UNAVAILABLE: retried).
     """
     if write is None:
         write = isinstance(effect, Call) and _takes_request_id(effect.request)
     if isinstance(effect, Call) and write and not effect.request.request_id:  # type: ignore[attr-defined]
         effect.request.request_id = new_request_id()  # type: ignore[attr-defined]
     if not retry.enabled:
-        return (yield effect)
+        return (yield from _seen_through(effect, seen))
     deadline = clock() + retry.deadline
     attempt = 0
     while True:
         attempt += 1
         try:
-            return (yield _within(effect, deadline - clock()))
+            return (yield from _seen_through(_within(effect, deadline - clock()), seen))
         except VarstoreError as failure:
             left = deadline - clock()
             pause = next_delay(retry, attempt, failure, write=write, left=left, draw=draw())
             if pause is None:
                 raise
         yield Sleep(pause)
+
+
+def _seen_through(effect: Call | Blocking, seen: SeenPositions | None) -> Flow[Any]:
+    """The answer to ``effect``; with ``seen``, a call asks for what the client has seen of
+    its session and records where the answer stands."""
+    if seen is None or not isinstance(effect, Call):
+        return (yield effect)
+    seen.stamp(effect.request)
+    answer = yield effect
+    seen.saw_answer(answer)
+    return answer
 
 
 def _within(effect: Call | Blocking, left: float) -> Call | Blocking:

@@ -1,6 +1,11 @@
 """A session context's operations and a view's reads, each written once as a flow for both
 the sync and the asyncio context (see :mod:`varstore.client._flow`).
 
+Every call a context makes asks for a server that has applied the session as far as the
+client has seen it (``min_position``, from the client's
+:class:`~varstore.client._positions.SeenPositions`, which every answer updates): it reads
+its own writes, and never goes back in time, whichever server answers.
+
 Creating the session on first use lives in :meth:`SessionOps._send` alone: a call the
 server answers with SessionNotFound creates the session and is made once more, unless
 the session was known to exist (then it was deleted, and that is the answer) or
@@ -33,6 +38,7 @@ from varstore.client._flow import (
     ready,
     retried,
 )
+from varstore.client._positions import SeenPositions
 from varstore.client._watch import WatchPosition, cache_watch, watch_flow, watch_request
 from varstore.types import (
     AlreadyExists,
@@ -71,10 +77,13 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         config: Mapping[str, Any] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        positions: SeenPositions | None = None,
     ) -> None:
         self.session_id = session_id
         self.channel = channel
-        self._core = ContextCore(session_id, config or {}, clock)
+        seen = positions if positions is not None else SeenPositions()
+        self._core = ContextCore(session_id, config or {}, clock, seen)
+        self._seen = self._core.positions
         self._retry = Retry.from_config(self._core.config)
         #: True once any answer showed the session exists: it is never re-created.
         self._session_known = False
@@ -117,12 +126,12 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         first answer of a "watch"-mode context starts the cache's watch."""
         call = Call(method, request, self._core.timeout)
         try:
-            response = yield from retried(call, self._retry)
+            response = yield from retried(call, self._retry, seen=self._seen)
         except SessionNotFound:
             if self._session_known or not self._core.create_session:
                 raise
             yield from self._create_session()
-            response = yield from retried(call, self._retry)  # the same request id
+            response = yield from retried(call, self._retry, seen=self._seen)  # same request id
         except VarstoreError:
             self._session_known = True  # any other answer means the session was there
             raise
@@ -150,7 +159,8 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
     def _create_session(self) -> Flow[None]:
         request = self._core.create_session_request()
         with contextlib.suppress(AlreadyExists):  # someone else created it first: as good
-            yield from retried(Call("CreateSession", request, self._core.timeout), self._retry)
+            call = Call("CreateSession", request, self._core.timeout)
+            yield from retried(call, self._retry, seen=self._seen)
         self._session_known = True
 
     def _write(self, method: str, request: Any) -> Flow[int]:
@@ -307,15 +317,18 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         is one update; each change has its new and previous value), and a
         ``WatchProgress`` once caught up and after every ``progress_interval`` seconds
         (default 1) without news. ``variables`` (names or ids) keeps only their changes.
-        Resume a broken watch with ``from_position=stream.position``: nothing is missed or
-        repeated. Close the stream (``close()``, or ``with``) to cancel it; no ``timeout``
-        by default.
+        When its server goes away (UNAVAILABLE) the watch opens again by itself from
+        ``stream.position`` on another server (with retries on, the default, and until
+        ``retry_deadline`` passes without news): nothing is missed or repeated. After
+        another failure, resume with ``from_position=stream.position``. Close the stream
+        (``close()``, or ``with``) to cancel it; no ``timeout`` by default.
 
         Raises (while iterating):
             OutOfRange: ``from_position`` is beyond the end of the log.
             LimitExceeded: the watch fell too far behind and was dropped, or the server
                 has too many watches open.
-            SessionNotFound, Unavailable, VarstoreError.
+            Unavailable: no server answered within ``retry_deadline``.
+            SessionNotFound, VarstoreError.
         """
         request = watch_request(
             self.session_id, from_position, variables, include_initial, progress_interval
@@ -323,7 +336,8 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         known = self._session_known or not self._core.create_session
         seen = WatchPosition(from_position)
         create = None if known else self._create_session
-        return self._stream(watch_flow(request, timeout, seen, create), seen)
+        flow = watch_flow(request, timeout, seen, create, self._retry, self._seen)
+        return self._stream(flow, seen)
 
     # -- the past ---------------------------------------------------------------------------
 
@@ -346,7 +360,9 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         request = self._core.history_request(name, from_version, to_version, newest_first, "")
         request.page_size = (yield from self._limits()).max_page_size or _PAGE_SIZE
         call = Call("GetVariableHistory", request, self._core.timeout)
-        changes = yield from every_page(call, lambda page: page.changes, retry=self._retry)
+        changes = yield from every_page(
+            call, lambda page: page.changes, retry=self._retry, seen=self._seen
+        )
         return [ChangeInfo.from_proto(change) for change in changes]
 
     @operation
@@ -392,7 +408,9 @@ class SessionOps(Flavoured[F], Generic[F, Ch, W, V]):
         if to_position is not None:
             request.to_position = to_position
         call = Call("ReadEvents", request, self._core.timeout)
-        events = yield from every_page(call, lambda page: page.events, limit, self._retry)
+        events = yield from every_page(
+            call, lambda page: page.events, limit, self._retry, self._seen
+        )
         return [transfer.event_to_json(event) for event in events]
 
     def at(self, point: int | datetime) -> V:
@@ -450,7 +468,8 @@ class ViewOps(Flavoured[F]):
         """The answer to a read at the view's point in time (its fields merged into
         ``request``), retried as the context's reads are."""
         request.MergeFrom(type(request)(**self._fields))
-        return (yield from retried(Call(method, request, self._core.timeout), self._retry))
+        call = Call(method, request, self._core.timeout)
+        return (yield from retried(call, self._retry, seen=self._core.positions))
 
     @operation
     def get_variable(self, name: str, default: Any = MISSING) -> Flow[Any]:

@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from varstore.client import _effects as effects
-from varstore.client._channels import ChannelSecurity, Pem, open_channel
+from varstore.client._channels import Address, ChannelSecurity, Pem, address_text, open_channel
 from varstore.client._client import ClientOps
 from varstore.client._core import MISSING
 from varstore.client._flow import Flow, Runner, Sync
@@ -186,6 +186,9 @@ class SessionContext(SessionOps[Sync, grpc.Channel, WatchStream, SessionView]):
             session, run by a daemon thread from the first call on, keeps cached entries
             current, and they expire by TTL only while it is down).
         clock: Monotonic seconds for the cache's TTL (injectable for tests).
+        positions: The record of session positions this context asks servers to have
+            applied (read-your-writes), shared by a client's contexts; its own if not
+            given.
     """
 
     _driver: _Driver
@@ -219,20 +222,20 @@ class SessionContext(SessionOps[Sync, grpc.Channel, WatchStream, SessionView]):
 
 
 class Client(ClientOps[Sync, SessionContext]):
-    """A connection to a varstore server that owns its channel; opens, creates, lists and
-    deletes sessions. Use :func:`connect`."""
+    """A connection to one or several varstore servers sharing a log, owning its channel;
+    opens, creates, lists and deletes sessions. Use :func:`connect`."""
 
     def __init__(
         self,
-        address: str,
+        address: Address,
         config: Mapping[str, Any] | None = None,
         security: ChannelSecurity | None = None,
     ) -> None:
         self.channel = open_channel(address, security)
-        super().__init__(address, config, _Driver(self.channel))
+        super().__init__(address_text(address), config, _Driver(self.channel))
 
     def _context(self, session_id: str, config: Mapping[str, Any]) -> SessionContext:
-        return SessionContext(session_id, self.channel, config)
+        return SessionContext(session_id, self.channel, config, positions=self._seen)
 
     def close(self) -> None:
         """Close the channel."""
@@ -246,7 +249,7 @@ class Client(ClientOps[Sync, SessionContext]):
 
 
 def connect(
-    address: str = "127.0.0.1:50051",
+    address: Address = "127.0.0.1:50051",
     config: Mapping[str, Any] | None = None,
     *,
     root_certificates: Pem | None = None,
@@ -256,6 +259,12 @@ def connect(
     tls: bool | None = None,
 ) -> Client:
     """A :class:`Client` on ``address`` that owns its channel (use it as a context manager).
+
+    ``address``: one server ("host:port"; a DNS name with several records reaches them
+    all), or several servers sharing one log, as ``"h1:50051,h2:50051"`` or a list. Calls
+    go round robin to the servers that answer; a call whose server went away is retried
+    on another (with retries on, the default), and the client reads its own writes on
+    any of them (see ``varstore.client._channels`` for how addresses are resolved).
 
     TLS and tokens (the server's ``--tls-cert``, ``--tls-client-ca`` and tokens): give
     ``root_certificates`` (PEM bytes or a file's path; ``tls=True`` alone uses the system's

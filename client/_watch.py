@@ -7,11 +7,15 @@ A watch yields, in order: a :class:`WatchInitial` (when asked for), then one
 the stream has caught up and whenever the server had nothing to send for a while. Every
 item has a ``position``; the stream's :attr:`~WatchStream.position` is the last one seen,
 so ``ctx.watch(from_position=stream.position)`` resumes a broken watch without missing or
-repeating an event.
+repeating an event. Both watches do that themselves when their server goes away
+(UNAVAILABLE): they open the watch again from there, on whichever server gRPC picks, one
+that has applied the session at least that far and as far as the client has seen.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +23,8 @@ from typing import Generic, Protocol, TypeVar
 
 from varstore.client._core import ChangeInfo, ContextCore, VariableInfo
 from varstore.client._effects import END, RECEIVE, ChannelClosed, Emit, Flow, Open, Sleep
-from varstore.client._flow import Runner
+from varstore.client._flow import READ_RETRYABLE, Retry, Runner, next_delay
+from varstore.client._positions import SeenPositions
 from varstore.types import PyValue, SessionNotFound, ValidationError, VarstoreError
 from varstore.v1 import varstore_pb2 as pb
 
@@ -147,21 +152,59 @@ def watch_flow(
     timeout: float | None,
     seen: WatchPosition,
     create_session: Callable[[], Flow[None]] | None,
+    retry: Retry | None = None,
+    positions: SeenPositions | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    draw: Callable[[], float] = random.random,
 ) -> Flow[None]:
     """A reader's watch: every item, as it comes (:class:`Emit`), until the server ends
     the stream. When the server does not know the session before anything arrived and
     ``create_session`` is given, the session is created (once), as every other call
-    would, and the watch opened again."""
+    would, and the watch opened again.
+
+    With ``retry``, a stream that fails UNAVAILABLE (its server went away, or is behind)
+    is opened again after a pause (:func:`~varstore.client._flow.next_delay`), from the
+    last position delivered and without the initial state once that was delivered: no
+    gap, no repeat. It gives up, raising the failure, once ``retry.deadline`` seconds pass
+    without a message. With ``positions`` (the client's record), every opening asks for a
+    server that has applied what the client has seen, and every item is recorded there.
+    ``timeout`` bounds the whole watch, reopenings included.
+    """
+    started = clock()
+    failures = 0
+    give_up_at = 0.0
     while True:
-        yield Open("WatchSession", request, timeout)
+        if positions is not None:
+            positions.stamp(request, at_least=seen.position if seen.received else 0)
+        left = None if timeout is None else max(timeout - (clock() - started), 0.001)
         try:
+            yield Open("WatchSession", request, left)
             while (message := (yield RECEIVE)) is not END:
-                yield Emit(seen.saw(message))
+                item = seen.saw(message)
+                failures = 0
+                if positions is not None:
+                    positions.saw(request.session_id, item.position)
+                yield Emit(item)
         except SessionNotFound:
             if create_session is None or seen.received:
                 raise
             yield from create_session()
             create_session = None
+            continue
+        except READ_RETRYABLE as failure:
+            if retry is None:
+                raise
+            failures += 1
+            if failures == 1:
+                give_up_at = clock() + retry.deadline
+            left_to_try = give_up_at - clock()
+            pause = next_delay(retry, failures, failure, write=False, left=left_to_try, draw=draw())
+            if pause is None:
+                raise
+            request.from_position = seen.position
+            request.include_initial = request.include_initial and not seen.received
+            yield Sleep(pause)
             continue
         return
 

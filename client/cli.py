@@ -1,11 +1,12 @@
 """The client commands of the ``varstore`` program: sessions and variables on a server.
 
 ``varstore session create|list|delete``, ``varstore register``, ``get``, ``set``,
-``list``, ``history``, ``log``, ``watch``, ``export``, ``import`` and ``fork`` talk to ``--server HOST:PORT`` (default: env
-``VARSTORE_SERVER``, else 127.0.0.1:50051) through :mod:`varstore.client`. People get
-aligned tables or ``key: value`` lines; ``--json`` prints JSON for scripts. A failure is
-one line on stderr, ``varstore: <message>``, and exit code 1 (argparse's usage errors
-exit with 2). ``export`` and ``import`` report progress on stderr when it is a terminal
+``list``, ``history``, ``log``, ``watch``, ``export``, ``import`` and ``fork`` talk to
+``--server HOST:PORT`` (or several servers sharing one log, ``HOST:PORT,HOST:PORT``;
+default: env ``VARSTORE_SERVER``, else 127.0.0.1:50051) through :mod:`varstore.client`.
+People get aligned tables or ``key: value`` lines; ``--json`` prints JSON for scripts. A
+failure is one line on stderr, ``varstore: <message>``, and exit code 1 (argparse's usage
+errors exit with 2). ``export`` and ``import`` report progress on stderr when it is a terminal
 (or with ``--progress``). ``log --json`` and ``watch --json`` print JSON Lines (one
 object a line), and ``watch`` prints its lines as the updates arrive.
 
@@ -96,9 +97,10 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     base = argparse.ArgumentParser(add_help=False)
     base.add_argument(
         "--server",
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,HOST:PORT...]",
         default=None,
-        help=f"server address (default: env VARSTORE_SERVER, else {DEFAULT_SERVER})",
+        help="server address, or several servers sharing one log separated by commas "
+        f"(default: env VARSTORE_SERVER, else {DEFAULT_SERVER})",
     )
     base.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_security_options(base)

@@ -348,9 +348,12 @@ def fork_session(
     metadata: Mapping[str, str] | None = None,
     timeout: float | None = 30.0,
     request_id: str = "",
+    min_position: int = 0,
 ) -> SessionInfo:
     """Fork ``session_id`` at ``at_position`` (0: its last position) into a new session.
     A call repeated with the same ``request_id`` forks once and answers as the first time.
+    ``min_position``: fork on a server that has applied ``session_id`` that far (the
+    position of the caller's last write), however many servers share the log.
 
     Raises:
         SessionNotFound, OutOfRange, AlreadyExists, ValidationError.
@@ -362,6 +365,7 @@ def fork_session(
         source=source,
         metadata=dict(metadata or {}),
         request_id=request_id,
+        min_position=min_position,
     )
     try:
         response = stub.ForkSession(request, timeout=timeout)
@@ -379,17 +383,21 @@ def export_session(
     to_position: int | None = None,
     progress: Progress | None = None,
     timeout: float | None = None,
+    min_position: int = 0,
 ) -> ExportResult:
     """Write a session's log (from_position..to_position) to ``target`` as JSON Lines.
 
     ``target`` is a path (written to a temporary file beside it, renamed when complete,
     so a failed export leaves no file) or an open text file. ``timeout`` bounds the whole
-    export (None: no bound).
+    export (None: no bound). ``min_position``: export from a server that has applied the
+    session that far (the position of the caller's last write).
 
     Raises:
         SessionNotFound, ValidationError, Unavailable; OSError when writing fails.
     """
-    request = pb.ExportSessionRequest(session_id=session_id, from_position=from_position)
+    request = pb.ExportSessionRequest(
+        session_id=session_id, from_position=from_position, min_position=min_position
+    )
     if to_position is not None:
         request.to_position = to_position
     if not isinstance(target, str | os.PathLike):
