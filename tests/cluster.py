@@ -1,0 +1,172 @@
+"""Several ``varstore serve`` processes on one PostgreSQL log, for tests.
+
+A :class:`Cluster` owns a schema of its own (dropped when it closes) and names its servers'
+database connections ``varstore_<schema>`` (the DSN's ``application_name``), so a test can
+terminate exactly those backends. Closing kills every process it started, whatever the test
+did, before it drops the schema.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import grpc
+import psycopg
+from _support import skip_or_fail
+from backends import PG_DSN
+from psycopg import sql
+from servers import ServerProcess, start_server_process
+
+from varstore.v1 import varstore_pb2_grpc as pb_grpc
+
+__all__ = [
+    "Cluster",
+    "postgres_restart_command",
+    "require_postgres",
+    "restart_postgres",
+    "wait_for_postgres",
+]
+
+
+class Cluster:
+    """``varstore serve`` processes sharing one throwaway schema of the test database."""
+
+    def __init__(self) -> None:
+        self.schema = f"c_{uuid.uuid4().hex[:12]}"
+        #: The application_name of every connection its servers open.
+        self.application_name = f"varstore_{self.schema}"
+        joiner = "&" if "?" in PG_DSN else "?"
+        self.dsn = (
+            f"{PG_DSN}{joiner}options=-csearch_path%3D{self.schema}"
+            f"&application_name={self.application_name}"
+        )
+        #: Every server started, in order (a restarted one is appended again).
+        self.servers: list[ServerProcess] = []
+        self._channels: list[grpc.Channel] = []
+
+    @classmethod
+    @contextmanager
+    def opened(cls) -> Iterator[Cluster]:
+        """A cluster closed (processes killed, schema dropped) however the block ends."""
+        require_postgres()
+        cluster = cls()
+        try:
+            # Made here, not by the servers starting at once: CREATE SCHEMA IF NOT EXISTS run
+            # concurrently can fail (test_cluster tests that race on its own).
+            with psycopg.connect(PG_DSN, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(cluster.schema)))
+            yield cluster
+        finally:
+            cluster.close()
+
+    def start(self, count: int, *flags: str) -> list[ServerProcess]:
+        """Start ``count`` servers at once (extra ``varstore serve`` flags for each)."""
+        with ThreadPoolExecutor(count) as pool:
+            futures = [pool.submit(start_server_process, self.dsn, *flags) for _ in range(count)]
+        started = [f.result() for f in futures if f.exception() is None]
+        self.servers.extend(started)
+        for future in futures:
+            if future.exception() is not None:
+                raise RuntimeError(f"a server of {self.schema} did not start") from (
+                    future.exception()
+                )
+        return started
+
+    def stub(self, server: ServerProcess) -> pb_grpc.VariableStoreStub:
+        """A stub on a new channel to ``server`` (closed with the cluster)."""
+        channel = grpc.insecure_channel(server.address)
+        self._channels.append(channel)
+        grpc.channel_ready_future(channel).result(timeout=10)
+        return pb_grpc.VariableStoreStub(channel)
+
+    def terminate_backends(self) -> int:
+        """``pg_terminate_backend`` every database connection of this cluster's servers;
+        returns how many were terminated."""
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (self.application_name,),
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def advisory_locks(self) -> int:
+        """How many advisory locks this cluster's servers hold: the roles (such as the TTL
+        sweeper's) they hold, since each role is one."""
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
+                (self.application_name,),
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def output(self, last: int = 40) -> str:
+        """The ``last`` lines each server printed so far, under a heading naming it."""
+        return "\n".join(
+            f"--- server {server.address} ---\n" + "\n".join(server.output[-last:])
+            for server in self.servers
+        )
+
+    def close(self) -> None:
+        """Kill every server still running, close the channels, drop the schema."""
+        for server in self.servers:
+            if server.process.poll() is None:
+                server.kill()
+        for channel in self._channels:
+            channel.close()
+        wait_for_postgres(60)
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (self.application_name,),
+            )
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
+            )
+
+
+def require_postgres() -> None:
+    """Skip the test (fail it under CI=true) when the test database does not answer."""
+    try:
+        psycopg.connect(PG_DSN, connect_timeout=5).close()
+    except psycopg.Error as problem:
+        skip_or_fail(f"PostgreSQL at {PG_DSN} is not reachable: {problem}")
+
+
+def postgres_restart_command() -> list[str]:
+    """The command that restarts the local PostgreSQL cluster (skips, or fails under
+    CI=true, when this machine has none to restart)."""
+    tool = shutil.which("pg_ctlcluster")
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    if tool is None or not versions:
+        skip_or_fail("no local PostgreSQL cluster to restart (pg_ctlcluster, /etc/postgresql)")
+    return [tool, "--skip-systemctl-redirect", versions[-1], "main", "restart"]
+
+
+def restart_postgres(command: list[str]) -> None:
+    """Restart PostgreSQL with ``command`` and wait until it accepts connections again."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"{' '.join(command)} failed: {done.stdout}{done.stderr}"
+    wait_for_postgres(60)
+
+
+def wait_for_postgres(timeout: float) -> None:
+    """Return once the test database accepts a connection; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(PG_DSN, connect_timeout=2).close()
+            return
+        except psycopg.Error as problem:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"PostgreSQL did not come back: {problem}") from problem
+            time.sleep(0.2)
