@@ -609,10 +609,10 @@ class Store:
     def _run_group(self, jobs: list[_Job]) -> None:
         """Decide and commit ``jobs``, deciding again those whose session moved."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            decided = jobs
+            decided, decided_at = jobs, self.projector.global_position
             jobs = self._attempt(jobs, self._write_context())
             if attempt == 1:
-                jobs += self._refused_on_a_stale_state(decided)
+                jobs += self._refused_on_a_stale_state(decided, decided_at)
             if not jobs:
                 return
             try:
@@ -638,16 +638,18 @@ class Store:
                         },
                     )
 
-    def _refused_on_a_stale_state(self, decided: list[_Job]) -> list[_Job]:
-        """The refused jobs, made pending again, if the log holds events this store has not
-        applied (another server's): a refusal (not found, a version conflict) must come from
-        the log as it is, never from a state behind it. The loop catches up, then decides
-        them again. One cheap read of the log's head, only when something was refused."""
+    def _refused_on_a_stale_state(self, decided: list[_Job], decided_at: int) -> list[_Job]:
+        """The refused jobs, made pending again, if the log holds events past the global
+        position the store had applied when it decided them (``decided_at``; another
+        server's, maybe applied by the tailer since): a refusal (not found, a version
+        conflict) must come from the log as it is, never from a state behind it. The loop
+        catches up, then decides them again. One cheap read of the log's head, only when
+        something was refused."""
         refused = [job for job in decided if job.refused]
         if not refused:
             return []
         try:
-            behind = self.recorder.last_global_position() > self.projector.global_position
+            behind = self.recorder.last_global_position() > decided_at
         except RecorderError:
             return []  # the refusals stand on what this store has
         if not behind:

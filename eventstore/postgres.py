@@ -33,10 +33,10 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -116,6 +116,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 )
 #: The advisory lock key that serialises migrations across servers ("varstore" in ASCII).
 _MIGRATION_LOCK: Final = 0x7661727374_6F7265
+T = TypeVar("T")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -187,7 +188,6 @@ class PostgresRecorder(Recorder):
                 max_size=pool_size,
                 kwargs={"autocommit": True},
                 configure=self._configure,
-                check=ConnectionPool.check_connection,
                 open=True,
                 name=f"varstore-{schema}",
             )
@@ -198,11 +198,10 @@ class PostgresRecorder(Recorder):
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
 
     def _connect(self) -> psycopg.Connection[Any]:
+        """A new connection whose search_path is the log's schema (which need not exist
+        yet: only the migration, under its lock, creates it)."""
         conn = psycopg.connect(self._dsn, autocommit=True)
         try:
-            conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-            )
             self._configure(conn)
         except BaseException:
             conn.close()
@@ -217,16 +216,31 @@ class PostgresRecorder(Recorder):
             self._writer = self._connect()
         return self._writer
 
-    @contextlib.contextmanager
-    def _reading(self, action: str) -> Iterator[psycopg.Connection[Any]]:
+    def _using(self, action: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """What ``work`` returns, done on a pooled connection. A connection found dead (a
+        restarted database, a terminated backend) is dropped and the work done again at
+        once on another: every use of the pool is a read or an idempotent upsert. (The
+        pool's own check would sleep 1, 2, 4, 8 s between dead connections.)"""
         self._check_open()
-        with _translated(action), self._pool.connection() as conn:
-            yield conn
+        attempts = 0
+        with _translated(action):
+            while True:
+                attempts += 1
+                with self._pool.connection() as conn:
+                    try:
+                        return work(conn)
+                    except psycopg.OperationalError:
+                        if not conn.broken or attempts > self._pool.max_size:
+                            raise
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         """Apply the migrations this database lacks; refuse one from a newer varstore."""
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            # Under the lock: two servers creating one schema at once would collide.
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
             version = int(row[0]) if row is not None and row[0] is not None else 0
@@ -251,46 +265,63 @@ class PostgresRecorder(Recorder):
             if not appends:
                 return []
             conn = self._writer_connection()
-            with conn.transaction():
-                heads = self._lock_heads(conn, sorted({a.session_id for a in appends}))
-                planned = _plan(appends, encoded, heads)
-                taken = self._claim_requests(conn, appends, planned)
-                if taken:  # another server recorded one of these requests: decide again
-                    planned = _plan(appends, encoded, heads, taken)
-                    self._release_requests(conn, appends, planned, taken)
-                count = sum(len(item) for item in planned if not isinstance(item, Conflict))
-                first = 0
-                if count:
-                    row = conn.execute(
-                        "UPDATE log_head SET global_position = global_position + %s "
-                        "RETURNING global_position",
-                        (count,),
-                    ).fetchone()
-                    assert row is not None
-                    first = int(row[0]) - count
-                rows = _numbered(planned, first)
-                if count:
-                    with conn.cursor() as cursor:
-                        cursor.executemany(
-                            f"INSERT INTO events ({_COLUMNS}) VALUES "
-                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                            [r for batch in rows for r in batch],
-                        )
-                    ends = {r[1]: r[2] for batch in rows for r in batch}
-                    conn.execute(
-                        "UPDATE session_heads SET position = moved.position FROM "
-                        "(SELECT unnest(%s::text[]) AS session_id, "
-                        "unnest(%s::bigint[]) AS position) AS moved "
-                        "WHERE session_heads.session_id = moved.session_id",
-                        (list(ends), list(ends.values())),
-                    )
-                    # Delivered when (and only if) this transaction commits.
-                    conn.execute("SELECT pg_notify(%s, %s)", (self._channel, str(first + count)))
+            try:
+                planned, rows = self._append_in_transaction(conn, appends, encoded)
+            except BaseException:
+                # Whatever state a failure left the connection in (a backend terminated in
+                # the middle of a statement can leave it open yet unusable), the next
+                # append starts on a new one.
+                self._writer = None
+                conn.close()
+                raise
         numbered = iter(rows)
         return [
             item if isinstance(item, Conflict) else Recorded(tuple(map(decode, next(numbered))))
             for item in planned
         ]
+
+    def _append_in_transaction(
+        self, conn: psycopg.Connection[Any], appends: Sequence[Append], encoded: list[list[Fields]]
+    ) -> tuple[list[list[_Planned] | Conflict], list[list[tuple[Any, ...]]]]:
+        """One append transaction: each append's plan (rows or Conflict) and the rows
+        recorded, numbered."""
+        with conn.transaction():
+            heads = self._lock_heads(conn, sorted({a.session_id for a in appends}))
+            planned = _plan(appends, encoded, heads)
+            taken = self._claim_requests(conn, appends, planned)
+            if taken:  # another server recorded one of these requests: decide again
+                planned = _plan(appends, encoded, heads, taken)
+                self._release_requests(conn, appends, planned, taken)
+            count = sum(len(item) for item in planned if not isinstance(item, Conflict))
+            if not count:
+                return planned, _numbered(planned, 0)
+            row = conn.execute(
+                "UPDATE log_head SET global_position = global_position + %s "
+                "RETURNING global_position",
+                (count,),
+            ).fetchone()
+            assert row is not None
+            first = int(row[0]) - count
+            rows = _numbered(planned, first)
+            flat = [r for batch in rows for r in batch]
+            # One statement for the whole group: a column of values per array.
+            conn.execute(
+                f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest("
+                "%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], "
+                "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])",
+                [list(column) for column in zip(*flat, strict=True)],
+            )
+            ends = {r[1]: r[2] for r in flat}
+            conn.execute(
+                "UPDATE session_heads SET position = moved.position FROM "
+                "(SELECT unnest(%s::text[]) AS session_id, "
+                "unnest(%s::bigint[]) AS position) AS moved "
+                "WHERE session_heads.session_id = moved.session_id",
+                (list(ends), list(ends.values())),
+            )
+            # Delivered when (and only if) this transaction commits.
+            conn.execute("SELECT pg_notify(%s, %s)", (self._channel, str(first + count)))
+        return planned, rows
 
     def _claim_requests(
         self,
@@ -360,12 +391,11 @@ class PostgresRecorder(Recorder):
     ) -> list[RecordedEvent]:
         """A session's events within the bounds (see :meth:`Recorder.read_session`)."""
         upper = clamp(to_position) if to_position is not None else clamp(2**63)
-        with self._reading("cannot read the PostgreSQL log") as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE session_id = %s "
-                "AND position BETWEEN %s AND %s ORDER BY position",
-                (session_id, clamp(from_position), upper),
-            ).fetchall()
+        rows = self._fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE session_id = %s "
+            "AND position BETWEEN %s AND %s ORDER BY position",
+            (session_id, clamp(from_position), upper),
+        )
         return [decode(row) for row in rows]
 
     def read_all(
@@ -388,8 +418,10 @@ class PostgresRecorder(Recorder):
 
     def _fetch(self, query: str, parameters: tuple[Any, ...]) -> list[Any]:
         """The rows of one read query, on a pooled connection."""
-        with self._reading("cannot read the PostgreSQL log") as conn:
-            return conn.execute(query, parameters).fetchall()
+        return self._using(
+            "cannot read the PostgreSQL log",
+            lambda conn: conn.execute(query, parameters).fetchall(),
+        )
 
     def read_requests(self, recorded_since: datetime) -> Iterator[RecordedEvent]:
         """Recent events that carry a request id (see :meth:`Recorder.read_requests`),
@@ -413,65 +445,73 @@ class PostgresRecorder(Recorder):
 
     def last_position(self, session_id: str) -> int:
         """The position of a session's last event; 0 if it has none."""
-        with self._reading("cannot read the PostgreSQL log") as conn:
-            row = conn.execute(
-                "SELECT COALESCE(MAX(position), 0) FROM events WHERE session_id = %s",
-                (session_id,),
-            ).fetchone()
-        return int(row[0]) if row is not None else 0
+        [row] = self._fetch(
+            "SELECT COALESCE(MAX(position), 0) FROM events WHERE session_id = %s", (session_id,)
+        )
+        return int(row[0])
 
     def last_global_position(self) -> int:
         """The highest global position; 0 while the log is empty."""
-        with self._reading("cannot read the PostgreSQL log") as conn:
-            row = conn.execute("SELECT COALESCE(MAX(global_position), 0) FROM events").fetchone()
-        return int(row[0]) if row is not None else 0
+        [row] = self._fetch("SELECT COALESCE(MAX(global_position), 0) FROM events", ())
+        return int(row[0])
 
     # -- derived data ---------------------------------------------------------------------
 
     def save_checkpoint(self, global_position: int, data: bytes) -> None:
         """Keep one checkpoint row, replacing the previous one (see Recorder)."""
-        with self._reading("cannot save a checkpoint in the PostgreSQL log") as conn:
-            conn.execute(
+        self._using(
+            "cannot save a checkpoint in the PostgreSQL log",
+            lambda conn: conn.execute(
                 "INSERT INTO checkpoints (id, global_position, data) VALUES (1, %s, %s) "
                 "ON CONFLICT (id) DO UPDATE SET global_position = excluded.global_position, "
                 "data = excluded.data",
                 (global_position, bytes(data)),
-            )
+            ),
+        )
 
     def load_checkpoint(self) -> tuple[int, bytes] | None:
         """The checkpoint row, or None (see Recorder)."""
-        with self._reading("cannot read the checkpoint of the PostgreSQL log") as conn:
-            row = conn.execute("SELECT global_position, data FROM checkpoints WHERE id = 1")
-            found = row.fetchone()
+        found = self._using(
+            "cannot read the checkpoint of the PostgreSQL log",
+            lambda conn: conn.execute(
+                "SELECT global_position, data FROM checkpoints WHERE id = 1"
+            ).fetchone(),
+        )
         return (int(found[0]), bytes(found[1])) if found is not None else None
 
     def drop_checkpoint(self) -> None:
         """Delete the checkpoint row (see Recorder)."""
-        with self._reading("cannot drop the checkpoint of the PostgreSQL log") as conn:
-            conn.execute("DELETE FROM checkpoints")
+        self._using(
+            "cannot drop the checkpoint of the PostgreSQL log",
+            lambda conn: conn.execute("DELETE FROM checkpoints"),
+        )
 
     def save_touches(self, touches: Mapping[str, datetime]) -> None:
         """Upsert each session's latest use, keeping the later time (see Recorder)."""
-        rows = []
         for session_id, when in touches.items():
             if when.utcoffset() is None:
                 raise RecorderError(f"touch of {session_id!r} must be timezone-aware")
-            rows.append((session_id, micros(when)))
-        with (
-            self._reading("cannot record session use in the PostgreSQL log") as conn,
-            conn.cursor() as cursor,
-        ):
-            cursor.executemany(
-                "INSERT INTO touches (session_id, touched_at_us) VALUES (%s, %s) "
+        if not touches:
+            return
+        ids = list(touches)
+        times = [micros(touches[sid]) for sid in ids]
+        self._using(
+            "cannot record session use in the PostgreSQL log",
+            lambda conn: conn.execute(
+                "INSERT INTO touches (session_id, touched_at_us) "
+                "SELECT * FROM unnest(%s::text[], %s::bigint[]) "
                 "ON CONFLICT (session_id) DO UPDATE SET touched_at_us = "
                 "GREATEST(touches.touched_at_us, excluded.touched_at_us)",
-                rows,
-            )
+                (ids, times),
+            ),
+        )
 
     def load_touches(self) -> dict[str, datetime]:
         """Every session's latest recorded use (see Recorder)."""
-        with self._reading("cannot read session use in the PostgreSQL log") as conn:
-            rows = conn.execute("SELECT session_id, touched_at_us FROM touches").fetchall()
+        rows = self._using(
+            "cannot read session use in the PostgreSQL log",
+            lambda conn: conn.execute("SELECT session_id, touched_at_us FROM touches").fetchall(),
+        )
         return {str(sid): moment(int(us)) for sid, us in rows}
 
     # -- several servers ------------------------------------------------------------------
