@@ -99,7 +99,7 @@ SNAPSHOT_EVERY = 1000
 #: Default number of events between two checkpoints of every session's state.
 CHECKPOINT_EVERY = 10_000
 #: Times a command is decided against a log that keeps moving before it is ABORTED.
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 10
 #: Seconds between two rounds of the maintenance thread (checkpoints, durable touches).
 MAINTENANCE_INTERVAL = 0.5
 #: The role (see Recorder.holds_role) of the one server that expires idle sessions.
