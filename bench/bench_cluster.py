@@ -325,7 +325,14 @@ def grpc_table(
         row += [f"{r.calls_per_s / base:.2f}x" if base else "-" for r in runs[1:]]
         cells.append(row)
     writes = {s.key: results.spreads[s.key, "set"].run.calls_per_s for s in setups}
-    return markdown_table(header, "l" + "r" * (len(header) - 1), cells), writes
+    text = markdown_table(header, "l" + "r" * (len(header) - 1), cells)
+    for s in setups:
+        for op in cluster.operations:
+            run = results.spreads[s.key, op].run
+            if run.errors:
+                text += f"\n\n{s.label}, {LABELS[op]}: {run.errors} failed calls; the first: "
+                text += run.first_error
+    return text, writes
 
 
 @dataclass(frozen=True)
@@ -457,7 +464,8 @@ CPU_COLUMNS = (
     "(by application_name) plus PostgreSQL's background processes (WAL writer, checkpointer "
     "...). All postgres: every postgres process, including whatever else used the database "
     "meanwhile. Events per commit: events the phase appended / append transactions (distinct "
-    "xmin)."
+    "xmin); every write here is one event (an atomic SetVariables too), so it is the writes "
+    "each group commit carried."
 )
 FORMULA = (
     "One core per server: calls/s = 1,000,000 / (the largest per-server CPU µs per call), "
