@@ -9,7 +9,10 @@ process (default ``--sync full``); all start together before the first phase:
 * **SQLite**: one server on ``<tmp>/bench.db``;
 * **PG 1 server**: one server on PostgreSQL (``VARSTORE_BENCH_PG``, default
   ``postgresql://postgres@127.0.0.1:5432/test``), in a fresh schema of its own;
-* **PG 2 servers**: two servers on one more fresh schema (one log).
+* **PG 2 servers**: two servers on one more fresh schema (one log);
+* **PG 2 servers, a session each**: the same two servers, the clients of each on a session
+  of their own (``bench`` through A, ``bench-b`` through B), so their writes do not contend
+  (16 clients only: its 1-client figures would be PG 2 servers' again).
 
 Each PostgreSQL schema is named by the DSN (``options=-csearch_path%3D<schema>``, with
 ``application_name=<schema>`` so the bench can tell its backends apart) and dropped at the
@@ -83,6 +86,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import bench_grpc
+import grpc
 import psycopg
 from bench_grpc import (
     ConcurrentRun,
@@ -171,6 +175,14 @@ class Setup:
     label: str
     servers: list[Child]
     schema: str | None = None
+    #: The session each server's clients use (the same one unless given one per server).
+    sessions: tuple[str, ...] = ()
+    #: The 1-client figures of another setup on the same servers, session and schema.
+    sequential_as: str | None = None
+
+    def session_of(self, index: int) -> str:
+        """The session the clients of server ``index`` use."""
+        return self.sessions[index] if self.sessions else SESSION_ID
 
     def sample(self, db: Database) -> CpuSample:
         """CPU so far of the servers and, on PostgreSQL, of the database's processes."""
@@ -184,13 +196,23 @@ class Setup:
         return CpuSample(servers, backends, all_postgres_cpu())
 
 
-def share_session(setup: Setup) -> None:
-    """The benchmark session, made through the first server, applied by every other."""
-    first = setup.servers[0].address
-    set_up_session(first)
-    position = session_position(first, SESSION_ID)
-    for server in setup.servers[1:]:
-        wait_for_session(server.address, SESSION_ID, position)
+def share_sessions(setup: Setup) -> None:
+    """Each benchmark session of ``setup``, made through the first server whose clients
+    use it (unless made already), then applied by every server."""
+    made: set[str] = set()
+    for index, server in enumerate(setup.servers):
+        session_id = setup.session_of(index)
+        if session_id in made:
+            continue
+        made.add(session_id)
+        try:
+            set_up_session(server.address, session_id)
+        except grpc.RpcError as failure:  # another setup on this log made it first
+            if failure.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        position = session_position(server.address, session_id)
+        for other in setup.servers:
+            wait_for_session(other.address, session_id, position)
 
 
 # -- the gRPC operations ------------------------------------------------------------------
@@ -230,11 +252,11 @@ def run_spread(
     measure_until = measure_from + window
     servers = setup.servers
     for index, link in enumerate(pool.links):
-        address = servers[index * len(servers) // len(pool.links)].address
+        server = index * len(servers) // len(pool.links)
+        address, session_id = servers[server].address, setup.session_of(server)
         first = index * per_process
-        link.send(
-            Job(operation, address, first, per_process, start_at, measure_from, measure_until)
-        )
+        timing = (start_at, measure_from, measure_until)
+        link.send(Job(operation, address, first, per_process, *timing, session_id=session_id))
     time.sleep(max(0.0, measure_from - time.monotonic()))
     before = setup.sample(db)
     time.sleep(max(0.0, measure_until - time.monotonic()))
@@ -267,20 +289,23 @@ def measure_grpc(
     """Every round: echo, then each operation on each setup (1 client, then 16)."""
     settings = cluster.grpc
     results = GrpcResults()
-    last_global: dict[str, int] = {}
+    last_global: dict[str, int] = {}  # per schema: the last global position counted
     for setup in setups:
         for op in cluster.operations:
-            results.sequential[setup.key, op] = SequentialRun()
+            if setup.sequential_as is None:
+                results.sequential[setup.key, op] = SequentialRun()
             results.spreads[setup.key, op] = Spread(
                 ConcurrentRun(), CpuSpent([0.0] * len(setup.servers))
             )
         if setup.schema is not None:
-            last_global[setup.key] = db.appended(setup.schema, 0)[2]
+            last_global[setup.schema] = db.appended(setup.schema, 0)[2]
     pid = echo.process.pid
     for round_ in range(settings.rounds):
         measure_sequential("echo", echo.address, pid, settings, round_, results.echo_sequential)
         for op in cluster.operations:
             for setup in setups:
+                if setup.sequential_as is not None:
+                    continue
                 first = setup.servers[0]
                 run = results.sequential[setup.key, op]
                 measure_sequential(op, first.address, first.process.pid, settings, round_, run)
@@ -291,8 +316,8 @@ def measure_grpc(
                 spread = results.spreads[setup.key, op]
                 run_spread(pool, op, setup, db, settings, spread)
                 if setup.schema is not None and op in WRITES:
-                    events, commits, last = db.appended(setup.schema, last_global[setup.key])
-                    last_global[setup.key] = last
+                    events, commits, last = db.appended(setup.schema, last_global[setup.schema])
+                    last_global[setup.schema] = last
                     spread.events += events
                     spread.commits += commits
                 progress(
@@ -309,13 +334,14 @@ def grpc_table(
     cluster: ClusterSettings, setups: Sequence[Setup], results: GrpcResults
 ) -> tuple[str, dict[str, float]]:
     """The operations table, and each setup's 16-client SetVariable calls/s."""
+    measured = [s for s in setups if s.sequential_as is None]  # their own 1-client figures
     header = ["operation"]
-    header += [f"{s.label} 1c p50 µs" for s in setups]
+    header += [f"{s.label} 1c p50 µs" for s in measured]
     header += [f"{s.label} 16c calls/s" for s in setups]
     header += [f"{s.label} / SQLite 16c" for s in setups[1:]]
     cells = []
     for op in cluster.operations:
-        sequential = [Sequential.of(results.sequential[s.key, op]) for s in setups]
+        sequential = [Sequential.of(results.sequential[s.key, op]) for s in measured]
         runs = [results.spreads[s.key, op].run for s in setups]
         row = [LABELS[op]] + [f"{q.p50_us:,.0f}" for q in sequential]
         for run in runs:
@@ -558,9 +584,17 @@ def started(
             Setup("sqlite", "SQLite", [sqlite]),
             Setup("pg1", "PG 1 server", [one], pg1),
             Setup("pg2", "PG 2 servers", [two_a, two_b], pg2),
+            Setup(
+                "pg2s",
+                "PG 2 servers, a session each",
+                [two_a, two_b],
+                pg2,
+                (SESSION_ID, f"{SESSION_ID}-b"),
+                sequential_as="pg2",
+            ),
         ]
         with ThreadPoolExecutor(len(setups)) as sharing:
-            for done in [sharing.submit(share_session, setup) for setup in setups]:
+            for done in [sharing.submit(share_sessions, setup) for setup in setups]:
                 done.result()
         yield echo, setups, stack
 
@@ -641,7 +675,9 @@ def run(cluster: ClusterSettings, as_json: bool) -> int:
             {
                 "setup": s.key,
                 "operation": op,
-                "sequential": asdict(Sequential.of(results.sequential[s.key, op])),
+                "sequential": asdict(
+                    Sequential.of(results.sequential[s.sequential_as or s.key, op])
+                ),
                 "concurrent_calls_per_s": results.spreads[s.key, op].run.calls_per_s,
                 "concurrent_errors": results.spreads[s.key, op].run.errors,
             }

@@ -70,6 +70,7 @@ from pathlib import Path
 import grpc
 from benchlib import (  # bench/ is sys.path[0] when this file runs
     CALL_TIMEOUT,
+    SESSION_ID,
     Child,
     ProcessPool,
     Target,
@@ -266,6 +267,7 @@ class Job:
     start_at: float  # time.monotonic() values (CLOCK_MONOTONIC is system-wide on Linux)
     measure_from: float
     measure_until: float
+    session_id: str = SESSION_ID
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,7 @@ def run_client(job: Job, client: int, tallies: list[Tally]) -> None:
     first_error = ""
     channel = open_channel(job.address)
     try:
-        call = make_call(job.operation, channel, client)
+        call = make_call(job.operation, channel, client, job.session_id)
         wait = job.start_at - time.monotonic()
         if wait > 0:
             time.sleep(wait)

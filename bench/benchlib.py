@@ -193,18 +193,21 @@ def create_session(
         )
 
 
-def set_up_session(address: str) -> None:
+def set_up_session(address: str, session_id: str = SESSION_ID) -> None:
     """The benchmark session: ``v0..v99`` (integer, 0) and ``f`` (float, 0.5)."""
     channel = open_channel(address)
     try:
         stub = varstore_pb2_grpc.VariableStoreStub(channel)
-        create_session(stub, SESSION_ID, names(0, VARIABLES), {"f": 0.5})
+        create_session(stub, session_id, names(0, VARIABLES), {"f": 0.5})
     finally:
         channel.close()
 
 
-def make_call(operation: str, channel: grpc.Channel, client: int) -> Call:
-    """One call of ``operation`` on ``channel``; ``client`` spreads clients over variables.
+def make_call(
+    operation: str, channel: grpc.Channel, client: int, session_id: str = SESSION_ID
+) -> Call:
+    """One call of ``operation`` on ``channel`` in the benchmark session ``session_id``;
+    ``client`` spreads clients over variables.
 
     Operations: ``echo`` (the empty call), ``get``, ``set``, ``get10``, ``get100``,
     ``set10``, ``set100`` (atomic). Requests are built up front; writes cycle through a
@@ -221,12 +224,12 @@ def make_call(operation: str, channel: grpc.Channel, client: int) -> Call:
         return requests[next(counter) % ring]
 
     if operation == "get":
-        get = pb.GetVariableRequest(session_id=SESSION_ID, variable_identifier=names(client, 1)[0])
+        get = pb.GetVariableRequest(session_id=session_id, variable_identifier=names(client, 1)[0])
         return lambda: stub.GetVariable(get, timeout=CALL_TIMEOUT)
     if operation in ("get10", "get100"):
         size = 10 if operation == "get10" else 100
         many = pb.GetVariablesRequest(
-            session_id=SESSION_ID, variable_identifiers=names(client * size, size)
+            session_id=session_id, variable_identifiers=names(client * size, size)
         )
         return lambda: stub.GetVariables(many, timeout=CALL_TIMEOUT)
     base = client * 1_000_000
@@ -234,7 +237,7 @@ def make_call(operation: str, channel: grpc.Channel, client: int) -> Call:
         name = names(client, 1)[0]
         sets = [
             pb.SetVariableRequest(
-                session_id=SESSION_ID,
+                session_id=session_id,
                 variable_identifier=name,
                 value=pb.Value(integer_value=base + i),
             )
@@ -245,7 +248,7 @@ def make_call(operation: str, channel: grpc.Channel, client: int) -> Call:
         size = 10 if operation == "set10" else 100
         batches = [
             pb.SetVariablesRequest(
-                session_id=SESSION_ID,
+                session_id=session_id,
                 updates={n: pb.Value(integer_value=base + i) for n in names(client * size, size)},
                 atomic=True,
             )

@@ -75,7 +75,8 @@ CASES = [
         "bench_cluster.py",
         "| operation | SQLite 1c p50 µs | PG 1 server 1c p50 µs | PG 2 servers 1c p50 µs "
         "| SQLite 16c calls/s | PG 1 server 16c calls/s | PG 2 servers 16c calls/s "
-        "| PG 1 server / SQLite 16c | PG 2 servers / SQLite 16c |",
+        "| PG 2 servers, a session each 16c calls/s | PG 1 server / SQLite 16c "
+        "| PG 2 servers / SQLite 16c | PG 2 servers, a session each / SQLite 16c |",
         [
             "| GetVariable |",
             "| SetVariable |",
