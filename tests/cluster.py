@@ -4,6 +4,8 @@ A :class:`Cluster` owns a schema of its own (dropped when it closes) and names i
 database connections ``varstore_<schema>`` (the DSN's ``application_name``), so a test can
 terminate exactly those backends. Closing kills every process it started, whatever the test
 did, before it drops the schema.
+
+A test takes one through its ``cluster`` fixture: ``with Cluster.opened() as made: yield made``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Cluster:
     @classmethod
     @contextmanager
     def opened(cls) -> Iterator[Cluster]:
-        """A cluster closed (processes killed, schema dropped) however the block ends."""
+        """A cluster closed (processes killed, schema dropped) however the block ends; what
+        its servers printed last is printed then (pytest shows it when the test failed)."""
         require_postgres()
         cluster = cls()
         try:
@@ -64,6 +67,7 @@ class Cluster:
                 conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(cluster.schema)))
             yield cluster
         finally:
+            print(cluster.output())
             cluster.close()
 
     def start(self, count: int, *flags: str) -> list[ServerProcess]:
@@ -79,6 +83,12 @@ class Cluster:
                 )
         return started
 
+    def restart(self, server: ServerProcess, *flags: str) -> ServerProcess:
+        """Start ``server`` (killed or stopped) again on the address it had."""
+        again = start_server_process(self.dsn, "--listen", server.address, *flags)
+        self.servers.append(again)
+        return again
+
     def stub(self, server: ServerProcess) -> pb_grpc.VariableStoreStub:
         """A stub on a new channel to ``server`` (closed with the cluster)."""
         channel = grpc.insecure_channel(server.address)
@@ -89,23 +99,23 @@ class Cluster:
     def terminate_backends(self) -> int:
         """``pg_terminate_backend`` every database connection of this cluster's servers;
         returns how many were terminated."""
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = %s AND pid <> pg_backend_pid()",
-                (self.application_name,),
-            ).fetchone()
-        return int(row[0]) if row is not None else 0
+        return self._count(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()"
+        )
 
     def advisory_locks(self) -> int:
         """How many advisory locks this cluster's servers hold: the roles (such as the TTL
         sweeper's) they hold, since each role is one."""
+        return self._count(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s"
+        )
+
+    def _count(self, query: str) -> int:
+        """The number ``query`` answers, its ``%s`` being this cluster's application_name."""
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
-                (self.application_name,),
-            ).fetchone()
+            row = conn.execute(query, (self.application_name,)).fetchone()
         return int(row[0]) if row is not None else 0
 
     def output(self, last: int = 40) -> str:
@@ -123,12 +133,8 @@ class Cluster:
         for channel in self._channels:
             channel.close()
         wait_for_postgres(60)
+        self.terminate_backends()
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = %s AND pid <> pg_backend_pid()",
-                (self.application_name,),
-            )
             conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
             )

@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+from pki import pki  # noqa: F401 - the certificates fixture (tests/pki.py), for every module
 from servers import in_process_server, stub_for
 
 from varstore.api.server import RunningServer

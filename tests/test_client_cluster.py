@@ -4,15 +4,14 @@ from the client's record of the positions it has seen), failover when a server i
 SIGKILLed, and watches that resume on another server with no gap and no repeat.
 
 The servers are ``varstore serve --db postgresql://...`` child processes on one schema made
-for the test (dropped after). The mechanism (what the record holds, what each request
-carries) is checked as the pure code it is and on the wire through a recording proxy;
-the property end to end through round robin, sync and asyncio alike.
+for the test (dropped after; tests/cluster.py). The mechanism (what the record holds, what
+each request carries) is checked as the pure code it is and on the wire through a recording
+proxy (tests/proxy.py); the property end to end through round robin, sync and asyncio alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import json
 import socket
@@ -20,34 +19,24 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
-import psycopg
 import pytest
-from _support import skip_or_fail
-from backends import PG_DSN
+from cluster import Cluster
+from flavours import FLAVOURS, Opened, client_opener, settle
 from hypothesis import given
 from hypothesis import strategies as st
-from psycopg import sql
-from servers import ServerProcess, in_process_server, start_server_process
-from test_client_retry import FlakyProxy
-from test_tls_tokens import (
-    ADMIN,
-    pki,  # noqa: F401 - the fixture, for getfixturevalue
-    serving,
-    tls,
-)
+from pki import ADMIN, Pki, serving, tls
+from proxy import FlakyProxy, proxied
+from servers import ServerProcess, in_process_server
 
 from varstore.api.config import Security
 from varstore.api.server import RunningServer
 from varstore.client import (
     AsyncClient,
-    Client,
     Unavailable,
     WatchStream,
     WatchUpdate,
@@ -68,86 +57,26 @@ CONFIG = {"timeout": 10.0, "retry_deadline": 30.0}
 FAILOVER_BOUND = 15.0
 
 
-# -- a cluster of real servers ---------------------------------------------------------------
-
-
-class Cluster:
-    """``varstore serve`` processes on one PostgreSQL schema of their own; a killed server
-    can be started again on its port."""
-
-    def __init__(self, size: int) -> None:
-        self.schema = f"t_cluster_{uuid.uuid4().hex[:12]}"
-        joiner = "&" if "?" in PG_DSN else "?"
-        self.dsn = f"{PG_DSN}{joiner}options=-csearch_path%3D{self.schema}"
-        self.servers: list[ServerProcess] = [start_server_process(self.dsn)]  # makes the schema
-        with futures.ThreadPoolExecutor(size) as pool:
-            self.servers += pool.map(lambda _: start_server_process(self.dsn), range(size - 1))
-
-    @property
-    def addresses(self) -> list[str]:
-        return [server.address for server in self.servers]
-
-    def kill(self, index: int) -> None:
-        """SIGKILL server ``index``: no drain, no goodbye to its clients."""
-        self.servers[index].kill()
-
-    def restart(self, index: int) -> None:
-        """Start server ``index`` again, on the port it had."""
-        address = self.servers[index].address
-        self.servers[index] = start_server_process(self.dsn, "--listen", address)
-
-    def close(self) -> None:
-        for server in self.servers:
-            if server.process.poll() is None:
-                server.kill()
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
-            )
+# -- real servers and clients ----------------------------------------------------------------
 
 
 @pytest.fixture
-def cluster() -> Iterator[Callable[[int], Cluster]]:
-    """Makes clusters of ``size`` servers; kills them and drops their schemas after."""
-    try:
-        psycopg.connect(PG_DSN, connect_timeout=5).close()
-    except psycopg.Error as problem:
-        skip_or_fail(f"PostgreSQL at {PG_DSN} is not reachable: {problem}")
-    made: list[Cluster] = []
-
-    def make(size: int) -> Cluster:
-        made.append(Cluster(size))
-        return made[-1]
-
-    yield make
-    for each in made:
-        each.close()
+def cluster() -> Iterator[Cluster]:
+    """``varstore serve`` processes on a schema of their own (tests/cluster.py)."""
+    with Cluster.opened() as made:
+        yield made
 
 
-async def settle(result: Any) -> Any:
-    """What a sync call returned, or what an async one returns once awaited."""
-    return await result if inspect.isawaitable(result) else result
+def addresses(servers: list[ServerProcess]) -> list[str]:
+    """Where ``servers`` listen, in order."""
+    return [server.address for server in servers]
 
 
-Opened = Client | AsyncClient
-
-
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=FLAVOURS)
 async def opener(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Opened]]:
     """Connects clients of the flavour the test id names; closes them after."""
-    made: list[Opened] = []
-
-    def open_client(address: Any, **config: Any) -> Opened:
-        settings = {**CONFIG, **config}
-        client = (
-            connect(address, settings) if request.param == "sync" else aconnect(address, settings)
-        )
-        made.append(client)
-        return client
-
-    yield open_client
-    for client in made:
-        await settle(client.close())
+    async with client_opener(request.param, CONFIG) as made:
+        yield made
 
 
 def closed_port_address() -> str:
@@ -197,18 +126,17 @@ def test_a_token_goes_without_tls_only_when_every_address_is_loopback() -> None:
 
 
 async def test_tls_to_several_servers_checks_their_certificates_against_the_first_name(
-    request: pytest.FixtureRequest,
+    pki: Pki,
 ) -> None:
     """Each server's certificate names localhost; the list is resolved to addresses, and
     the name checked is the first address's (grpc.ssl_target_name_override)."""
-    made = request.getfixturevalue("pki")
-    security = Security(tls=tls(made), admin_token=ADMIN)
+    security = Security(tls=tls(pki), admin_token=ADMIN)
     with serving(security) as first, serving(security) as second:
         names = [f"localhost:{running.address.rpartition(':')[2]}" for running in (first, second)]
-        with connect(names, root_certificates=made.ca, token=ADMIN) as client:
+        with connect(names, root_certificates=pki.ca, token=ADMIN) as client:
             for _ in range(6):
                 client.create_session()
-        async with aconnect(",".join(names), root_certificates=made.ca, token=ADMIN) as aclient:
+        async with aconnect(",".join(names), root_certificates=pki.ca, token=ADMIN) as aclient:
             for _ in range(6):
                 await aclient.create_session()
         # Round robin: both servers answered, over TLS, with the token.
@@ -351,15 +279,8 @@ def test_a_watch_without_retries_raises_when_its_server_goes_away() -> None:
 @pytest.fixture
 def recorded() -> Iterator[tuple[FlakyProxy, str, RunningServer]]:
     """A real server behind a proxy that keeps every request it passes on."""
-    with in_process_server() as backend:
-        handler = FlakyProxy(backend.address)
-        proxy = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        proxy.add_generic_rpc_handlers((handler,))
-        port = proxy.add_insecure_port("127.0.0.1:0")
-        proxy.start()
-        yield handler, f"127.0.0.1:{port}", backend
-        proxy.stop(grace=None)
-        handler.channel.close()
+    with in_process_server() as backend, proxied(backend.address) as (handler, address):
+        yield handler, address, backend
 
 
 async def test_every_read_carries_the_position_the_client_last_saw(
@@ -407,12 +328,12 @@ async def test_every_read_carries_the_position_the_client_last_saw(
 
 
 async def test_each_read_sees_the_write_before_it_on_whichever_server_answers(
-    opener: Callable[..., Opened], cluster: Callable[[int], Cluster]
+    opener: Callable[..., Opened], cluster: Cluster
 ) -> None:
-    servers = cluster(2)
-    as_list = opener(servers.addresses)
-    as_text = opener(",".join(servers.addresses))
-    assert as_list.address == as_text.address == ",".join(servers.addresses)
+    servers = addresses(cluster.start(2))
+    as_list = opener(servers)
+    as_text = opener(",".join(servers))
+    assert as_list.address == as_text.address == ",".join(servers)
     for client in (as_list, as_text):
         session_id = f"ryw_{next(_ids)}"
         writer, reader = client.session(session_id), client.session(session_id)
@@ -433,10 +354,10 @@ async def test_each_read_sees_the_write_before_it_on_whichever_server_answers(
 
 
 async def test_writes_and_reads_go_on_when_a_server_is_killed_and_land_once(
-    opener: Callable[..., Opened], cluster: Callable[[int], Cluster]
+    opener: Callable[..., Opened], cluster: Cluster
 ) -> None:
-    servers = cluster(3)
-    client = opener(servers.addresses)
+    servers = cluster.start(3)
+    client = opener(addresses(servers))
     session_ids = [f"failover_{next(_ids)}" for _ in range(2)]
     total, kill_after = 120, 40
     acked: dict[str, list[int]] = {sid: [] for sid in session_ids}
@@ -459,7 +380,7 @@ async def test_writes_and_reads_go_on_when_a_server_is_killed_and_land_once(
     async def kill_mid_load() -> None:
         while min(len(values) for values in acked.values()) < kill_after:
             await asyncio.sleep(0.01)
-        servers.kill(0)
+        servers[0].kill()
         killed.set()
 
     if isinstance(client, AsyncClient):
@@ -483,10 +404,10 @@ async def test_writes_and_reads_go_on_when_a_server_is_killed_and_land_once(
 
 
 async def test_watches_resume_on_another_server_with_no_gap_and_no_repeat(
-    opener: Callable[..., Opened], cluster: Callable[[int], Cluster]
+    opener: Callable[..., Opened], cluster: Cluster
 ) -> None:
-    servers = cluster(2)
-    client = opener(servers.addresses)
+    servers = cluster.start(2)
+    client = opener(addresses(servers))
     session_id = f"watch_{next(_ids)}"
     writer = client.session(session_id)
     cached = client.session(session_id, {"cache_mode": "watch", "cache_ttl": 3600.0})
@@ -499,10 +420,10 @@ async def test_watches_resume_on_another_server_with_no_gap_and_no_repeat(
     for value in range(1, total + 1):
         await settle(writer.set_variable("n", value))
         if value == total // 3:
-            await asyncio.to_thread(servers.kill, 0)
-            await asyncio.to_thread(servers.restart, 0)
+            await asyncio.to_thread(servers[0].kill)
+            await asyncio.to_thread(cluster.restart, servers[0])
         if value == 2 * total // 3:
-            await asyncio.to_thread(servers.kill, 1)
+            await asyncio.to_thread(servers[1].kill)
     positions = await asyncio.wait_for(reading, FAILOVER_BOUND * 2)
     stream.close()
 
@@ -544,8 +465,8 @@ async def _updates_until(stream: Any, last: int) -> list[int]:
 # -- the command line -------------------------------------------------------------------------
 
 
-def test_the_cli_takes_a_comma_separated_server_list(cluster: Callable[[int], Cluster]) -> None:
-    servers = cluster(1)
+def test_the_cli_takes_a_comma_separated_server_list(cluster: Cluster) -> None:
+    [server] = cluster.start(1)
     session_id = f"cli_{next(_ids)}"
     # The first address answers nothing: the command still runs, on the one that does.
     result = subprocess.run(
@@ -558,7 +479,7 @@ def test_the_cli_takes_a_comma_separated_server_list(cluster: Callable[[int], Cl
             session_id,
             "--json",
             "--server",
-            f"{closed_port_address()},{servers.addresses[0]}",
+            f"{closed_port_address()},{server.address}",
         ],
         capture_output=True,
         text=True,

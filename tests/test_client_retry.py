@@ -3,48 +3,40 @@ DEADLINE_EXCEEDED and an unknown commit outcome (reads: UNAVAILABLE only), backo
 jitter, and a deadline over the whole call.
 
 The decisions are tested as the pure functions and flow they are; the behaviour through a
-real varstore server behind a small real gRPC proxy on a free port, which passes calls on
-as raw bytes and, as a test tells it, fails a call with UNAVAILABLE before passing it on,
-or passes it on and then answers too late (the write landed, the client sees
+real varstore server behind a small real gRPC proxy on a free port (tests/proxy.py), which
+passes calls on as raw bytes and, as a test tells it, fails a call with UNAVAILABLE before
+passing it on, or passes it on and then answers too late (the write landed, the client sees
 DEADLINE_EXCEEDED) or with COMMIT_OUTCOME_UNKNOWN. Each such test runs for the sync and
-the asyncio client (ids ``[sync]`` and ``[async]``).
+the asyncio client (ids ``[sync]`` and ``[async]``, tests/flavours.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import threading
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from grpc_status import rpc_status
+from flavours import FLAVOURS, Opened, client_opener, settle
 from hypothesis import given
 from hypothesis import strategies as st
+from proxy import FlakyProxy, proxied
 from servers import in_process_server
 
 from varstore.api.server import RunningServer
 from varstore.client import (
-    AsyncClient,
     AsyncSessionContext,
-    Client,
     CommitOutcomeUnknown,
     DeadlineExceeded,
     SessionContext,
     Unavailable,
     ValidationError,
-    aconnect,
-    connect,
 )
 from varstore.client._effects import Blocking, Call, Sleep
 from varstore.client._flow import Retry, Runner, next_delay, retried
-from varstore.types.status import status_for
 from varstore.v1 import varstore_pb2 as pb
 
 # -- the decisions ---------------------------------------------------------------------------
@@ -219,92 +211,6 @@ def test_a_blocking_transfer_is_retried_as_the_caller_says() -> None:
 
 # -- a real server behind a flaky proxy ------------------------------------------------------
 
-_METHODS = pb.DESCRIPTOR.services_by_name["VariableStore"].methods_by_name
-
-
-class FlakyProxy(grpc.GenericRpcHandler):
-    """Passes every VariableStore call on to ``target`` as raw bytes, except as planned:
-    per method, a list of what the next calls do: "unavailable" (fail before passing it
-    on), "late" (pass it on, then answer after ``late_by`` seconds: the caller has given
-    up), "unknown" (pass it on, then fail with COMMIT_OUTCOME_UNKNOWN). Every request is
-    kept, per method."""
-
-    def __init__(self, target: str, late_by: float = 1.0) -> None:
-        self.channel = grpc.insecure_channel(target)
-        self.late_by = late_by
-        self.plans: dict[str, list[str]] = defaultdict(list)
-        self.requests: dict[str, list[bytes]] = defaultdict(list)
-        self._lock = threading.Lock()
-
-    def plan(self, method: str, *outcomes: str) -> None:
-        self.plans[method].extend(outcomes)
-
-    def request_ids(self, method: str, message: type[Any]) -> list[str]:
-        return [message.FromString(raw).request_id for raw in self.requests[method]]
-
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        path = str(details.method)
-        name = path.rsplit("/", 1)[-1]
-        spec = _METHODS.get(name)
-        if spec is None:
-            return None
-        if spec.client_streaming:
-            upload: Any = self.channel.stream_unary(path)
-            return grpc.stream_unary_rpc_method_handler(
-                lambda requests, context: self._unary(name, upload, b"", context, requests)
-            )
-        if spec.server_streaming:
-            stream: Any = self.channel.unary_stream(path)
-            return grpc.unary_stream_rpc_method_handler(
-                lambda request, context: self._stream(name, stream, request, context)
-            )
-        forward: Any = self.channel.unary_unary(path)
-        return grpc.unary_unary_rpc_method_handler(
-            lambda request, context: self._unary(name, forward, request, context)
-        )
-
-    def _unary(
-        self,
-        name: str,
-        forward: Any,
-        request: bytes,
-        context: grpc.ServicerContext,
-        requests: Iterator[bytes] | None = None,
-    ) -> bytes:
-        if requests is not None:  # a client stream: read it whole, then pass it on
-            chunks = list(requests)
-            request = b"".join(chunks[:1])  # the first chunk holds the request id
-        outcome = self._next(name, request)
-        if outcome == "unavailable":
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the proxy is flaky")
-        try:
-            answer: bytes = forward(iter(chunks) if requests is not None else request)
-        except grpc.RpcError as failure:
-            status = rpc_status.from_call(failure)
-            if status is not None:
-                context.abort_with_status(rpc_status.to_status(status))
-            context.abort(failure.code(), failure.details() or "")
-        if outcome == "late":
-            time.sleep(self.late_by)
-        if outcome == "unknown":
-            context.abort_with_status(status_for(CommitOutcomeUnknown("the disk hiccuped")))
-        return answer
-
-    def _next(self, name: str, request: bytes) -> str:
-        with self._lock:
-            self.requests[name].append(request)
-            return self.plans[name].pop(0) if self.plans[name] else "pass"
-
-    def _stream(
-        self, name: str, stream: Any, request: bytes, context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
-        if self._next(name, request) == "unavailable":
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the proxy is flaky")
-        try:
-            yield from stream(request)
-        except grpc.RpcError as failure:
-            context.abort(failure.code(), failure.details() or "")
-
 
 @pytest.fixture
 def backend() -> Iterator[RunningServer]:
@@ -314,39 +220,15 @@ def backend() -> Iterator[RunningServer]:
 
 @pytest.fixture
 def proxy(backend: RunningServer) -> Iterator[tuple[FlakyProxy, str]]:
-    handler = FlakyProxy(backend.address)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield handler, f"127.0.0.1:{port}"
-    server.stop(grace=None)
-    handler.channel.close()
+    with proxied(backend.address) as made:
+        yield made
 
 
-async def settle(result: Any) -> Any:
-    """What a sync call returned, or what an async one returns once awaited."""
-    return await result if inspect.isawaitable(result) else result
-
-
-Opened = Client | AsyncClient
-
-
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=FLAVOURS)
 async def opener(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Opened]]:
     """Connects clients of the flavour the test id names; closes them after."""
-    made: list[Opened] = []
-
-    def open_client(address: str, **config: Any) -> Opened:
-        config.setdefault("timeout", 5.0)
-        config.setdefault("retry_deadline", 20.0)
-        client = connect(address, config) if request.param == "sync" else aconnect(address, config)
-        made.append(client)
-        return client
-
-    yield open_client
-    for client in made:
-        await settle(client.close())
+    async with client_opener(request.param, {"timeout": 5.0, "retry_deadline": 20.0}) as made:
+        yield made
 
 
 def _ready(backend: RunningServer, session_id: str) -> None:

@@ -55,11 +55,8 @@ T = TypeVar("T")
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    with Cluster.opened() as made:
-        try:
-            yield made
-        finally:
-            print(made.output())  # shown by pytest when the test failed
+    with Cluster.opened() as made:  # prints what the servers printed: shown if the test fails
+        yield made
 
 
 # The writes and what they were answered.

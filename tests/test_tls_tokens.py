@@ -1,29 +1,23 @@
-"""TLS, mTLS and bearer tokens through real servers, with certificates the tests make."""
+"""TLS, mTLS and bearer tokens through real servers, with certificates the tests make
+(tests/pki.py)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from pki import ADMIN, Pki, serving, tls
 from servers import start_server_process
 
 from varstore.api.auth import Tokens
-from varstore.api.config import Security, TlsFiles
-from varstore.api.server import RunningServer, start_server
-from varstore.api.store import Store
+from varstore.api.config import Security
+from varstore.api.server import RunningServer
 from varstore.client import (
     PermissionDenied,
     Unauthenticated,
@@ -31,116 +25,11 @@ from varstore.client import (
     aconnect,
     connect,
 )
-from varstore.eventstore.memory import MemoryRecorder
 from varstore.types import to_proto
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
 
-ADMIN = "admin-token-0123456789abcdef"
-
-
-# -- certificates ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pki:
-    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate (PEM)."""
-
-    ca: bytes
-    server_cert: bytes
-    server_key: bytes
-    client_cert: bytes
-    client_key: bytes
-    other_ca: bytes
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "varstore tests"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    issuer_name, issuer_key = issuer if issuer is not None else (_name(subject), key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(certificate: x509.Certificate) -> bytes:
-    return certificate.public_bytes(serialization.Encoding.PEM)
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    ca_key, other_key, server_key, client_key = _key(), _key(), _key(), _key()
-    ca = _certificate("varstore test CA", ca_key, None, ca=True)
-    other = _certificate("someone else's CA", other_key, None, ca=True)
-    issuer = (ca.subject, ca_key)
-    server = _certificate("localhost", server_key, issuer, server=True)
-    client = _certificate("alice", client_key, issuer)
-    return Pki(
-        _pem(ca),
-        _pem(server),
-        _pem_key(server_key),
-        _pem(client),
-        _pem_key(client_key),
-        _pem(other),
-    )
-
-
-# -- servers -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def serving(security: Security) -> Iterator[RunningServer]:
-    running = start_server(Store(MemoryRecorder()), security=security)
-    try:
-        yield running
-    finally:
-        running.stop(grace=1.0)
-
-
-def tls(pki: Pki, *, mtls: bool = False) -> TlsFiles:
-    return TlsFiles(pki.server_cert, pki.server_key, pki.ca if mtls else None)
+# -- servers and stubs -------------------------------------------------------------------------
 
 
 @contextmanager
@@ -160,6 +49,11 @@ def stub(
 
 def bearer(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
+
+
+#: One attempt: a refused handshake is UNAVAILABLE, which the client would otherwise retry
+#: until its retry deadline (60 s) passed, to raise the same error.
+ONE_ATTEMPT = {"retry": False}
 
 
 def code_of(call: object) -> grpc.StatusCode:
@@ -188,16 +82,17 @@ def test_a_tls_server_refuses_a_plain_client_and_one_that_trusts_another_ca(pki:
                 grpc.StatusCode.UNAVAILABLE
             )
         with (
-            connect(running.address, root_certificates=pki.other_ca) as client,
-            pytest.raises(Unavailable),
+            connect(running.address, ONE_ATTEMPT, root_certificates=pki.other_ca) as client,
+            pytest.raises(Unavailable, match="CERTIFICATE_VERIFY_FAILED"),
         ):
             client.list_sessions()
 
 
 def test_mtls_needs_a_client_certificate_and_records_its_subject_as_the_source(pki: Pki) -> None:
     with serving(Security(tls=tls(pki, mtls=True))) as running:
+        # Refused for want of a certificate: the same CA, with one, is served below.
         with (
-            connect(running.address, root_certificates=pki.ca) as anonymous,
+            connect(running.address, ONE_ATTEMPT, root_certificates=pki.ca) as anonymous,
             pytest.raises(Unavailable),
         ):
             anonymous.list_sessions()
