@@ -255,15 +255,12 @@ class Store:
     def wait_until_applied(self, session_id: str, position: int, timeout: float) -> bool:
         """Wait (up to ``timeout`` seconds) until the published state of ``session_id`` has
         folded in ``position``; True once it has, False on timeout. A server following a
-        shared log reads it at once rather than at its next notice or poll; on a log only
-        this server writes, every recorded event is applied before its write is answered,
-        so a position not applied yet is not in the log: False at once."""
+        shared log reads it at once rather than at its next notice or poll."""
         state = self.projector.published(session_id)
         if state is not None and state.position >= position:
             return True
-        if self.tailer is None:
-            return False
-        self.tailer.nudge()
+        if self.tailer is not None:
+            self.tailer.nudge()
         return self.projector.wait_for(session_id, position, timeout)
 
     def history(self, session_id: str) -> SessionHistory:

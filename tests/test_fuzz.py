@@ -324,11 +324,6 @@ def _call(target: Target, method: str, request: Any) -> grpc.StatusCode:
         code = failure.code()
         if code == grpc.StatusCode.CANCELLED and method == "WatchSession":
             return grpc.StatusCode.OK  # our own cancel
-        if code == grpc.StatusCode.UNAVAILABLE and _ahead_of_the_log(request):
-            # A min_position the session has not reached is "not yet" (retry later), the
-            # answer the contract gives; the message must say how far behind.
-            assert "behind the position" in (failure.details() or "")
-            return code
         assert code not in FORBIDDEN, f"{method} answered {code.name}: {failure.details()}"
         return code
     return grpc.StatusCode.OK
@@ -442,6 +437,10 @@ def test_no_request_of_any_shape_gets_internal_or_writes_when_refused(
                 for name in AIMED:
                     if name in request.DESCRIPTOR.fields_by_name and getattr(base, name):
                         setattr(request, name, getattr(base, name))
+        if _ahead_of_the_log(request):
+            # A read waits (up to 5 s) for a min_position the session has not reached: one
+            # such wait is tested in test_cluster.py; here it would only make examples slow.
+            request.min_position = 0  # type: ignore[attr-defined]
         _check(target, method, request)
 
     run()
@@ -481,17 +480,21 @@ def test_random_bytes_as_a_request_body_are_never_internal(target: Target, metho
     )
     def run(body: bytes) -> None:
         before = target.global_position()
+        # Bytes that decode to a min_position the session has not reached make the server
+        # wait for it, up to the call's deadline: keep that short.
+        reads = "min_position" in rpc.input_type.fields_by_name and method != "ForkSession"
+        timeout = 0.5 if reads else 10
         try:
             if rpc.client_streaming:
                 channel.stream_unary(path)(iter([body]), timeout=10)
             elif rpc.server_streaming:
-                stream = channel.unary_stream(path)(body, timeout=10)
+                stream = channel.unary_stream(path)(body, timeout=timeout)
                 try:
                     next(iter(stream), None)
                 finally:
                     stream.cancel()
             else:
-                channel.unary_unary(path)(body, timeout=10)
+                channel.unary_unary(path)(body, timeout=timeout)
         except grpc.RpcError as failure:
             code = failure.code()
             if code == grpc.StatusCode.CANCELLED:
