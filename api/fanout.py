@@ -26,7 +26,9 @@ stream messages and sends them through :meth:`FanOut.send`.
   (a client that stopped reading) is found by a janitor thread, which calls the watcher's
   ``cancel`` with that text so its thread is freed. Writers never wait for any of this.
 * **Writers first.** At most ``send_slots`` watchers send at once, in turns of up to
-  SLOT_MESSAGES messages (see :class:`SendGate`).
+  SLOT_MESSAGES messages (see :class:`SendGate`). A turn may grow, up to that many
+  messages, with the events that reached the ring while the watcher waited for its slot
+  (:meth:`FanOut.ready`), so a watcher that waited sends them now, not after another wait.
 
 Lock order: the fan-out's lock, then a ring's ``cond``; never the other way round.
 """
@@ -37,7 +39,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -387,31 +389,45 @@ class FanOut:
         return events
 
     def send(
-        self, watcher: Watcher, outgoing: Sequence[tuple[int, M | None]]
+        self, watcher: Watcher, outgoing: Iterable[tuple[int, M | None]]
     ) -> Generator[M, None, float | None]:
-        """Yield the messages (None: a position left out) of the positions after the
-        cursor, in order, holding a send slot, moving the cursor as each goes; returns
-        when the last one was sent (None if none was)."""
-        if all(message is None for _, message in outgoing):
-            for position, _ in outgoing:
-                watcher.cursor = watcher.sent = position
-            return None
-        if not self._gate.acquire(watcher):
-            return None  # the watcher ended or the fan-out closed while waiting for a slot
+        """Yield the messages of ``outgoing`` in order, each with the last position it
+        covers (None: positions left out, nothing to send), moving the cursor as each
+        goes; a send slot is taken at the first message and held to the end (``outgoing``
+        may be a generator that finds more to send meanwhile, see :meth:`ready`). Returns
+        when the last message was sent (None if none was)."""
+        holding = False
         sent_at: float | None = None
         try:
             for position, message in outgoing:
+                if message is None:
+                    watcher.cursor = watcher.sent = position
+                    continue
+                if not holding:
+                    if not self._gate.acquire(watcher):
+                        return sent_at  # the watcher ended, or the fan-out closed, meanwhile
+                    holding = True
                 watcher.cursor = position
-                if message is not None:
-                    watcher.send_started = self.monotonic()
-                    yield message
-                    watcher.send_started = None
-                    sent_at = self.monotonic()
+                watcher.send_started = self.monotonic()
+                yield message
+                watcher.send_started = None
+                sent_at = self.monotonic()
                 watcher.sent = position
         finally:
             watcher.send_started = None
-            self._gate.release(watcher)
+            if holding:
+                self._gate.release(watcher)
         return sent_at
+
+    def ready(self, watcher: Watcher, position: int, limit: int) -> list[RecordedEvent]:
+        """Up to ``limit`` live events from ``position`` on that the ring holds right now:
+        what a watcher holding a send slot may add to its turn. Never waits and never
+        reads the recorder; empty during the catch-up, once ``position`` has left the
+        ring (the next :meth:`take` says so), or once the fan-out closed."""
+        ring = watcher.ring
+        if position <= watcher.until or ring.closed or watcher.done:
+            return []
+        return ring.take(position, min(limit, PAGE_SIZE))[0]
 
     def _wait(
         self, watcher: Watcher, position: int, deadline: float

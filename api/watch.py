@@ -14,7 +14,8 @@ handles the gRPC call. How a watch works:
 * **No gap, no repeat.** The watch registers its ring *before* it reads where the log
   stands (P). The store publishes a commit before calling listeners, so every event above
   P reaches the ring after the registration; events below P come from the recorder. The
-  cursor only moves one position at a time, so every position is sent once, in order.
+  cursor only moves forward over consecutive positions (a message's events, in order), so
+  every position is sent once, in order.
 * **Slow watchers are dropped.** A watcher whose next event has left the ring fell more
   than ``buffer_size`` events behind: its stream ends with RESOURCE_EXHAUSTED "watcher fell
   more than N events behind; reconnect from position P". A stream stuck in a send (a
@@ -22,17 +23,26 @@ handles the gRPC call. How a watch works:
   with that status so its thread is freed. Writers never wait for any of this.
 * **Writers first.** Every streamed message costs the gRPC server's one completion-queue
   thread an event, and writers' calls queue behind them; so at most ``send_slots``
-  watchers send at once, in turns (see :class:`~varstore.api.fanout.SendGate`). Writers'
-  latency then stays flat however many watchers there are; watchers share the remaining
-  capacity and, if the writes outrun it for long, fall behind and are dropped as above.
+  watchers send at once, in turns (see :class:`~varstore.api.fanout.SendGate`); a turn
+  also sends what reached the ring while the watcher waited for it. Writers' latency then
+  stays flat however many watchers there are; watchers share the remaining capacity and,
+  if the writes outrun it for long, fall behind and are dropped as above. Several events a
+  message (below) is what makes that capacity go far: a watcher that waited sends all it
+  has in one message, not one message per event.
 * **Changes.** Each WatchEvent carries the event and, for every variable it touched (all
   the items of a batch, every live variable for a SessionDeleted), the change with its new
-  and previous value, read from the session's history. Messages are built once per event
-  and shared by the watchers that see the same thing.
+  and previous value, read from the session's history. Each event is encoded once and
+  shared by the watchers that see the same thing (:mod:`varstore.api.watch_messages`).
+* **Several events a message.** A request's ``max_events_per_message`` N above 1 lets
+  the events a watcher takes at once (it is catching up, or a burst was written) go in
+  WatchEvents messages of up to N (at most MAX_EVENTS_PER_MESSAGE), in order, each event
+  whole; 0 or 1 sends one event a message, as before the field existed. Served through
+  :func:`~varstore.api.watch_messages.encoded_watches`, the streams send the cached
+  encodings themselves; otherwise they yield messages, as before.
 * **Filters.** With ``variables`` set, a change is kept when its variable id or name is
   listed, and an event is sent only when it keeps a change or is a session event
   (SessionCreated, SessionDeleted, SessionForked); the positions of the events left out
-  are covered by the next progress message.
+  are covered by the next message or progress message.
 * **Progress.** A WatchProgress(position) says every event up to the position has been
   sent (or filtered out). One is sent as soon as the stream has caught up with the log,
   then whenever nothing was sent for ``progress_interval_ms``.
@@ -42,17 +52,13 @@ handles the gRPC call. How a watch works:
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import grpc
-from cachetools import LRUCache
 
 from varstore.api.convert import variable_to_proto
-from varstore.api.event_codec import change_to_proto, event_to_proto
 from varstore.api.fanout import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_MAX_WATCHERS,
@@ -63,41 +69,35 @@ from varstore.api.fanout import (
 )
 from varstore.api.limits import exceeded
 from varstore.api.store import Store
-from varstore.eventstore.events import RecordedEvent
+from varstore.api.watch_messages import (
+    MAX_EVENTS_PER_MESSAGE,
+    Messages,
+    Outgoing,
+    View,
+    encoded_watches,
+    encoding,
+)
 from varstore.types import (
     OutOfRange,
     SessionNotFound,
     ValidationError,
     describe,
 )
-from varstore.types.events import is_session_event, touched_variable_ids
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "DEFAULT_MAX_WATCHERS",
     "DEFAULT_PROGRESS_INTERVAL",
+    "MAX_EVENTS_PER_MESSAGE",
     "WatchHub",
+    "encoded_watches",
 ]
 
 #: Seconds without a message after which a progress message is sent (request value 0).
 DEFAULT_PROGRESS_INTERVAL: Final = 1.0
 #: Shortest progress interval honoured, in seconds.
 MIN_PROGRESS_INTERVAL: Final = 0.01
-#: Bytes of event messages kept for the other watchers of a session (by encoded size).
-ENCODED_CACHE_BYTES: Final = 32 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class _Encoded:
-    """One event's messages, built once and shared by the watchers."""
-
-    event: pb.Event
-    changes: list[pb.VariableChange]
-    #: The message for unfiltered watches.
-    response: pb.WatchSessionResponse = field(repr=False)
-    #: Encoded size of ``response``, the cache's measure.
-    size: int = 0
 
 
 class WatchHub:
@@ -145,10 +145,7 @@ class WatchHub:
             send_lease=send_lease,
             monotonic=monotonic,
         )
-        self._encoded: LRUCache[tuple[str, int, int], _Encoded] = LRUCache(
-            ENCODED_CACHE_BYTES, getsizeof=lambda encoded: encoded.size
-        )
-        self._encoded_lock = threading.Lock()
+        self._messages = Messages(store)
 
     @property
     def buffer_size(self) -> int:
@@ -179,12 +176,15 @@ class WatchHub:
 
     def watch(
         self, request: pb.WatchSessionRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.WatchSessionResponse]:
-        """The messages of one watch stream (see the module docstring).
+    ) -> Iterator[Outgoing]:
+        """The messages of one watch stream (see the module docstring): WatchSessionResponse
+        messages, or their encodings when the call is served through
+        :func:`~varstore.api.watch_messages.encoded_watches`.
 
         Raises:
             SessionNotFound: the session never existed.
-            ValidationError: a negative from_position or progress_interval_ms.
+            ValidationError: a negative from_position, progress_interval_ms or
+                max_events_per_message.
             OutOfRange: from_position is beyond the end of the session's log.
             LimitExceeded: too many identifiers, too many watches, or the watcher fell
                 behind (the stream had started).
@@ -198,6 +198,12 @@ class WatchHub:
             raise exceeded("max_batch_size", limit, f"{len(wanted)} variables to watch")
         if request.from_position < 0:
             raise ValidationError(f"from_position must be 0 or more, not {request.from_position}")
+        if request.max_events_per_message < 0:
+            raise ValidationError(
+                f"max_events_per_message must be 0 or more, not {request.max_events_per_message}"
+            )
+        per_message = min(max(1, request.max_events_per_message), MAX_EVENTS_PER_MESSAGE)
+        view = View(wanted, per_message, encoding())
         if self._store.published(session_id) is None:
             raise SessionNotFound(f"session {describe(session_id)} not found")
         watcher = self._fanout.register(session_id, lambda details: _cancel(context, details))
@@ -217,10 +223,10 @@ class WatchHub:
             watcher.cursor = watcher.sent = request.from_position
             last_message = self._monotonic()
             if request.include_initial:
-                initial = self._initial(session_id, request.from_position, wanted)
+                initial = view.wire(self._initial(session_id, request.from_position, wanted))
                 sent_at = yield from self._fanout.send(watcher, [(request.from_position, initial)])
                 last_message = sent_at or last_message
-            yield from self._follow(watcher, context, wanted, interval, last_message)
+            yield from self._follow(watcher, context, view, interval, last_message)
         finally:
             self._fanout.unregister(watcher)
 
@@ -251,10 +257,10 @@ class WatchHub:
         self,
         watcher: Watcher,
         context: grpc.ServicerContext,
-        wanted: frozenset[str],
+        view: View,
         interval: float,
         last_message: float,
-    ) -> Iterator[pb.WatchSessionResponse]:
+    ) -> Iterator[Outgoing]:
         """Catch up, then stream live events and progress until the call ends."""
         fanout = self._fanout
         caught_up_sent = False
@@ -266,12 +272,13 @@ class WatchHub:
             if watcher.done:
                 return
             if events:
-                for start in range(0, len(events), SLOT_MESSAGES):
-                    outgoing = [
-                        (event.position, self._message(event, wanted))
-                        for event in events[start : start + SLOT_MESSAGES]
-                    ]
-                    sent_at = yield from fanout.send(watcher, outgoing)
+                outgoing = self._messages.pack(events, view)
+                for start in range(0, len(outgoing), SLOT_MESSAGES):  # one turn each
+                    turn: Iterable[tuple[int, Outgoing | None]]
+                    turn = outgoing[start : start + SLOT_MESSAGES]
+                    if start + SLOT_MESSAGES >= len(outgoing):
+                        turn = self._topped_up(watcher, turn, view)
+                    sent_at = yield from fanout.send(watcher, turn)
                     last_message = sent_at or last_message
                     if watcher.done or watcher.ring.closed:
                         break  # the loop's top ends the stream
@@ -280,55 +287,31 @@ class WatchHub:
             elif caught_up_sent and self._monotonic() < last_message + interval:
                 continue  # woken for nothing (a cancellation check, or too early)
             # Caught up for the first time, or nothing sent for a whole interval.
-            progress = pb.WatchSessionResponse(progress=pb.WatchProgress(position=watcher.cursor))
+            progress = view.wire(
+                pb.WatchSessionResponse(progress=pb.WatchProgress(position=watcher.cursor))
+            )
             last_message = (yield from fanout.send(watcher, [(watcher.cursor, progress)])) or (
                 self._monotonic()
             )
             caught_up_sent = True
 
-    # -- messages -------------------------------------------------------------------------------
-
-    def _message(
-        self, event: RecordedEvent, wanted: frozenset[str]
-    ) -> pb.WatchSessionResponse | None:
-        """The message for one event, or None when a filter leaves it out."""
-        encoded = self._encode(event)
-        if not wanted:
-            return encoded.response
-        changes = [c for c in encoded.changes if c.variable_id in wanted or c.name in wanted]
-        if not changes and not is_session_event(event.type):
-            return None
-        return pb.WatchSessionResponse(event=pb.WatchEvent(event=encoded.event, changes=changes))
-
-    def _encode(self, event: RecordedEvent) -> _Encoded:
-        key = (event.session_id, event.position, event.global_position)
-        with self._encoded_lock:
-            found = self._encoded.get(key)
-        if found is not None:
-            return found
-        message = event_to_proto(event)
-        history = self._store.history(event.session_id)
-        changes = [
-            change_to_proto(change)
-            for variable_id in self._touched(event)
-            for change in history.changes_at(variable_id, event.position)
-        ]
-        response = pb.WatchSessionResponse(event=pb.WatchEvent(event=message, changes=changes))
-        encoded = _Encoded(message, changes, response, response.ByteSize())
-        if encoded.size <= ENCODED_CACHE_BYTES // 8:  # a huge one would evict all the rest
-            with self._encoded_lock:
-                self._encoded[key] = encoded
-        return encoded
-
-    def _touched(self, event: RecordedEvent) -> list[str]:
-        """Ids of the variables an event changed, in the event's order (the registry says
-        which; a SessionDeleted changes every variable live just before it)."""
-
-        def live() -> list[str]:
-            before = self._store.state_at(event.session_id, event.position - 1)
-            return [variable.id for variable in before.by_name()] if before is not None else []
-
-        return touched_variable_ids(event.type, event.payload, live)
+    def _topped_up(
+        self, watcher: Watcher, turn: Sequence[tuple[int, Outgoing | None]], view: View
+    ) -> Iterator[tuple[int, Outgoing | None]]:
+        """A send turn's messages, then (while the turn holds fewer than SLOT_MESSAGES)
+        those of the live events that reached the ring meanwhile: a watcher that waited
+        for its slot sends them in this turn rather than after another wait."""
+        yield from turn
+        room = SLOT_MESSAGES - len(turn)
+        position = turn[-1][0]
+        while room > 0:
+            more = self._fanout.ready(watcher, position + 1, room * view.per_message)
+            if not more:
+                return
+            outgoing = self._messages.pack(more, view)
+            yield from outgoing
+            room -= len(outgoing)
+            position = outgoing[-1][0]
 
     def close(self) -> None:
         """End every watch with UNAVAILABLE and refuse new ones (server shutdown)."""

@@ -1,4 +1,5 @@
-"""Watch fan-out: write throughput and delivery lag with 0, 1, 10 and 100 watchers.
+"""Watch fan-out: write throughput, delivery lag and deliveries per second with 0, 1, 10
+and 100 watchers.
 
 What it measures
 ----------------
@@ -10,18 +11,23 @@ fresh session ``watch-N`` with one integer variable ``x`` and runs:
    ``SetVariable`` calls on ``x``; the log then stands at position ``P``.
 2. **watchers**: ``N`` watchers, each its own thread with its own channel, spread over
    up to 4 spawned client processes, each call the generated stub's
-   ``VariableStoreStub.WatchSession(session_id, from_position=P)``. A watcher is ready
+   ``VariableStoreStub.WatchSession(session_id, from_position=P,
+   max_events_per_message=M)`` (``--max-events``, default 256 as the Python client
+   asks; 1 is one event a message, as before the field existed). A watcher is ready
    when its first ``WatchProgress`` arrives (the stream has caught up); the writes start
    only once every watcher is ready.
 3. **window**: the writer does sequential ``SetVariable`` calls on ``x`` (a new value
-   each time) for a fixed window (3 s; ``--quick``: 0.5 s). Write latency is per call
+   each time) for a fixed window (3 s; ``--quick``: 0.5 s), as fast as it can or, with
+   ``--pace R``, one every 1/R s (a late write goes at once). Write latency is per call
    (``perf_counter_ns``); writes/s = calls / elapsed.
 4. **drain**: each watcher reads until it has seen the writer's last position (or a
-   deadline passes, then its call is cancelled). For every ``WatchEvent`` it records
-   receipt time (``time.time_ns()``) minus the event's ``recorded_at``: the delivery lag.
-   Both clocks are this machine's wall clock. ``recorded_at`` is stamped by the server
-   when it handles the write, before the commit's fsync, so the lag includes the commit
-   (about a write's latency) plus fan-out and the stream.
+   deadline passes, then its call is cancelled). For every event (of a ``WatchEvent``,
+   or each of a ``WatchEvents`` message) it records receipt time (``time.time_ns()``)
+   minus the event's ``recorded_at``: the delivery lag. Both clocks are this machine's
+   wall clock. ``recorded_at`` is stamped by the server when it handles the write,
+   before the commit's fsync, so the lag includes the commit (about a write's latency)
+   plus fan-out and the stream. Deliveries/s = events received by all watchers / (the
+   last receipt - the first write).
 
 "delivered/expected" sums, over all watchers, the events they received against writes x
 watchers; a shortfall (or a watcher error, or an out-of-order or repeated position) is
@@ -34,10 +40,11 @@ watchers cost the writer nothing). The machine's cores are shared by the server,
 writer and the watcher processes, so with many watchers part of any slowdown is the
 watchers' own client CPU, not the server's.
 
-Usage: ``.venv/bin/python bench/bench_watch.py [--quick] [--json]`` from the repository
-root (``bench/`` must be on ``sys.path`` for ``benchlib``, which running the file does).
-The default run takes about 30 s, ``--quick`` about 6 s. Progress goes to stderr. Exit
-status 1 if a watcher failed or missed events, or a write failed.
+Usage: ``.venv/bin/python bench/bench_watch.py [--quick] [--json] [--watchers 0,1,10,100]
+[--pace R] [--max-events M]`` from the repository root (``bench/`` must be on
+``sys.path`` for ``benchlib``, which running the file does). The default run takes about
+30 s, ``--quick`` about 6 s. Progress goes to stderr. Exit status 1 if a watcher failed or
+missed events, or a write failed.
 """
 
 from __future__ import annotations
@@ -79,6 +86,8 @@ READY_TIMEOUT = 30.0  # seconds for every watcher to connect and catch up
 DRAIN_TIMEOUT = 20.0  # seconds after the window for watchers to see the last write
 VARIABLE = "x"
 PROGRESS_MS = 100
+#: Events a watcher lets the server put in one message (what the Python client asks).
+MAX_EVENTS = 256
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class WatchJob:
     from_position: int
     threads: int
     deadline: float  # time.monotonic(): every watch call is cancelled by then
+    max_events: int = MAX_EVENTS
 
 
 @dataclass
@@ -99,6 +109,7 @@ class WatcherResult:
     received: int = 0
     lags_ns: array.array[int] = field(default_factory=lambda: array.array("q"))
     error: str = ""
+    last_ns: int = 0  # time.time_ns() of the last event's receipt
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,7 @@ class ProcessReport:
     received: list[int]
     lags: bytes
     errors: list[str]
+    last_ns: int
 
 
 def watch(
@@ -128,6 +140,7 @@ def watch(
             session_id=job.session_id,
             from_position=job.from_position,
             progress_interval_ms=PROGRESS_MS,  # wakes an idle watcher when the writer stops
+            max_events_per_message=job.max_events,
         )
         stream = stub.WatchSession(request, timeout=max(1.0, job.deadline - time.monotonic()))
         with lock:
@@ -138,14 +151,17 @@ def watch(
         for message in stream:
             received_ns = clock()
             kind = message.WhichOneof("kind")
-            if kind == "event":
-                stamp = message.event.event.recorded_at
-                lags.append(received_ns - (stamp.seconds * 1_000_000_000 + stamp.nanos))
-                position = message.event.event.position
-                if position != seen + 1:
-                    result.error = result.error or f"position {position} after {seen}"
-                seen = position
-                result.received += 1
+            if kind == "event" or kind == "events":
+                events = [message.event] if kind == "event" else message.events.events
+                for event in events:
+                    stamp = event.event.recorded_at
+                    lags.append(received_ns - (stamp.seconds * 1_000_000_000 + stamp.nanos))
+                    position = event.event.position
+                    if position != seen + 1:
+                        result.error = result.error or f"position {position} after {seen}"
+                    seen = position
+                result.received += len(events)
+                result.last_ns = received_ns
             elif kind == "progress" and not announced:
                 announced = True
                 ready.release()
@@ -201,6 +217,7 @@ def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) 
                 r.error or ("did not finish" if t.is_alive() else "")
                 for r, t in zip(results, threads, strict=True)
             ],
+            max((r.last_ns for r in results), default=0),
         )
     )
 
@@ -218,9 +235,19 @@ class Phase:
     lag_p50_ms: float | None
     lag_p99_ms: float | None
     lag_max_ms: float | None
+    deliveries_per_s: float | None
     delivered: int
     expected: int
     watcher_errors: list[str]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How every phase runs."""
+
+    window: float  # seconds of writes
+    pace: float  # writes per second; 0: as fast as the writer can
+    max_events: int  # the watchers' max_events_per_message
 
 
 def run_phase(
@@ -228,9 +255,9 @@ def run_phase(
     stub: varstore_pb2_grpc.VariableStoreStub,
     address: str,
     pool: ProcessPool,
-    window: float,
+    settings: Settings,
 ) -> Phase:
-    """Warm up, start ``watchers`` watchers, write for ``window`` seconds, collect."""
+    """Warm up, start ``watchers`` watchers, write for the window, collect."""
     session_id = f"watch-{watchers}"
     create_session(stub, session_id, [VARIABLE])
     requests = [
@@ -244,22 +271,27 @@ def run_phase(
         position = stub.SetVariable(requests[i % 16], timeout=CALL_TIMEOUT).header.position
 
     links = pool.links[: min(MAX_PROCESSES, watchers)]
-    deadline = time.monotonic() + READY_TIMEOUT + window + DRAIN_TIMEOUT
+    deadline = time.monotonic() + READY_TIMEOUT + settings.window + DRAIN_TIMEOUT
     for index, link in enumerate(links):
         share = watchers // len(links) + (index < watchers % len(links))
-        link.send(WatchJob(address, session_id, position, share, deadline))
+        link.send(WatchJob(address, session_id, position, share, deadline, settings.max_events))
     receive_all(links, time.monotonic() + READY_TIMEOUT + 5, "a watcher process did not get ready")
 
     latencies: list[int] = []
     errors = 0
     clock = time.perf_counter_ns
+    period = int(1e9 / settings.pace) if settings.pace else 0
+    began_wall = time.time_ns()
     began = clock()
-    until = began + int(window * 1e9)
+    until = began + int(settings.window * 1e9)
     end = began
     last = position
     i = 0
     while end < until:  # bounded: every call has a deadline
         start = clock()
+        if period and start < began + i * period:
+            time.sleep((began + i * period - start) / 1e9)
+            start = clock()
         try:
             last = stub.SetVariable(requests[i % 16], timeout=CALL_TIMEOUT).header.position
         except grpc.RpcError:
@@ -273,6 +305,7 @@ def run_phase(
     received: list[int] = []
     lags = array.array("q")
     problems: list[str] = []
+    last_ns = 0
     for link in links:
         link.send(last)
     report: ProcessReport
@@ -280,6 +313,7 @@ def run_phase(
         received += report.received
         lags.frombytes(report.lags)
         problems += [e for e in report.errors if e]
+        last_ns = max(last_ns, report.last_ns)
     for count in received:
         if count != writes:
             problems.append(f"a watcher received {count} of {writes} events")
@@ -299,15 +333,18 @@ def run_phase(
         lag_p50_ms=ms(lag_p50),
         lag_p99_ms=ms(lag_p99),
         lag_max_ms=ms(max(lags, default=None)),
+        deliveries_per_s=(
+            sum(received) / ((last_ns - began_wall) / 1e9) if last_ns > began_wall else None
+        ),
         delivered=sum(received),
         expected=writes * watchers,
         watcher_errors=problems,
     )
 
 
-def markdown(phases: list[Phase], window: float, info: dict[str, str]) -> str:
+def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> str:
     """The machine, the table and how it was measured."""
-    reference = phases[0].writes_per_s
+    reference = next((p.writes_per_s for p in phases if p.watchers == 0), None)
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
@@ -326,12 +363,13 @@ def markdown(phases: list[Phase], window: float, info: dict[str, str]) -> str:
             (
                 str(p.watchers),
                 f"{p.writes_per_s:,.0f}{errors}",
-                f"{p.writes_per_s / reference:.2f}x",
+                f"{p.writes_per_s / reference:.2f}x" if reference else "-",
                 f"{p.write_p50_ms:.2f}",
                 f"{p.write_p99_ms:.2f}",
                 ms(p.lag_p50_ms),
                 ms(p.lag_p99_ms),
                 ms(p.lag_max_ms),
+                "-" if p.deliveries_per_s is None else f"{p.deliveries_per_s:,.0f}",
                 delivered,
             )
         )
@@ -344,18 +382,21 @@ def markdown(phases: list[Phase], window: float, info: dict[str, str]) -> str:
         "lag p50 ms",
         "lag p99 ms",
         "lag max ms",
+        "deliveries/s",
         "delivered/expected",
     )
-    lines = [machine_line(info), "", markdown_table(header, "rrrrrrrrl", cells)]
+    lines = [machine_line(info), "", markdown_table(header, "rrrrrrrrrl", cells)]
     lines += [
         "",
         (
             f"Measured: per row a fresh session, {WARMUP_WRITES} warm-up writes, then N watchers "
             f"(WatchSession stubs, one thread and channel each, over up to {MAX_PROCESSES} "
-            f"client processes) caught up before one writer thread does sequential SetVariable "
-            f"for {window:g} s; lag = watcher receipt (time.time_ns) - event recorded_at, pooled "
-            f"over all events of all watchers. Server: varstore serve --sync full, own process, "
-            f"127.0.0.1."
+            f"client processes, max_events_per_message {settings.max_events}) caught up before "
+            f"one writer thread does sequential SetVariable for {settings.window:g} s, "
+            + (f"paced at {settings.pace:g}/s" if settings.pace else "as fast as it can")
+            + "; lag = watcher receipt (time.time_ns) - event recorded_at, pooled over all "
+            "events of all watchers; deliveries/s = events received / (last receipt - first "
+            "write). Server: varstore serve --sync full, own process, 127.0.0.1."
         ),
     ]
     for p in phases:
@@ -364,7 +405,7 @@ def markdown(phases: list[Phase], window: float, info: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def run(window: float, as_json: bool) -> int:
+def run(settings: Settings, watcher_counts: Sequence[int], as_json: bool) -> int:
     """Start the server and the watcher processes, run every phase, print the report."""
     info = machine()
     phases: list[Phase] = []
@@ -377,26 +418,48 @@ def run(window: float, as_json: bool) -> int:
         channel = open_channel(server.address)
         try:
             stub = varstore_pb2_grpc.VariableStoreStub(channel)
-            for watchers in WATCHERS:
-                phase = run_phase(watchers, stub, server.address, pool, window)
+            for watchers in watcher_counts:
+                phase = run_phase(watchers, stub, server.address, pool, settings)
                 phases.append(phase)
                 progress(
                     f"{watchers} watchers: {phase.writes_per_s:,.0f} writes/s, "
                     f"lag p99 {phase.lag_p99_ms or 0:.2f} ms, "
+                    f"{phase.deliveries_per_s or 0:,.0f} deliveries/s, "
                     f"{phase.delivered}/{phase.expected} delivered"
                 )
         finally:
             channel.close()
-    document = {"machine": info, "window_s": window, "phases": [asdict(p) for p in phases]}
-    print_report(as_json, document, markdown(phases, window, info))
+    document = {
+        "machine": info,
+        "settings": asdict(settings),
+        "phases": [asdict(p) for p in phases],
+    }
+    print_report(as_json, document, markdown(phases, settings, info))
     failed = any(p.write_errors or p.watcher_errors or p.delivered != p.expected for p in phases)
     return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    args = arguments(__doc__, "0.5 s write windows").parse_args(argv)
-    return run(0.5 if args.quick else 3.0, args.json)
+    parser = arguments(__doc__, "0.5 s write windows")
+    parser.add_argument(
+        "--watchers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=list(WATCHERS),
+        help="comma-separated watcher counts, one row each (default 0,1,10,100)",
+    )
+    parser.add_argument(
+        "--pace", type=float, default=0.0, help="writes per second (default 0: unpaced)"
+    )
+    parser.add_argument(
+        "--max-events",
+        type=int,
+        default=MAX_EVENTS,
+        help=f"the watchers' max_events_per_message (default {MAX_EVENTS}; 1: one a message)",
+    )
+    args = parser.parse_args(argv)
+    settings = Settings(0.5 if args.quick else 3.0, args.pace, args.max_events)
+    return run(settings, args.watchers, args.json)
 
 
 if __name__ == "__main__":

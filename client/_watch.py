@@ -10,6 +10,11 @@ so ``ctx.watch(from_position=stream.position)`` resumes a broken watch without m
 repeating an event. Both watches do that themselves when their server goes away
 (UNAVAILABLE): they open the watch again from there, on whichever server gRPC picks, one
 that has applied the session at least that far and as far as the client has seen.
+
+Both ask the server for up to :data:`MAX_EVENTS_PER_MESSAGE` events a message (a watch
+that is behind then catches up in few messages) and still hand out one item, or apply
+one event, at a time: the position is the last item handed out, wherever it was in its
+message, and a stream breaks only between messages, once all of one was handed out.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from varstore.client._core import ChangeInfo, ContextCore, VariableInfo
 from varstore.client._effects import END, RECEIVE, ChannelClosed, Emit, Flow, Open, Sleep
@@ -29,6 +34,7 @@ from varstore.types import PyValue, SessionNotFound, ValidationError, VarstoreEr
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = [
+    "MAX_EVENTS_PER_MESSAGE",
     "WatchInitial",
     "WatchItem",
     "WatchPosition",
@@ -37,9 +43,13 @@ __all__ = [
     "WatchUpdate",
     "cache_watch",
     "item_from_proto",
+    "items_from_proto",
     "watch_flow",
     "watch_request",
 ]
+
+#: Events a watch lets the server put in one message (the most a server sends).
+MAX_EVENTS_PER_MESSAGE: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +116,20 @@ def watch_request(
         variables=list(variables or ()),
         include_initial=include_initial,
         progress_interval_ms=max(1, round(progress_interval * 1000)) if progress_interval else 0,
+        max_events_per_message=MAX_EVENTS_PER_MESSAGE,
     )
 
 
+def items_from_proto(message: pb.WatchSessionResponse) -> list[WatchItem]:
+    """The items a WatchSessionResponse carries, in order: one, or one per event of an
+    ``events`` message."""
+    if message.WhichOneof("kind") == "events":
+        return [_update(event) for event in message.events.events]
+    return [item_from_proto(message)]
+
+
 def item_from_proto(message: pb.WatchSessionResponse) -> WatchItem:
-    """The item a WatchSessionResponse carries."""
+    """The item a one-item WatchSessionResponse carries (see :func:`items_from_proto`)."""
     kind = message.WhichOneof("kind")
     if kind == "initial":
         return WatchInitial(
@@ -118,33 +137,43 @@ def item_from_proto(message: pb.WatchSessionResponse) -> WatchItem:
             variables=tuple(VariableInfo.from_proto(v) for v in message.initial.variables),
         )
     if kind == "event":
-        event = message.event.event
-        return WatchUpdate(
-            position=event.position,
-            type=event.type,
-            session_id=event.session_id,
-            recorded_at=event.recorded_at.ToDatetime(tzinfo=UTC),
-            source=event.source,
-            metadata=dict(event.metadata),
-            changes=tuple(ChangeInfo.from_proto(c) for c in message.event.changes),
-        )
+        return _update(message.event)
     if kind == "progress":
         return WatchProgress(position=message.progress.position)
     raise VarstoreError(f"the server sent a watch message of unknown kind {kind!r}")
 
 
+def _update(message: pb.WatchEvent) -> WatchUpdate:
+    event = message.event
+    return WatchUpdate(
+        position=event.position,
+        type=event.type,
+        session_id=event.session_id,
+        recorded_at=event.recorded_at.ToDatetime(tzinfo=UTC),
+        source=event.source,
+        metadata=dict(event.metadata),
+        changes=tuple(ChangeInfo.from_proto(c) for c in message.changes),
+    )
+
+
+def _single_messages(message: pb.WatchSessionResponse) -> list[pb.WatchSessionResponse]:
+    """``message`` as one-item messages: one per event of an ``events`` message."""
+    if message.WhichOneof("kind") == "events":
+        return [pb.WatchSessionResponse(event=event) for event in message.events.events]
+    return [message]
+
+
 class WatchPosition:
-    """The last position a watch has seen, and whether it has seen anything yet."""
+    """The last position a watch has handed out, and whether it has handed out anything."""
 
     def __init__(self, start: int) -> None:
         self.position = start
         self.received = False
 
-    def saw(self, message: pb.WatchSessionResponse) -> WatchItem:
-        item = item_from_proto(message)
+    def saw(self, item: WatchItem) -> None:
+        """``item`` is being handed out."""
         self.position = max(self.position, item.position)
         self.received = True
-        return item
 
 
 def watch_flow(
@@ -181,11 +210,14 @@ def watch_flow(
         try:
             yield Open("WatchSession", request, left)
             while (message := (yield RECEIVE)) is not END:
-                item = seen.saw(message)
                 failures = 0
-                if positions is not None:
-                    positions.saw(request.session_id, item.position)
-                yield Emit(item)
+                for item in items_from_proto(message):
+                    yield Emit(item)
+                    # Handed out: a driver moves the flow on as it hands the item over, so
+                    # the position is the last item the reader has, mid-message too.
+                    seen.saw(item)
+                    if positions is not None:
+                        positions.saw(request.session_id, item.position)
         except SessionNotFound:
             if create_session is None or seen.received:
                 raise
@@ -210,16 +242,19 @@ def watch_flow(
 
 
 def cache_watch(core: ContextCore) -> Flow[None]:
-    """A "watch"-mode cache's watch, until stopped: hand every message to the core, and
-    after a failure reconnect with backoff from the last position applied (the core
-    decides everything). A closed channel ends it."""
+    """A "watch"-mode cache's watch, until stopped: hand every event (and progress) to the
+    core, one at a time, and after a failure reconnect with backoff from the last
+    position applied (the core decides everything). A closed channel ends it."""
     failures = 0
     while True:
         error: BaseException | None = None
         try:
-            yield Open("WatchSession", core.watch_request(), None)
+            request = core.watch_request()
+            request.max_events_per_message = MAX_EVENTS_PER_MESSAGE
+            yield Open("WatchSession", request, None)
             while (message := (yield RECEIVE)) is not END:
-                core.apply_watch_message(message)
+                for single in _single_messages(message):
+                    core.apply_watch_message(single)
                 failures = 0
         except ChannelClosed:
             core.watch_lost(None)

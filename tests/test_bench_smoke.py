@@ -66,7 +66,7 @@ CASES = [
     pytest.param(
         "bench_watch.py",
         "| watchers | writes/s | vs 0 | write p50 ms | write p99 ms | lag p50 ms | lag p99 ms "
-        "| lag max ms | delivered/expected |",
+        "| lag max ms | deliveries/s | delivered/expected |",
         ["| 0 |", "| 100 |"],
         4,
         id="watch",

@@ -103,6 +103,7 @@ def test_a_watch_creates_a_session_the_server_does_not_know_once_and_opens_again
     run.send(_progress(4))
 
     assert isinstance(run.effect, Emit) and run.effect.item == WatchProgress(position=4)
+    run.send(None)  # handed out
     assert seen.position == 4
 
 

@@ -20,6 +20,9 @@ from varstore.api.server import RunningServer, start_server
 from varstore.api.store import Store
 from varstore.client import AsyncSessionContext, SessionContext, Unavailable
 from varstore.client._core import ContextCore
+from varstore.client._effects import RECEIVE, Open, Sleep
+from varstore.client._flow import Runner
+from varstore.client._watch import MAX_EVENTS_PER_MESSAGE, cache_watch
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
@@ -164,6 +167,35 @@ async def test_another_writer_is_seen_by_a_cached_reader_and_reads_stay_hits(
     assert reader.get_cache_stats()["misses"] == 2  # only the read after the deletion
 
 
+async def test_a_burst_of_another_writer_reaches_every_cached_entry(
+    opener: Opener, server: RunningServer, stub: pb_grpc.VariableStoreStub
+) -> None:
+    session_id = new_session(stub)
+    reader = opener.open(server.address, session_id, WATCH)
+    names = [f"v{i}" for i in range(5)]
+    for name in names:
+        await settle(reader.register_variable(name, "integer", 0))
+    assert await settle(reader.get_variables(names)) == dict.fromkeys(names, 0)
+    misses = reader.get_cache_stats()["misses"]
+
+    response = stub.SetVariables(  # five events in one commit: they travel together
+        pb.SetVariablesRequest(
+            session_id=session_id,
+            updates={name: pb.Value(integer_value=index + 10) for index, name in enumerate(names)},
+            atomic=False,
+            source="other",
+        )
+    )
+
+    async def all_seen() -> bool:
+        values = await settle(reader.get_variables(names))
+        return bool(values == {name: index + 10 for index, name in enumerate(names)})
+
+    assert await eventually(all_seen)
+    stats = reader.get_cache_stats()
+    assert stats["misses"] == misses and stats["watch_position"] >= response.header.position
+
+
 async def test_in_ttl_mode_a_long_ttl_serves_the_stale_value(
     opener: Opener, server: RunningServer, stub: pb_grpc.VariableStoreStub
 ) -> None:
@@ -295,3 +327,28 @@ def test_core_applies_updates_only_to_what_it_caches_and_never_caches_older_answ
 
     with pytest.raises(ValueError, match="cache_mode"):
         ContextCore("s", {"cache_mode": "push"})
+
+
+def test_the_cache_watch_asks_for_several_events_a_message_and_applies_each() -> None:
+    core = ContextCore("s", {"cache_mode": "watch", "cache_ttl": 1.0}, clock=FakeClock())
+    assert core.watch_due(2) and core.cache is not None
+    core.remember_read(_variable(1, 4, 2), served_at=2)
+    run = Runner(cache_watch(core))
+    assert isinstance(run.effect, Open)
+    assert run.effect.request.max_events_per_message == MAX_EVENTS_PER_MESSAGE
+    assert run.effect.request.from_position == 2
+    run.send(None)
+
+    several = pb.WatchSessionResponse()
+    for update in (_update(3, 2, 5, "updated"), _update(4, 3, 6, "updated")):
+        several.events.events.append(update.event)
+    several.events.events.append(_update(5, 4, 7, "updated").event)
+    run.send(several)
+
+    assert run.effect is RECEIVE
+    assert core.cached("x", False) == (True, 7)
+    assert core.stats()["watch_position"] == 5
+    run.fail(Unavailable("down"))  # resumes after the last event applied
+    assert isinstance(run.effect, Sleep)
+    run.send(None)
+    assert isinstance(run.effect, Open) and run.effect.request.from_position == 5

@@ -263,3 +263,50 @@ def test_send_moves_the_cursor_past_left_out_positions_without_a_slot(store: Sto
     assert (watcher.cursor, watcher.sent) == (2, 2)
     busy.close()
     fanout.close()
+
+
+def test_ready_gives_only_live_events_the_ring_holds_now(store: Store) -> None:
+    create_with(store, "s", variables=1)
+    write(store, "s", 3)  # the log stands at 5 when the watcher starts
+    fanout = FanOut(store, buffer_size=4)
+    watcher = fanout.register("s", never_cancelled)
+    assert fanout.start(watcher) == 5
+    assert fanout.ready(watcher, 1, 10) == []  # the catch-up is the recorder's: not here
+    write(store, "s", 3)  # 6, 7, 8
+    assert [e.position for e in fanout.ready(watcher, 6, 10)] == [6, 7, 8]
+    assert [e.position for e in fanout.ready(watcher, 7, 1)] == [7]
+    assert fanout.ready(watcher, 9, 10) == []  # nothing yet, and no waiting
+    write(store, "s", 4)  # 9..12: 6, 7 and 8 have left the ring
+    assert fanout.ready(watcher, 6, 10) == []  # the next take says the watcher fell behind
+    fanout.close()
+    assert fanout.ready(watcher, 9, 10) == []
+
+
+def test_send_takes_its_slot_at_the_first_message_and_holds_it_to_the_end(store: Store) -> None:
+    fanout = FanOut(store, send_slots=1)
+    create_with(store, "s")
+    watcher = fanout.register("s", never_cancelled)
+    other = fanout.register("s", never_cancelled)
+    found_more: list[int] = []
+
+    def outgoing() -> Iterator[tuple[int, str | None]]:
+        yield 1, None  # left out: no slot needed yet
+        yield 2, "two"
+        found_more.append(3)  # found while holding the slot (what `ready` is for)
+        yield 3, "three"
+
+    stream = fanout.send(watcher, outgoing())
+    assert next(stream) == "two"
+    assert (watcher.cursor, watcher.sent) == (2, 1)
+    busy = fanout.send(other, [(1, "busy")])
+    waiting = threading.Thread(target=lambda: next(busy))
+    waiting.start()  # waits: the only slot is held across the whole send
+    assert next(stream) == "three" and found_more == [3]
+    time.sleep(0.05)
+    assert waiting.is_alive()
+    assert list(stream) == []
+    assert (watcher.cursor, watcher.sent) == (3, 3)
+    waiting.join(timeout=5)  # released at the end
+    assert not waiting.is_alive()
+    busy.close()
+    fanout.close()

@@ -1,6 +1,8 @@
 """WatchSession: initial state, every event after a position exactly once and in order
-(with new and previous values), filters, progress, reconnection, slow watchers, limits,
-shutdown, and the client's sync and asyncio iterators; against real in-process servers."""
+(with new and previous values), several events a message (max_events_per_message), filters,
+progress, reconnection, slow watchers, limits, shutdown, and the client's sync and asyncio
+iterators; against real in-process servers (streams of messages, and of the cached bytes
+that encoded_watches() passes through)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,19 +22,25 @@ from hypothesis import strategies as st
 from servers import stub_for
 
 from varstore.api import commands
+from varstore.api.interceptors import ErrorInterceptor
 from varstore.api.server import RunningServer, start_server
+from varstore.api.service import VariableStoreService
 from varstore.api.store import Store
-from varstore.api.watch import WatchHub
+from varstore.api.watch import MAX_EVENTS_PER_MESSAGE, WatchHub, encoded_watches
 from varstore.client import (
     LimitExceeded,
     OutOfRange,
     SessionNotFound,
+    Unavailable,
     WatchInitial,
     WatchProgress,
     WatchUpdate,
     aconnect,
     connect,
 )
+from varstore.client._effects import RECEIVE, Emit, Open, Sleep
+from varstore.client._flow import Retry, Runner
+from varstore.client._watch import WatchPosition, watch_flow, watch_request
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.types import from_proto
 from varstore.v1 import varstore_pb2 as pb
@@ -89,7 +98,19 @@ def until_caught_up(
 
 
 def positions(messages: Sequence[Response]) -> list[int]:
-    return [m.event.event.position for m in messages if m.HasField("event")]
+    return [event.event.position for event in watch_events(messages)]
+
+
+def watch_events(messages: Sequence[Response]) -> list[pb.WatchEvent]:
+    """The events of ``messages``, in order: one of an ``event`` message, every one of an
+    ``events`` message."""
+    found: list[pb.WatchEvent] = []
+    for message in messages:
+        if message.HasField("event"):
+            found.append(message.event)
+        elif message.HasField("events"):
+            found.extend(message.events.events)
+    return found
 
 
 def changes_of(message: Response) -> list[tuple[str, str, Any, Any, int]]:
@@ -123,6 +144,49 @@ def server_with(hub_factory: Callable[[Store], WatchHub]) -> Iterator[RunningSer
         yield running
     finally:
         running.stop(grace=1.0)
+
+
+@contextmanager
+def encoded_server() -> Iterator[str]:
+    """A server in this process whose WatchSession goes through ``encoded_watches()``, so
+    its streams send the cached encodings as they are (the service and the error mapping
+    as ``start_server`` has them); its address."""
+    store = Store(MemoryRecorder())
+    hub = WatchHub(store)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8 + hub.max_watchers),
+        interceptors=[ErrorInterceptor(), encoded_watches()],
+    )
+    pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        hub.close()
+        server.stop(1.0).wait()
+        store.close()
+
+
+@pytest.fixture(scope="module", params=["messages", "bytes"])
+def either_address(request: pytest.FixtureRequest, server: RunningServer) -> Iterator[str]:
+    """The shared server (streams of messages), or one whose streams send bytes
+    (``encoded_watches()``)."""
+    if request.param == "messages":
+        yield server.address
+        return
+    with encoded_server() as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def either_stub(either_address: str, server: RunningServer, stub: Stub) -> Iterator[Stub]:
+    """A stub on :func:`either_address`."""
+    if either_address == server.address:
+        yield stub
+        return
+    with stub_for(either_address) as made:
+        yield made
 
 
 class FakeContext:
@@ -265,6 +329,152 @@ def test_a_non_atomic_batch_is_one_event_per_change(stub: Stub) -> None:
     assert all(len(m.event.changes) == 1 for m in messages)
 
 
+# -- several events a message --------------------------------------------------------------------
+
+
+#: A set, an atomic batch or a non-atomic batch (of the variable and one other).
+_operation = st.tuples(
+    st.sampled_from(["set", "batch", "nonatomic"]), st.sampled_from("abc"), st.integers(-5, 5)
+)
+_operations = st.lists(_operation, max_size=15)
+
+
+def write_operations(stub: Stub, sid: str, operations: Sequence[tuple[str, str, int]]) -> None:
+    """Sets, atomic batches and non-atomic batches of a, b, c (the second of b or c)."""
+    for kind, name, value in operations:
+        if kind == "set":
+            set_value(stub, sid, name, value)
+        else:
+            other = "b" if name != "b" else "c"
+            stub.SetVariables(
+                pb.SetVariablesRequest(
+                    session_id=sid,
+                    updates={name: integer(value), other: integer(-value)},
+                    atomic=kind == "batch",
+                )
+            )
+
+
+_MAX_EVENTS = st.sampled_from([0, 1, 2, 5, MAX_EVENTS_PER_MESSAGE, 100_000])
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(operations=st.lists(_operation, max_size=40), data=st.data())
+def test_several_events_a_message_carry_each_event_once_whole_in_order(
+    either_stub: Stub, operations: list[tuple[str, str, int]], data: st.DataObject
+) -> None:
+    stub = either_stub
+    sid = new_session(stub, "a", "b", "c")
+    write_operations(stub, sid, operations)
+    end = stub.GetSession(pb.GetSessionRequest(session_id=sid)).session.position
+    start = data.draw(st.integers(0, end), label="from_position")
+    most = data.draw(_MAX_EVENTS, label="max_events_per_message")
+    request = pb.WatchSessionRequest(session_id=sid, from_position=start)
+    one_each, caught_up = until_caught_up(stub, request)
+    request.max_events_per_message = most
+    messages, batched_up_to = until_caught_up(stub, request)
+
+    assert caught_up == batched_up_to == end
+    # The same events, each whole (a batch is one event with all its changes), in order.
+    assert watch_events(messages) == watch_events(one_each)
+    assert positions(messages) == list(range(start + 1, end + 1))
+    sizes = [len(m.events.events) if m.HasField("events") else 1 for m in messages]
+    assert all(m.HasField("event") or m.HasField("events") for m in messages)
+    if most <= 1:
+        assert all(m.HasField("event") for m in messages)  # as before the field existed
+    else:
+        assert all(len(m.events.events) >= 2 for m in messages if m.HasField("events"))
+        assert max(sizes, default=1) <= min(most, MAX_EVENTS_PER_MESSAGE)
+    if most > 1 and end - start >= 2:
+        assert len(messages) < end - start  # a catch-up does come several a message
+
+    # Resuming from any event's position, wherever it was in its message, repeats nothing.
+    cut = data.draw(st.integers(start, end), label="reconnect_from")
+    rest, _ = until_caught_up(
+        stub, pb.WatchSessionRequest(session_id=sid, from_position=cut, max_events_per_message=most)
+    )
+    assert positions(rest) == list(range(cut + 1, end + 1))
+
+
+@pytest.mark.parametrize(
+    ("most", "sizes"), [(0, [1] * 10), (1, [1] * 10), (3, [3, 3, 3, 1]), (256, [10])]
+)
+def test_a_burst_written_at_once_comes_in_as_few_messages_as_allowed(
+    either_stub: Stub, most: int, sizes: list[int]
+) -> None:
+    stub = either_stub
+    names = [f"v{i}" for i in range(10)]
+    sid = new_session(stub, *names)  # 1..11
+    call = stub.WatchSession(
+        pb.WatchSessionRequest(session_id=sid, from_position=11, max_events_per_message=most),
+        timeout=20,
+    )
+    received: list[Response] = []
+    try:
+        for message in call:
+            if message.HasField("progress") and not received:
+                stub.SetVariables(  # ten events in one commit
+                    pb.SetVariablesRequest(
+                        session_id=sid,
+                        updates={name: integer(7) for name in names},
+                        atomic=False,
+                    )
+                )
+            elif not message.HasField("progress"):
+                received.append(message)
+                if positions(received)[-1] == 21:
+                    break
+    finally:
+        call.cancel()
+    assert positions(received) == list(range(12, 22))
+    assert [len(watch_events([m])) for m in received] == sizes
+    assert [m.WhichOneof("kind") for m in received] == [
+        "event" if size == 1 else "events" for size in sizes
+    ]
+
+
+def test_a_filtered_watch_packs_only_the_events_it_keeps(either_stub: Stub) -> None:
+    stub = either_stub
+    sid = new_session(stub, "a", "b")  # 1..3
+    for value in range(1, 31):  # 4..33: a, b, a, b...
+        set_value(stub, sid, "a" if value % 2 else "b", value)
+    request = pb.WatchSessionRequest(
+        session_id=sid, variables=["a"], max_events_per_message=MAX_EVENTS_PER_MESSAGE
+    )
+    messages, caught_up = until_caught_up(stub, request)
+    request.max_events_per_message = 0
+    one_each, _ = until_caught_up(stub, request)
+
+    assert [m.WhichOneof("kind") for m in messages] == ["events"]
+    assert watch_events(messages) == watch_events(one_each)
+    assert positions(messages) == [1, 2, *range(4, 34, 2)]
+    assert caught_up == 33  # the progress covers b's events, left out
+
+
+def test_progress_is_unchanged_with_several_events_a_message(either_stub: Stub) -> None:
+    stub = either_stub
+    sid = new_session(stub, "a")  # 1, 2
+    call = stub.WatchSession(
+        pb.WatchSessionRequest(session_id=sid, progress_interval_ms=30, max_events_per_message=64),
+        timeout=20,
+    )
+    kinds: list[str] = []
+    try:
+        for message in call:
+            kinds.append(message.WhichOneof("kind") or "")
+            if message.HasField("progress"):
+                assert message.progress.position == 2
+                if kinds.count("progress") == 3:
+                    break
+    finally:
+        call.cancel()
+    assert kinds == ["events", "progress", "progress", "progress"]
+
+
 # -- filters -----------------------------------------------------------------------------------
 
 
@@ -333,17 +543,6 @@ def test_a_filter_by_id_keeps_that_variable_only(stub: Stub) -> None:
 # -- reconnection: every position exactly once ---------------------------------------------------
 
 
-_operations = st.lists(
-    st.one_of(
-        st.tuples(st.just("set"), st.sampled_from("abc"), st.integers(-5, 5)),
-        st.tuples(st.just("batch"), st.sampled_from("abc"), st.integers(-5, 5)),
-        st.tuples(st.just("nonatomic"), st.sampled_from("abc"), st.integers(-5, 5)),
-    ),
-    min_size=0,
-    max_size=15,
-)
-
-
 @settings(
     max_examples=25,
     deadline=None,
@@ -354,18 +553,7 @@ def test_a_watch_from_any_position_receives_exactly_the_events_after_it(
     stub: Stub, operations: list[tuple[str, str, int]], data: st.DataObject
 ) -> None:
     sid = new_session(stub, "a", "b", "c")
-    for kind, name, value in operations:
-        if kind == "set":
-            set_value(stub, sid, name, value)
-        else:
-            other = "b" if name != "b" else "c"
-            stub.SetVariables(
-                pb.SetVariablesRequest(
-                    session_id=sid,
-                    updates={name: integer(value), other: integer(-value)},
-                    atomic=kind == "batch",
-                )
-            )
+    write_operations(stub, sid, operations)
     end = stub.GetSession(pb.GetSessionRequest(session_id=sid)).session.position
     start = data.draw(st.integers(0, end), label="from_position")
 
@@ -385,7 +573,11 @@ def test_a_watch_from_any_position_receives_exactly_the_events_after_it(
     assert positions(rest) == list(range(cut + 1, end + 1))
 
 
-def test_reconnecting_while_writers_write_misses_and_repeats_nothing(stub: Stub) -> None:
+@pytest.mark.parametrize("most", [0, MAX_EVENTS_PER_MESSAGE])
+def test_reconnecting_while_writers_write_misses_and_repeats_nothing(
+    either_stub: Stub, most: int
+) -> None:
+    stub = either_stub
     sid = new_session(stub, "x", "y")
     total = 300
     done = threading.Event()
@@ -412,12 +604,15 @@ def test_reconnecting_while_writers_write_misses_and_repeats_nothing(stub: Stub)
     try:
         while last < end:  # read a few events, drop the stream, resume from the last seen
             call = stub.WatchSession(
-                pb.WatchSessionRequest(session_id=sid, from_position=last), timeout=30
+                pb.WatchSessionRequest(
+                    session_id=sid, from_position=last, max_events_per_message=most
+                ),
+                timeout=30,
             )
             for count, message in enumerate(call):
-                if message.HasField("event"):
-                    seen.append(message.event.event.position)
-                    last = message.event.event.position
+                for event in watch_events([message]):
+                    seen.append(event.event.position)
+                    last = event.event.position
                 if count >= 17 or last >= end:
                     break
             call.cancel()
@@ -469,6 +664,7 @@ def test_a_from_position_beyond_the_log_is_out_of_range(stub: Stub) -> None:
         ({"session_id": "never_created"}, grpc.StatusCode.NOT_FOUND),
         ({"from_position": -1}, grpc.StatusCode.INVALID_ARGUMENT),
         ({"progress_interval_ms": -5}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"max_events_per_message": -1}, grpc.StatusCode.INVALID_ARGUMENT),
         ({"variables": [f"v{i}" for i in range(1001)]}, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ],
 )
@@ -795,3 +991,75 @@ async def test_the_async_client_iterates_a_watch(server: RunningServer) -> None:
         with pytest.raises(OutOfRange):
             async with ctx.watch(from_position=50) as failing:
                 await failing.__anext__()
+
+
+def test_the_client_hands_out_one_item_per_event_and_resumes_mid_message(
+    either_address: str, either_stub: Stub
+) -> None:
+    with connect(either_address) as client:
+        ctx = client.session(f"client_watch_{next(_names)}")
+        ctx.register_variable("n", "integer", 0)  # creates the session: 1, 2
+        for value in range(1, 399):  # 3..400
+            set_value(either_stub, ctx.session_id, "n", value)
+
+        # The catch-up comes 256 events a message: stop in the middle of the first.
+        with ctx.watch(progress_interval=30) as stream:
+            items = [next(stream) for _ in range(200)]
+        assert all(isinstance(item, WatchUpdate) for item in items)
+        assert [item.position for item in items] == list(range(1, 201))
+        assert stream.position == 200
+
+        with ctx.watch(from_position=stream.position, progress_interval=30) as resumed:
+            rest = list(itertools.takewhile(lambda i: not isinstance(i, WatchProgress), resumed))
+        assert [item.position for item in rest] == list(range(201, 401))
+        last = rest[-1]
+        assert isinstance(last, WatchUpdate) and last.changes[0].value == 398
+
+
+async def test_the_async_client_hands_out_one_item_per_event(either_address: str) -> None:
+    async with aconnect(either_address) as client:
+        ctx = client.session(f"client_watch_{next(_names)}")
+        await ctx.register_variable("n", "integer", 0)  # 1, 2
+        for value in range(1, 40):  # 3..41
+            await ctx.set_variable("n", value)
+        seen: list[int] = []
+        async with ctx.watch(from_position=1, progress_interval=30) as stream:
+            async for item in stream:
+                assert isinstance(item, WatchUpdate)
+                seen.append(item.position)
+                if item.position == 20:
+                    break
+        assert seen == list(range(2, 21))
+        assert stream.position == 20
+
+
+def _events_message(*positions: int) -> pb.WatchSessionResponse:
+    message = pb.WatchSessionResponse()
+    for position in positions:
+        event = message.events.events.add()
+        event.event.position = position
+        event.event.type = "VariableUpdated"
+    return message
+
+
+def test_the_watch_flow_asks_for_several_events_a_message_and_hands_them_out_one_by_one() -> None:
+    request = watch_request("s", 2, None, False, None)
+    assert request.max_events_per_message == MAX_EVENTS_PER_MESSAGE
+    seen = WatchPosition(2)
+    run = Runner(watch_flow(request, None, seen, None, Retry().with_deadline(10), draw=lambda: 0.5))
+    assert isinstance(run.effect, Open)
+    run.send(None)
+    assert run.effect is RECEIVE
+    run.send(_events_message(3, 4, 5))
+    for position in (3, 4, 5):
+        assert isinstance(run.effect, Emit) and run.effect.item.position == position
+        assert seen.position == position - 1  # not handed out yet
+        run.send(None)
+        assert seen.position == position  # what a reader that stops here resumes from
+    assert run.effect is RECEIVE  # a stream breaks only between messages
+
+    run.fail(Unavailable("Socket closed"))
+    assert isinstance(run.effect, Sleep)
+    run.send(None)
+    assert isinstance(run.effect, Open) and run.effect.request is request
+    assert (request.from_position, request.max_events_per_message) == (5, 256)

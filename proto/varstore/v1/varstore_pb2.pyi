@@ -2232,6 +2232,7 @@ class WatchSessionRequest(_message.Message):
     INCLUDE_INITIAL_FIELD_NUMBER: _builtins.int
     PROGRESS_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     MIN_POSITION_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Session id."""
     from_position: _builtins.int
@@ -2246,6 +2247,18 @@ class WatchSessionRequest(_message.Message):
     last write's header). A server behind waits for its tail (5 s at most, and never past
     the call's deadline), then answers UNAVAILABLE saying how far behind it is.
     """
+    max_events_per_message: _builtins.int
+    """Most events one message may carry. 0 or 1: every event comes in its own `event`
+    message, as before this field existed. Above 1: when several events are ready at once
+    (the watch is catching up, or a burst was written), the server may send up to this
+    many of them in one `events` message, in position order with none skipped (but those
+    the `variables` filter leaves out); a lone event still comes as `event`. Either way
+    every event is sent exactly once and whole (a batch is one event, never split), and
+    progress messages and resuming from a position are unchanged: resume from the
+    position of the last event you handled, wherever it was in its message. The server
+    serves at most 256 a message (a larger value is served as 256); negative is
+    INVALID_ARGUMENT.
+    """
     @_builtins.property
     def variables(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only changes to these variables (ids or names); empty for every variable."""
@@ -2259,10 +2272,11 @@ class WatchSessionRequest(_message.Message):
         include_initial: _builtins.bool = ...,
         progress_interval_ms: _builtins.int = ...,
         min_position: _builtins.int = ...,
+        max_events_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_position", b"from_position", "include_initial", b"include_initial", "min_position", b"min_position", "progress_interval_ms", b"progress_interval_ms", "session_id", b"session_id", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_position", b"from_position", "include_initial", b"include_initial", "max_events_per_message", b"max_events_per_message", "min_position", b"min_position", "progress_interval_ms", b"progress_interval_ms", "session_id", b"session_id", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2327,6 +2341,32 @@ class WatchEvent(_message.Message):
 Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015
 
 @_typing.final
+class WatchEvents(_message.Message):
+    """WatchEvents is several events of the session's log, each whole, in position order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchEvent]:
+        """The events: consecutive positions (unless the watch's `variables` filter left some
+        out), at least two of them.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___WatchEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEvents: _TypeAlias = WatchEvents  # noqa: Y015
+
+@_typing.final
 class WatchProgress(_message.Message):
     """WatchProgress says the watch has caught up to a position."""
 
@@ -2357,6 +2397,7 @@ class WatchSessionResponse(_message.Message):
     INITIAL_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def initial(self) -> Global___WatchInitial:
         """The state at from_position (first, when asked for)."""
@@ -2369,18 +2410,25 @@ class WatchSessionResponse(_message.Message):
     def progress(self) -> Global___WatchProgress:
         """Caught up; nothing new since."""
 
+    @_builtins.property
+    def events(self) -> Global___WatchEvents:
+        """Several events in order, each whole (only when the request's
+        max_events_per_message is above 1).
+        """
+
     def __init__(
         self,
         *,
         initial: Global___WatchInitial | None = ...,
         event: Global___WatchEvent | None = ...,
         progress: Global___WatchProgress | None = ...,
+        events: Global___WatchEvents | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "initial", b"initial", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "initial", b"initial", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "initial", b"initial", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "initial", b"initial", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["initial", "event", "progress"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["initial", "event", "progress", "events"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
