@@ -32,7 +32,7 @@ from varstore.api.metrics import Metrics
 from varstore.api.ratelimit import RateLimitInterceptor, caller_identity
 from varstore.api.service import VariableStoreService
 from varstore.api.store import Store
-from varstore.api.watch import WatchHub
+from varstore.api.watch import WatchHub, encoded_watches
 from varstore.eventstore import Recorder
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.v1 import varstore_pb2 as pb
@@ -166,6 +166,7 @@ def start_server(
         RequestLogInterceptor(request_log_level),
         AuthInterceptor(security.tokens(), lambda sid: _creation_of(store, sid)),
         RateLimitInterceptor(limits.max_requests_per_second, identity=_rate_identity),
+        encoded_watches(),  # WatchSession streams send their cached encodings as they are
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(
