@@ -38,11 +38,11 @@ from datetime import UTC, datetime, timedelta
 from varstore.api.idempotency import REQUEST_TTL, RequestIndex, RequestKey, RequestRecord
 from varstore.eventstore import EventReader, RecordedEvent
 from varstore.projections import (
+    Fold,
     ProjectionError,
     SessionHistory,
     SessionIndex,
     SessionState,
-    apply_event,
     replay,
 )
 from varstore.types import OutOfRange, SessionNotFound
@@ -114,11 +114,19 @@ class Projector:
 
     def _load(self, after: int, sessions: dict[str, SessionState]) -> None:
         last = after
+        # A fold per session, held open to the end (see Fold: a long fold costs less so).
+        folds: dict[str, Fold] = {}
         for event in self._reader.read_all(after):
-            state = sessions.get(event.session_id)
-            if state is None or event.position > state.position:
-                sessions[event.session_id] = apply_event(state, event)
+            fold = folds.get(event.session_id)
+            if fold is None:
+                fold = folds[event.session_id] = Fold(sessions.get(event.session_id))
+            if event.position > fold.position:
+                fold.apply(event)
             last = event.global_position
+        for sid, fold in folds.items():
+            state = fold.state()
+            if state is not None:
+                sessions[sid] = state
         with self._publish:
             self._sessions = sessions
             self._global = last
@@ -361,8 +369,12 @@ class Projector:
 def _fold_into(
     index: SessionIndex, state: SessionState | None, events: Sequence[RecordedEvent]
 ) -> SessionState | None:
+    fold = Fold(state)
     for event in events:
-        state = apply_event(state, event)
+        fold.apply(event)
         index.apply(event)
-        index.offer_snapshot(state, copy=True)
-    return state
+        if index.snapshot_due(event.position):
+            folded = fold.state()
+            assert folded is not None  # an event was folded in
+            index.offer_snapshot(folded, copy=True)
+    return fold.state()

@@ -71,10 +71,10 @@ from varstore.eventstore import (
 from varstore.projections import (
     Checkpoint,
     CheckpointRejected,
+    Fold,
     LogMark,
     SessionHistory,
     SessionState,
-    apply_event,
     open_checkpoint,
     seal_checkpoint,
 )
@@ -822,9 +822,10 @@ def _fold(
     state: SessionState | None, sid: str, base: int, events: Sequence[NewEvent]
 ) -> SessionState | None:
     # global_position 0 is provisional: the projection never reads global positions.
+    fold = Fold(state)
     for offset, event in enumerate(events, start=1):
-        state = apply_event(state, RecordedEvent.of(event, sid, base + offset, 0))
-    return state
+        fold.apply(RecordedEvent.of(event, sid, base + offset, 0))
+    return fold.state()
 
 
 def _same_event(new: NewEvent, recorded: RecordedEvent) -> bool:

@@ -1,6 +1,6 @@
 """Pure folds from a session's events to its current state."""
 
-from varstore.projections.fold import ProjectionError, apply_event, replay
+from varstore.projections.fold import Fold, ProjectionError, apply_event, replay
 from varstore.projections.history import Change, SessionHistory
 from varstore.projections.index import SessionIndex
 from varstore.projections.snapshot import (
@@ -16,6 +16,7 @@ __all__ = [
     "Change",
     "Checkpoint",
     "CheckpointRejected",
+    "Fold",
     "LogMark",
     "ProjectionError",
     "SessionHistory",

@@ -41,10 +41,15 @@ class SessionIndex:
         self.position = event.position
         return True
 
-    def offer_snapshot(self, state: SessionState, copy: bool) -> None:
-        """Keep ``state`` as a snapshot if the last one is ``snapshot_every`` events old."""
+    def snapshot_due(self, position: int) -> bool:
+        """Whether a state at ``position`` would be kept: the last snapshot is
+        ``snapshot_every`` events older."""
         last = self.snapshots.keys()[-1] if self.snapshots else 0
-        if state.position - last >= self.snapshot_every:
+        return position - last >= self.snapshot_every
+
+    def offer_snapshot(self, state: SessionState, copy: bool) -> None:
+        """Keep ``state`` (or, with ``copy``, a copy: O(1)) as a snapshot if one is due."""
+        if self.snapshot_due(state.position):
             self.snapshots[state.position] = state.copy() if copy else state
 
     def position_at(self, moment: datetime) -> int:

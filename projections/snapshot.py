@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from immutables import Map
+
 from varstore.eventstore import RecordedEvent
 from varstore.projections.state import SessionState, VariableState
 from varstore.types import Constraints
@@ -165,23 +167,7 @@ def _variable(variable: VariableState) -> dict[str, Any]:
 
 
 def _state(raw: dict[str, Any]) -> SessionState:
-    variables = {
-        v["id"]: VariableState(
-            id=v["id"],
-            name=v["name"],
-            type=v["type"],
-            value=v["value"],
-            constraints=Constraints.trusted(v["constraints"]),
-            metadata=v["metadata"],
-            source=v["source"],
-            version=v["version"],
-            created_at=datetime.fromisoformat(v["created_at"]),
-            updated_at=datetime.fromisoformat(v["updated_at"]),
-            position=v["position"],
-            created_position=v["created_position"],
-        )
-        for v in raw["variables"]
-    }
+    variables = Map((v["id"], _variable_state(v)) for v in raw["variables"])
     return SessionState(
         session_id=raw["session_id"],
         metadata=raw["metadata"],
@@ -190,7 +176,24 @@ def _state(raw: dict[str, Any]) -> SessionState:
         updated_at=datetime.fromisoformat(raw["updated_at"]),
         position=raw["position"],
         variables=variables,
-        names={v.name: v.id for v in variables.values()},
+        names=Map((v.name, v.id) for v in variables.values()),
         deleted=raw["deleted"],
         created_position=raw["created_position"],
+    )
+
+
+def _variable_state(v: dict[str, Any]) -> VariableState:
+    return VariableState(
+        id=v["id"],
+        name=v["name"],
+        type=v["type"],
+        value=v["value"],
+        constraints=Constraints.trusted(v["constraints"]),
+        metadata=v["metadata"],
+        source=v["source"],
+        version=v["version"],
+        created_at=datetime.fromisoformat(v["created_at"]),
+        updated_at=datetime.fromisoformat(v["updated_at"]),
+        position=v["position"],
+        created_position=v["created_position"],
     )

@@ -1,10 +1,17 @@
-"""The state a session's log folds into: its variables, their name index and positions."""
+"""The state a session's log folds into: its variables, their name index and positions.
+
+The variables and the name index are persistent maps (``immutables.Map``, a hash array
+mapped trie): a change makes a new map sharing all but O(log n) of the old one's nodes, so
+:meth:`SessionState.copy`, which every write group and every apply makes, costs the same in
+a session of 10 variables as in one of 10,000."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
+
+from immutables import Map
 
 from varstore.types import Constraints, PyValue
 
@@ -75,10 +82,10 @@ class SessionState:
     updated_at: datetime
     #: Position of the last event folded in.
     position: int
-    #: Live variables by id.
-    variables: dict[str, VariableState] = field(default_factory=dict)
-    #: Live variable ids by name.
-    names: dict[str, str] = field(default_factory=dict)
+    #: Live variables by id (persistent: the fold replaces the map, never changes it).
+    variables: Map[str, VariableState] = field(default_factory=Map)
+    #: Live variable ids by name (persistent, like ``variables``).
+    names: Map[str, str] = field(default_factory=Map)
     #: True once a SessionDeleted event was folded in (until a new SessionCreated).
     deleted: bool = False
     #: Position of the SessionCreated event that began this life of the session (a session
@@ -86,17 +93,31 @@ class SessionState:
     created_position: int = 0
 
     def copy(self) -> SessionState:
-        """A copy whose dicts can change without touching this one (values are shared)."""
-        return replace(self, variables=dict(self.variables), names=dict(self.names))
+        """A copy the fold can change without touching this one. O(1): the maps are
+        persistent, so the copy shares them until the fold replaces them."""
+        # Built directly rather than with dataclasses.replace: it runs on every write.
+        return SessionState(
+            self.session_id,
+            self.metadata,
+            self.ttl_seconds,
+            self.created_at,
+            self.updated_at,
+            self.position,
+            self.variables,
+            self.names,
+            self.deleted,
+            self.created_position,
+        )
 
     def find(self, identifier: str) -> VariableState | None:
         """The live variable with this id, else with this name, else None."""
-        found = self.variables.get(identifier)
-        if found is None:
-            variable_id = self.names.get(identifier)
-            if variable_id is not None:
-                found = self.variables[variable_id]
-        return found
+        # `in` then `[]`: Map.get costs about twice as much as either.
+        variables, names = self.variables, self.names
+        if identifier in variables:
+            return variables[identifier]
+        if identifier in names:
+            return variables[names[identifier]]
+        return None
 
     def by_name(self) -> list[VariableState]:
         """Live variables ordered by name."""

@@ -87,6 +87,14 @@ CASES = [
         2,
         id="cluster",
     ),
+    pytest.param(
+        "bench_sizes.py",
+        "| variables | write p50 µs | write p99 µs | write vs 10 | read p50 µs | read p99 µs "
+        "| read vs 10 | server CPU µs/write | server CPU µs/read |",
+        ["| 10 |", "| 10,000 |", "SetVariable p50 in a 10,000-variable session"],
+        3,
+        id="sizes",
+    ),
 ]
 
 
