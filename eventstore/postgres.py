@@ -2,10 +2,10 @@
 
 Tables live in one schema (``varstore`` by default): ``events`` (the log; one row per event,
 ``UNIQUE (session_id, position)``), ``session_heads`` (each session's last position),
-``log_head`` (one row: the last global position), ``checkpoints``, ``touches`` and
-``schema_version``. The server creates and migrates them at start-up (ordered migrations,
-under an advisory lock so two servers starting at once do not race) and refuses a schema newer
-than it knows.
+``log_head`` (one row: the last global position), ``requests``, ``checkpoints``, ``touches``
+and ``schema_version``, with the ``varstore_append`` function. The server creates and migrates
+them at start-up (ordered migrations, under an advisory lock so two servers starting at once
+do not race) and refuses a schema newer than it knows.
 
 **A global order tailers can never skip.** A sequence taken at insert time would let a reader
 pass a row that commits later with a smaller number (the trap the eventsourcing library's
@@ -19,6 +19,11 @@ global positions are gap-free and become visible in order. The unique key on
 cannot both win. A request id is claimed once across all servers (the ``requests`` table,
 in the same transaction): an append carrying an id another server recorded within the
 request TTL is refused as a conflict, so the store reads the log and answers it as a retry.
+
+**One round trip per group commit.** The whole transaction is one call of the
+``varstore_append`` function (:mod:`varstore.eventstore.postgres_schema`, which the
+migrations create), sent with autocommit on: the statement is its own transaction, and any
+failure rolls all of it back.
 
 One writer connection per recorder runs each :meth:`append_many` as one transaction (the
 store's group commit); reads take connections from a small pool. A broken connection is
@@ -34,7 +39,6 @@ import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
@@ -45,17 +49,21 @@ from psycopg_pool import ConnectionPool
 
 from varstore.eventstore.events import RecordedEvent
 from varstore.eventstore.postgres_cluster import PostgresNotices, PostgresRoles, channel_of
+from varstore.eventstore.postgres_schema import (
+    APPEND,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    append_arguments,
+    append_results,
+)
 from varstore.eventstore.recorder import (
     Append,
     AppendResult,
-    Conflict,
     LogNotices,
-    Recorded,
     Recorder,
     RecorderError,
 )
 from varstore.eventstore.rows import (
-    Fields,
     by_global_position,
     by_time_then_global_position,
     clamp,
@@ -73,49 +81,6 @@ _COLUMNS: Final = (
     "global_position, session_id, position, type, schema_version, recorded_at_us, source,"
     " metadata, payload, request_id, request_digest"
 )
-#: Ordered migrations: the schema version each leaves behind is its index + 1.
-_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        """CREATE TABLE events (
-            global_position BIGINT PRIMARY KEY,
-            session_id      TEXT    NOT NULL,
-            position        BIGINT  NOT NULL,
-            type            TEXT    NOT NULL,
-            schema_version  BIGINT  NOT NULL,
-            recorded_at_us  BIGINT  NOT NULL,
-            source          TEXT    NOT NULL,
-            metadata        TEXT    NOT NULL,
-            payload         TEXT    NOT NULL,
-            UNIQUE (session_id, position)
-        )""",
-        "CREATE TABLE session_heads (session_id TEXT PRIMARY KEY, position BIGINT NOT NULL)",
-        """CREATE TABLE log_head (
-            id INTEGER PRIMARY KEY CHECK (id = 1), global_position BIGINT NOT NULL
-        )""",
-        "INSERT INTO log_head (id, global_position) VALUES (1, 0)",
-        """CREATE TABLE checkpoints (
-            id INTEGER PRIMARY KEY CHECK (id = 1), global_position BIGINT NOT NULL,
-            data BYTEA NOT NULL
-        )""",
-        "CREATE TABLE touches (session_id TEXT PRIMARY KEY, touched_at_us BIGINT NOT NULL)",
-    ),
-    (  # 2: each event names the request that wrote it (idempotent retries)
-        "ALTER TABLE events ADD COLUMN request_id TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE events ADD COLUMN request_digest TEXT NOT NULL DEFAULT ''",
-        """CREATE INDEX events_with_request_ids ON events (recorded_at_us, global_position)
-        WHERE request_id <> ''""",
-    ),
-    (  # 3: each request id claimed once across every server on the log
-        """CREATE TABLE requests (
-            request_id TEXT PRIMARY KEY, recorded_at_us BIGINT NOT NULL
-        )""",
-        """INSERT INTO requests (request_id, recorded_at_us)
-        SELECT request_id, max(recorded_at_us) FROM events WHERE request_id <> ''
-        GROUP BY request_id""",
-    ),
-)
-#: The advisory lock key that serialises migrations across servers ("varstore" in ASCII).
-_MIGRATION_LOCK: Final = 0x7661727374_6F7265
 T = TypeVar("T")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -236,7 +201,7 @@ class PostgresRecorder(Recorder):
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         """Apply the migrations this database lacks; refuse one from a newer varstore."""
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             # Under the lock: two servers creating one schema at once would collide.
             conn.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
@@ -244,12 +209,12 @@ class PostgresRecorder(Recorder):
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
             version = int(row[0]) if row is not None and row[0] is not None else 0
-            if version > len(_MIGRATIONS):
+            if version > len(MIGRATIONS):
                 raise RecorderError(
                     f"the PostgreSQL log (schema {self.schema!r}) has schema version {version}; "
-                    f"this varstore supports up to version {len(_MIGRATIONS)}"
+                    f"this varstore supports up to version {len(MIGRATIONS)}"
                 )
-            for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements:
                     conn.execute(statement)  # constant SQL
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
@@ -260,13 +225,14 @@ class PostgresRecorder(Recorder):
         """Record every append whose expected position holds, in one transaction (see
         :meth:`Recorder.append_many` and the module docstring for the order it keeps)."""
         encoded = [[encode(new, append.session_id) for new in append.events] for append in appends]
+        arguments = [*append_arguments(appends, encoded), self._channel, self._request_ttl_us]
         with self._write_lock, _translated("cannot append to the PostgreSQL log"):
             self._check_open()
             if not appends:
                 return []
             conn = self._writer_connection()
             try:
-                planned, rows = self._append_in_transaction(conn, appends, encoded)
+                row = conn.execute(APPEND, arguments).fetchone()  # autocommit: one transaction
             except BaseException:
                 # Whatever state a failure left the connection in (a backend terminated in
                 # the middle of a statement can leave it open yet unusable), the next
@@ -274,115 +240,8 @@ class PostgresRecorder(Recorder):
                 self._writer = None
                 conn.close()
                 raise
-        numbered = iter(rows)
-        return [
-            item if isinstance(item, Conflict) else Recorded(tuple(map(decode, next(numbered))))
-            for item in planned
-        ]
-
-    def _append_in_transaction(
-        self, conn: psycopg.Connection[Any], appends: Sequence[Append], encoded: list[list[Fields]]
-    ) -> tuple[list[list[_Planned] | Conflict], list[list[tuple[Any, ...]]]]:
-        """One append transaction: each append's plan (rows or Conflict) and the rows
-        recorded, numbered."""
-        with conn.transaction():
-            heads = self._lock_heads(conn, sorted({a.session_id for a in appends}))
-            planned = _plan(appends, encoded, heads)
-            taken = self._claim_requests(conn, appends, planned)
-            if taken:  # another server recorded one of these requests: decide again
-                planned = _plan(appends, encoded, heads, taken)
-                self._release_requests(conn, appends, planned, taken)
-            count = sum(len(item) for item in planned if not isinstance(item, Conflict))
-            if not count:
-                return planned, _numbered(planned, 0)
-            row = conn.execute(
-                "UPDATE log_head SET global_position = global_position + %s "
-                "RETURNING global_position",
-                (count,),
-            ).fetchone()
-            assert row is not None
-            first = int(row[0]) - count
-            rows = _numbered(planned, first)
-            flat = [r for batch in rows for r in batch]
-            # One statement for the whole group: a column of values per array.
-            conn.execute(
-                f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest("
-                "%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], "
-                "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])",
-                [list(column) for column in zip(*flat, strict=True)],
-            )
-            ends = {r[1]: r[2] for r in flat}
-            conn.execute(
-                "UPDATE session_heads SET position = moved.position FROM "
-                "(SELECT unnest(%s::text[]) AS session_id, "
-                "unnest(%s::bigint[]) AS position) AS moved "
-                "WHERE session_heads.session_id = moved.session_id",
-                (list(ends), list(ends.values())),
-            )
-            # Delivered when (and only if) this transaction commits.
-            conn.execute("SELECT pg_notify(%s, %s)", (self._channel, str(first + count)))
-        return planned, rows
-
-    def _claim_requests(
-        self,
-        conn: psycopg.Connection[Any],
-        appends: Sequence[Append],
-        planned: list[list[_Planned] | Conflict],
-    ) -> set[str]:
-        """Claim the request ids of the appends about to be recorded; returns the ids
-        another writer (another server) recorded within the request TTL. Their appends
-        must not be recorded: the store reads the log and answers them as retries."""
-        wanted = {
-            append.events[0].request_id: micros(append.events[0].recorded_at)
-            for append, item in zip(appends, planned, strict=True)
-            if not isinstance(item, Conflict) and append.events and append.events[0].request_id
-        }
-        if not wanted:
-            return set()
-        claimed = conn.execute(
-            "INSERT INTO requests (request_id, recorded_at_us) "
-            "SELECT * FROM unnest(%s::text[], %s::bigint[]) "
-            "ON CONFLICT (request_id) DO UPDATE SET recorded_at_us = excluded.recorded_at_us "
-            "WHERE requests.recorded_at_us < excluded.recorded_at_us - %s "
-            "RETURNING request_id",
-            (list(wanted), list(wanted.values()), self._request_ttl_us),
-        ).fetchall()
-        return set(wanted) - {str(row[0]) for row in claimed}
-
-    @staticmethod
-    def _release_requests(
-        conn: psycopg.Connection[Any],
-        appends: Sequence[Append],
-        planned: list[list[_Planned] | Conflict],
-        taken: set[str],
-    ) -> None:
-        """Give back the ids claimed for appends that are no longer recorded (they came
-        after a refused one in their session)."""
-        released = [
-            append.events[0].request_id
-            for append, item in zip(appends, planned, strict=True)
-            if isinstance(item, Conflict)
-            and append.events
-            and append.events[0].request_id
-            and append.events[0].request_id not in taken
-        ]
-        if released:
-            conn.execute("DELETE FROM requests WHERE request_id = ANY(%s)", (released,))
-
-    @staticmethod
-    def _lock_heads(conn: psycopg.Connection[Any], session_ids: list[str]) -> dict[str, int]:
-        """Each session's last position, its head row locked until the transaction ends."""
-        conn.execute(
-            "INSERT INTO session_heads (session_id, position) "
-            "SELECT unnest(%s::text[]), 0 ON CONFLICT (session_id) DO NOTHING",
-            (session_ids,),
-        )
-        found = conn.execute(
-            "SELECT session_id, position FROM session_heads WHERE session_id = ANY(%s) "
-            "ORDER BY session_id FOR UPDATE",
-            (session_ids,),
-        ).fetchall()
-        return {str(sid): int(position) for sid, position in found}
+        assert row is not None  # the function returns one row
+        return append_results(appends, encoded, *row)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -543,51 +402,6 @@ class PostgresRecorder(Recorder):
     def _check_open(self) -> None:
         if self._closed:
             raise RecorderError(f"recorder for the PostgreSQL log {self.schema!r} is closed")
-
-
-#: A row to insert before its global position is known: session_id, position, then Fields.
-_Planned = tuple[Any, ...]
-
-
-def _plan(
-    appends: Sequence[Append],
-    encoded: list[list[Fields]],
-    heads: dict[str, int],
-    taken: AbstractSet[str] = frozenset(),
-) -> list[list[_Planned] | Conflict]:
-    """Each append's rows (session positions after the locked heads), or its Conflict: its
-    expected position does not hold, its request id is ``taken``, or it comes after a
-    conflict in its session (it was decided on the one before)."""
-    planned: list[list[_Planned] | Conflict] = []
-    last = dict(heads)
-    conflicted: set[str] = set()
-    for append, events in zip(appends, encoded, strict=True):
-        sid = append.session_id
-        request_id = append.events[0].request_id if append.events else ""
-        if append.expected_position != last[sid] or sid in conflicted or request_id in taken:
-            planned.append(Conflict(sid, append.expected_position, last[sid]))
-            conflicted.add(sid)
-            continue
-        planned.append([(sid, last[sid] + n, *fields) for n, fields in enumerate(events, 1)])
-        last[sid] += len(events)
-    return planned
-
-
-def _numbered(
-    planned: list[list[_Planned] | Conflict], first_global: int
-) -> list[list[tuple[Any, ...]]]:
-    """The recorded appends' rows with global positions from ``first_global + 1``."""
-    numbered: list[list[tuple[Any, ...]]] = []
-    global_position = first_global
-    for item in planned:
-        if isinstance(item, Conflict):
-            continue
-        batch = []
-        for row in item:
-            global_position += 1
-            batch.append((global_position, *row))
-        numbered.append(batch)
-    return numbered
 
 
 @contextlib.contextmanager

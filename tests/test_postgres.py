@@ -1,6 +1,8 @@
 """What only the PostgreSQL recorder must show (the shared contract is
 tests/test_recorder_contract.py): a global order that tailers can never skip, two writers
-racing on one session, schema versions, and ``varstore serve --db postgresql://...``."""
+racing on one session, schema versions, ``varstore serve --db postgresql://...``, and the
+group commit as one call of the ``varstore_append`` function: one round trip, request ids
+claimed and given back, nothing half-written."""
 
 from __future__ import annotations
 
@@ -9,10 +11,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from backends import PG_DSN, ThrowawayPostgresRecorder, postgres_recorder
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import pq
 from servers import start_server_process, stub_for
 
 from varstore.api import commands
@@ -26,14 +33,29 @@ from varstore.eventstore import (
     RecorderError,
 )
 from varstore.eventstore.postgres import PostgresRecorder, describe_dsn, schema_of
-from varstore.eventstore.recorder import Append
+from varstore.eventstore.recorder import Append, Conflict, Recorded
 from varstore.projections import SessionState, apply_event
 from varstore.types import VersionConflict, to_proto
 from varstore.v1 import varstore_pb2 as pb
 
 
-def event(n: int) -> NewEvent:
-    return NewEvent(EventType.VARIABLE_UPDATED, {"n": n}, datetime(2026, 1, 1, tzinfo=UTC))
+def event(n: int, request_id: str = "") -> NewEvent:
+    return NewEvent(
+        EventType.VARIABLE_UPDATED,
+        {"n": n},
+        datetime(2026, 1, 1, tzinfo=UTC),
+        request_id=request_id,
+        request_digest="digest" if request_id else "",
+    )
+
+
+def query(recorder: PostgresRecorder, statement: str) -> list[Any]:
+    """The rows of ``statement`` (none for a statement without) in the recorder's schema,
+    on a connection of its own."""
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"SET search_path TO {recorder.schema}")
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description is not None else []
 
 
 @pytest.fixture
@@ -297,3 +319,208 @@ def test_one_server_of_a_shared_log_saves_its_checkpoints(recorder: PostgresReco
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_group_commit_is_one_round_trip(recorder: PostgresRecorder, tmp_path: Path) -> None:
+    recorder.append("a", 0, [event(1)])
+    conn = recorder._writer_connection()
+    trace = tmp_path / "libpq-trace"
+    with trace.open("w") as sink:
+        conn.pgconn.trace(sink.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            results = recorder.append_many(
+                [Append("a", 1, [event(2), event(3)]), Append("b", 0, [event(4, "r")])]
+            )
+        finally:
+            conn.pgconn.untrace()
+    sent = [line.split("\t")[2] for line in trace.read_text().splitlines() if line[0] == "F"]
+    # Each Sync (extended protocol) or Query (simple) waits for the server's answer.
+    assert [kind for kind in sent if kind in ("Sync", "Query")] == ["Sync"]
+    assert [type(r) for r in results] == [Recorded, Recorded]
+    assert [(e.session_id, e.position, e.global_position) for e in recorder.read_all()] == [
+        ("a", 1, 1),
+        ("a", 2, 2),
+        ("a", 3, 3),
+        ("b", 1, 4),
+    ]
+
+
+def test_ids_claimed_for_refused_appends_are_given_back_and_another_writers_are_kept(
+    recorder: PostgresRecorder,
+) -> None:
+    other = PostgresRecorder(PG_DSN, schema=recorder.schema)
+    try:
+        other.append_many(
+            [Append("s", 0, [event(1, "first")]), Append("u", 0, [event(2, "theirs")])]
+        )
+        results = recorder.append_many(
+            [
+                Append("s", 0, [event(3, "first")]),  # stale: "s" is at 1
+                Append("t", 0, [event(4, "theirs")]),  # the other writer recorded this id
+                Append("t", 1, [event(5, "mine")]),  # chained on the refused one: refused too
+                Append("v", 0, [event(6, "kept")]),
+            ]
+        )
+        assert results[:3] == [Conflict("s", 0, 1), Conflict("t", 0, 0), Conflict("t", 1, 0)]
+        assert isinstance(results[3], Recorded)
+        # "mine" was claimed, then given back; "first" is still the other writer's.
+        claimed = {row[0] for row in query(recorder, "SELECT request_id FROM requests")}
+        assert claimed == {"first", "theirs", "kept"}
+        assert isinstance(recorder.append_many([Append("w", 0, [event(7, "mine")])])[0], Recorded)
+        assert recorder.append_many([Append("x", 0, [event(8, "first")])]) == [Conflict("x", 0, 0)]
+        assert [e.session_id for e in recorder.read_all()] == ["s", "u", "v", "w"]
+    finally:
+        other.close()
+
+
+def test_a_failed_group_commit_writes_nothing_and_the_next_starts_on_a_new_connection(
+    recorder: PostgresRecorder,
+) -> None:
+    recorder.append("a", 0, [event(1)])
+    # A row at global position 3 behind the log head's back: the group's INSERT fails on it
+    # after the heads were locked, the request id claimed and the log head moved.
+    rogue = "INSERT INTO events VALUES (3, 'rogue', 1, 'VariableUpdated', 1, 0, '', '{}', '{}')"
+    query(recorder, rogue)
+    failed = recorder._writer_connection()
+    with pytest.raises(RecorderError, match="cannot append to the PostgreSQL log: UniqueViolation"):
+        recorder.append_many([Append("a", 1, [event(2, "r")]), Append("b", 0, [event(3)])])
+    assert query(
+        recorder,
+        "SELECT (SELECT global_position FROM log_head), (SELECT count(*) FROM requests), "
+        "(SELECT array_agg(session_id || ':' || position) FROM session_heads)",
+    ) == [(1, 0, ["a:1"])]
+    assert failed.closed
+    query(recorder, "DELETE FROM events WHERE session_id = 'rogue'")
+    [again] = recorder.append("a", 1, [event(2, "r")])
+    assert (again.position, again.global_position) == (2, 2)
+
+
+def test_a_version_3_log_gets_the_append_function_when_opened(recorder: PostgresRecorder) -> None:
+    recorder.append("a", 0, [event(1)])
+    query(recorder, "DROP FUNCTION varstore_append")
+    query(recorder, "DELETE FROM schema_version WHERE version = 4")
+    reopened = PostgresRecorder(PG_DSN, schema=recorder.schema)
+    try:
+        [recorded] = reopened.append("a", 1, [event(2)])
+        assert (recorded.position, recorded.global_position) == (2, 2)
+        assert query(recorder, "SELECT max(version) FROM schema_version") == [(4,)]
+    finally:
+        reopened.close()
+
+
+#: Text that an array literal must quote or escape to keep it as it is.
+AWKWARD = [
+    "",
+    "NULL",
+    " spaced ",
+    '"quoted"',
+    "back\\slash",
+    "\\",
+    '\\"',
+    "{a,b}",
+    "it's",
+    "ü✓🎉\t\n",
+]
+
+
+def test_awkward_text_in_every_column_round_trips(recorder: PostgresRecorder) -> None:
+    appends = [
+        Append(
+            f"{text}|{i}",
+            0,
+            [
+                NewEvent(
+                    text,
+                    {text: [text]},
+                    datetime(2026, 1, 1, tzinfo=UTC),
+                    source=text,
+                    metadata={text: text},
+                    request_id=f"{text}#{i}",
+                    request_digest=text,
+                )
+            ],
+        )
+        for i, text in enumerate(AWKWARD)
+    ]
+    returned = [
+        e for r in recorder.append_many(appends) if isinstance(r, Recorded) for e in r.events
+    ]
+    assert returned == list(recorder.read_all())
+    for append, got in zip(appends, returned, strict=True):
+        [sent] = append.events
+        assert (got.session_id, got.type, got.source, got.request_id, got.request_digest) == (
+            append.session_id,
+            sent.type,
+            sent.source,
+            sent.request_id,
+            sent.request_digest,
+        )
+        assert (got.payload, got.metadata) == (sent.payload, sent.metadata)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    texts=st.lists(
+        st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00")),
+        min_size=1,
+        max_size=3,
+        unique=True,
+    )
+)
+def test_any_session_and_request_id_round_trips(
+    recorder: PostgresRecorder, texts: list[str]
+) -> None:
+    start = recorder.last_global_position()
+    tag = uuid.uuid4().hex  # examples share the recorder: fresh sessions and request ids
+    appends = [Append(tag + text, 0, [event(1, text + tag)]) for text in texts]
+    results = recorder.append_many(appends)
+    assert all(isinstance(r, Recorded) for r in results)
+    read = list(recorder.read_all(start))
+    assert [(e.session_id, e.request_id) for e in read] == [(tag + t, t + tag) for t in texts]
+
+
+def test_writers_locking_the_same_sessions_in_any_order_never_deadlock(
+    recorder: PostgresRecorder,
+) -> None:
+    others = [PostgresRecorder(PG_DSN, schema=recorder.schema) for _ in range(4)]
+    failures: list[RecorderError] = []
+    start = threading.Barrier(len(others))
+
+    def write(on: PostgresRecorder, order: list[str]) -> None:
+        start.wait()
+        try:
+            heads = dict.fromkeys(order, 0)
+            for n in range(150):
+                results = on.append_many([Append(s, heads[s], [event(n)]) for s in order])
+                for s, result in zip(order, results, strict=True):
+                    heads[s] = (
+                        result.events[-1].position
+                        if isinstance(result, Recorded)
+                        else result.actual
+                    )
+        except RecorderError as problem:  # a deadlock, say
+            failures.append(problem)
+
+    try:
+        orders = [list("abcdefgh"), list("hgfedcba")] * 2
+        threads = [
+            threading.Thread(target=write, args=(on, order))
+            for on, order in zip(others, orders, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+        for session in "abcdefgh":
+            positions = [e.position for e in recorder.read_session(session)]
+            assert positions == list(range(1, len(positions) + 1))
+        assert [e.global_position for e in recorder.read_all()] == list(
+            range(1, recorder.last_global_position() + 1)
+        )
+    finally:
+        for other in others:
+            other.close()
