@@ -270,7 +270,10 @@ def test_one_server_holds_the_sweeper_role_until_its_connection_dies(
         assert not second.holds_role("ttl-sweeper")
         assert first.holds_role("ttl-sweeper")  # still held
         assert second.holds_role("other-job")  # roles are independent
-        first.close()  # its connection goes, and the role with it
+        first.close()  # its connection goes, and the role with it, once its backend ends
+        deadline = time.monotonic() + 10
+        while not second.holds_role("ttl-sweeper") and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert second.holds_role("ttl-sweeper")
     finally:
         first.close()
