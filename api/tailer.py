@@ -52,7 +52,8 @@ class Tailer:
             self._threads.append(
                 threading.Thread(target=self._listen, name="varstore-notices", daemon=True)
             )
-        #: Reads of the log that found new events (for tests and metrics).
+        #: Reads of the log, and those that found new events (for tests and metrics).
+        self.reads = 0
         self.catch_ups = 0
 
     def start(self) -> None:
@@ -95,6 +96,7 @@ class Tailer:
             self._due.clear()
             if self._stop.is_set():
                 return
+            self.reads += 1
             try:
                 if self._projector.catch_up():
                     self.catch_ups += 1

@@ -379,7 +379,12 @@ class PostgresRecorder(Recorder):
         """A listener to every writer's commits (one NOTIFY per append transaction), on
         its own connection; the caller closes it."""
         self._check_open()
-        return PostgresNotices(self._connect, self._channel)
+        return PostgresNotices(self._connect, self._channel, self._writer_backend)
+
+    def _writer_backend(self) -> int | None:
+        """The process id of the writer connection's backend (its NOTIFYs are ours)."""
+        writer = self._writer
+        return writer.info.backend_pid if writer is not None and not writer.closed else None
 
     def holds_role(self, role: str) -> bool:
         """Whether this recorder holds ``role`` among every server on this log (an

@@ -43,11 +43,16 @@ Connect = Callable[[], psycopg.Connection[Any]]
 
 
 class PostgresNotices(LogNotices):
-    """Notices of commits to the log in one schema, on a dedicated connection."""
+    """Notices of commits to the log in one schema, on a dedicated connection. Notices sent
+    by the backend ``own_backend()`` names (this server's writer, whose commits the store
+    applies itself) are left out."""
 
-    def __init__(self, connect: Connect, channel: str) -> None:
+    def __init__(
+        self, connect: Connect, channel: str, own_backend: Callable[[], int | None] = lambda: None
+    ) -> None:
         self._connect = connect
         self._channel = channel
+        self._own_backend = own_backend
         self._conn: psycopg.Connection[Any] | None = None
         self._closed = False
         self._backoff = 0.05
@@ -62,11 +67,13 @@ class PostgresNotices(LogNotices):
             return self._reopen()
         try:
             latest: int | None = None
-            for notice in conn.notifies(timeout=timeout, stop_after=1):
-                latest = max(latest or 0, _position(notice.payload))
+            notices = [*conn.notifies(timeout=timeout, stop_after=1)]
             # Whatever else arrived meanwhile is already buffered: take it too.
-            for notice in conn.notifies(timeout=0):
-                latest = max(latest or 0, _position(notice.payload))
+            notices += conn.notifies(timeout=0)
+            own = self._own_backend()  # after: the writer may have connected meanwhile
+            for notice in notices:
+                if notice.pid != own:
+                    latest = max(latest or 0, _position(notice.payload))
             return latest
         except psycopg.Error as lost:
             if self._closed:

@@ -527,3 +527,24 @@ def test_writers_locking_the_same_sessions_in_any_order_never_deadlock(
     finally:
         for other in others:
             other.close()
+
+
+def test_a_server_does_not_read_the_log_again_for_the_notices_of_its_own_commits(
+    recorder: PostgresRecorder,
+) -> None:
+    store = Store(PostgresRecorder(PG_DSN, schema=recorder.schema), poll_interval=3600)
+    try:
+        tailer = store.tailer
+        assert tailer is not None
+        deadline = time.monotonic() + 10
+        while tailer.reads == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the read every (re)connection of the listener starts with
+        first = tailer.reads
+        store.execute("s", commands.CreateSession("s"))
+        store.execute("s", commands.RegisterVariable("s", "n", "integer", 0))
+        for value in range(50):
+            store.execute("s", commands.SetVariable("s", "n", value))
+        time.sleep(0.3)  # let every notice arrive
+        assert tailer.reads == first  # its own commits are applied by the committer
+    finally:
+        store.close()
