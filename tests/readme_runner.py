@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class SectionResult:
     skipped: list[Block] = field(default_factory=list)  # blocks marked skip
     texts: int = 0  # ``text`` blocks (figures, not examples)
     not_run: str | None = None  # why the section could not run here (a missing tool)
+    seconds: float = 0.0  # wall time of the section's blocks
 
 
 class NotRunnable(Exception):
@@ -213,7 +215,13 @@ class ReadmeRunner:
     # Running ------------------------------------------------------------------------------
 
     def run(self) -> list[SectionResult]:
-        return [self._run_section(section) for section in self.readme.sections]
+        results = []
+        for section in self.readme.sections:
+            started = time.monotonic()
+            result = self._run_section(section)
+            result.seconds = time.monotonic() - started
+            results.append(result)
+        return results
 
     def close(self) -> None:
         for server in self.servers:

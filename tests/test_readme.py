@@ -37,6 +37,7 @@ from what the code does. Conventions (also told in the README's Development sect
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,8 @@ _readme = read_readme(README)
 
 def _prepare_node() -> None:
     """Install the Node client's packages (tests/_support), or say why they cannot be."""
+    if shutil.which("node") is None:
+        raise NotRunnable("node is not installed")
     try:
         npm_install(*NODE_PACKAGES)
     except (pytest.skip.Exception, pytest.fail.Exception) as missing:
@@ -82,8 +85,15 @@ class _Summary:
         ran = sum(r.ran for r in self.results)
         skipped = [block for r in self.results for block in r.skipped]
         texts = sum(r.texts for r in self.results)
+        seconds = sum(r.seconds for r in self.results)
         terminalreporter.write_sep(
-            "-", f"README: {ran} blocks run, {len(skipped)} marked skip, {texts} text figures"
+            "-",
+            f"README: {ran} blocks run in {seconds:.1f} s, {len(skipped)} marked skip, "
+            f"{texts} text figures",
+        )
+        slowest = sorted(self.results, key=lambda r: r.seconds, reverse=True)[:3]
+        terminalreporter.write_line(
+            "slowest sections: " + ", ".join(f"{r.section.slug} {r.seconds:.1f} s" for r in slowest)
         )
         for block in skipped:
             terminalreporter.write_line(f"skipped README line {block.line}: {block.skip}")
