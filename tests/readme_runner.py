@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 README_ADDRESS = "127.0.0.1:50051"
 COMMAND_TIMEOUT = 90.0
-SERVER_START_TIMEOUT = 30.0
+SERVER_START_TIMEOUT = 60.0
 
 _SERVE = re.compile(r"(?:^|[\s/])varstore\s+serve\b")
 _LISTENING = re.compile(r"listening on (\S+)$")
