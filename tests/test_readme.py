@@ -143,7 +143,9 @@ def test_the_harness_sees_the_conventions_it_documents(tmp_path: Path) -> None:
         "```sh\ndocker run x\n```\n\n"
         "## s\n\n"
         '```console\n$ echo \'{"a": 1,\n  "b": [1, 2]}\'\n{"b": [1, "..."], "...": "..."}\n'
-        "$ printf 'one\\ntwo\\nthree\\n'\none\n...\n$ false\n$ echo $?\n1\n```\n\n"
+        "$ printf 'one\\ntwo\\nthree\\n'\none\n...\n$ false\n$ echo $?\n1\n"
+        '$ export GREETING=hi\n$ cat <<EOF\n{"at": "2020-01-01T00:00:00Z"}\n$GREETING in 12 ms\nEOF\n'
+        '{"at": "2026-12-01T18:00:00.123Z"}\nhi in 3 ms\n```\n\n'
         "```python\nx = [1, 2]\nx  # -> [1, ...]\nprint(len(x))  # -> 2\n```\n\n"
         "```text\nnot run\n```\n",
         encoding="utf-8",
@@ -179,3 +181,21 @@ def test_the_harness_reports_the_readme_line_that_failed(tmp_path: Path) -> None
         runner.close()
     assert shell.failures[0][0] == 4 and "two" in shell.failures[0][1]
     assert python.failures[0][0] == 12 and "3" in python.failures[0][1]
+
+
+def test_the_harness_refuses_blocks_it_cannot_run_unless_marked(tmp_path: Path) -> None:
+    sample = tmp_path / "README.md"
+    sample.write_text(
+        "## s\n\nText:\n\n    varstore get x y\n\n```js\nconsole.log(1)\n```\n",
+        encoding="utf-8",
+    )
+    parsed = read_readme(sample)
+    assert [p.split(":")[0] for p in parsed.problems] == ["README line 5"]
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = ReadmeRunner(parsed, work, ROOT, lambda: None)
+    try:
+        (result,) = runner.run()
+    finally:
+        runner.close()
+    assert result.failures[0][0] == 7 and "```js" in result.failures[0][1]
