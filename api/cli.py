@@ -58,9 +58,7 @@ def _env(name: str, default: str | None = None) -> str | None:
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(
-    package_name="varstore", prog_name="varstore", message="%(prog)s %(version)s"
-)
+@click.version_option(package_name="varstore", prog_name="varstore", message="%(prog)s %(version)s")
 @client_options()
 def varstore() -> None:
     """Event-sourced typed session variables over gRPC.
@@ -136,8 +134,7 @@ def _serve_options(function: F) -> F:
             type=click.Choice(["text", "json"]),
             default=lambda: _env("VARSTORE_LOG_FORMAT", "text"),
             show_default="text",
-            help="json: one JSON object a line, and one line per request "
-            "(env VARSTORE_LOG_FORMAT)",
+            help="json: one JSON object a line, and one line per request (env VARSTORE_LOG_FORMAT)",
         ),
         click.option(
             "--tls-cert",
@@ -163,8 +160,7 @@ def _serve_options(function: F) -> F:
             "--admin-token-file",
             metavar="FILE",
             default=lambda: _env("VARSTORE_ADMIN_TOKEN_FILE"),
-            help="require bearer tokens; FILE holds the admin token (or set "
-            "VARSTORE_ADMIN_TOKEN)",
+            help="require bearer tokens; FILE holds the admin token (or set VARSTORE_ADMIN_TOKEN)",
         ),
         click.option(
             "--token-secret-file",

@@ -113,7 +113,9 @@ def _change_kind(change: ChangeInfo) -> str:
 
 @click.command("log")
 @click.argument("session_id", metavar="SESSION")
-@click.option("--from", "from_position", type=POSITION, default=0, metavar="N", help="first position")
+@click.option(
+    "--from", "from_position", type=POSITION, default=0, metavar="N", help="first position"
+)
 @click.option("--to", "to_position", type=POSITION, metavar="N", help="last position")
 @click.option("--backwards", is_flag=True, help="newest event first")
 @click.option("--limit", type=_COUNT, metavar="N", help="at most N events")
@@ -314,9 +316,7 @@ class _Watcher:
         client.close()
         while True:
             if self._timed_out():
-                raise VarstoreError(
-                    f"timed out after {self.watch_timeout:g} s while reconnecting"
-                )
+                raise VarstoreError(f"timed out after {self.watch_timeout:g} s while reconnecting")
             time.sleep(delay if self.deadline is None else min(delay, self._left()))
             delay = min(delay * 2, RECONNECT_MAX_DELAY)
             fresh = options.connect()

@@ -37,7 +37,11 @@ class _Rate(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.0f} events/s", style="progress.data.speed")
+        elapsed = task.finished_time or task.elapsed
+        if speed is None and elapsed:  # too few samples yet: the average so far
+            speed = task.completed / elapsed
+        text = "? events/s" if speed is None else f"{speed:,.0f} events/s"
+        return Text(text, style="progress.data.speed")
 
 
 class TransferProgress:

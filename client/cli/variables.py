@@ -98,9 +98,7 @@ def register(
 @click.option(
     "--at", "at_position", type=POSITION, metavar="POSITION", help="as it stood at this position"
 )
-@click.option(
-    "--as-of", type=RFC3339, metavar="TIME", help="as it stood at this RFC 3339 time"
-)
+@click.option("--as-of", type=RFC3339, metavar="TIME", help="as it stood at this RFC 3339 time")
 @client_options()
 def get(session_id: str, name: str, at_position: int | None, as_of: datetime | None) -> None:
     """Show a variable (NAME or its id), now or as it stood in the past."""
