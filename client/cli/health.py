@@ -6,7 +6,7 @@ import click
 import grpc
 from grpc_health.v1 import health_pb2
 
-from varstore.client import Client
+from varstore.client import Client, NotFound
 from varstore.client.cli.options import Options, client_options, run
 from varstore.client.cli.output import Output
 from varstore.types.status import error_from_rpc_error
@@ -39,7 +39,10 @@ def health(service: str) -> None:
         try:
             response = check(request, timeout=options.timeout)
         except grpc.RpcError as failure:
-            raise error_from_rpc_error(failure) from failure
+            problem = error_from_rpc_error(failure)
+            if isinstance(problem, NotFound):
+                raise NotFound(f"the server has no service {service!r} to check") from failure
+            raise problem from failure
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         data = {"server": options.server, "service": service, "status": status}
         text = f"{options.server}: {status}"

@@ -140,8 +140,8 @@ def log(
             end = last[0]["position"] if last else 0
             if from_position > end:
                 raise VarstoreError(
-                    f"--from {from_position} is past the end of session {session_id!r}'s log "
-                    f"(its last position is {end})"
+                    f"--from {from_position} is past the end of the log of session "
+                    f"{session_id!r} (its last position is {end})"
                 )
         if options.json:
             return Output(events, "", json_lines=True)
