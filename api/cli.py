@@ -222,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(shown.format_message(), file=sys.stderr)
         return 2
     except click.UsageError as problem:
-        hint = f" (see '{problem.ctx.command_path} --help')" if problem.ctx else ""
-        _fail(problem.format_message() + hint)
+        text = problem.format_message().rstrip(".")
+        _fail(f"{text} (see '{problem.ctx.command_path} --help')" if problem.ctx else text)
         return 2
     except click.ClickException as problem:
         _fail(problem.format_message())

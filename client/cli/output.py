@@ -123,8 +123,10 @@ def message(problem: VarstoreError) -> str:
     """The error as one line (its violations added when the message alone is vague)."""
     text = str(problem) or type(problem).__name__
     if isinstance(problem, ValidationError) and problem.violations:
-        details = "; ".join(f"{field}: {why}" for field, why in problem.violations.items())
-        if details not in text:
+        details = "; ".join(
+            f"{field}: {why}" for field, why in problem.violations.items() if why not in text
+        )
+        if details:
             text = f"{text} ({details})"
     return " ".join(text.split())
 
