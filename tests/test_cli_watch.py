@@ -71,6 +71,7 @@ def test_watch_reconnects_across_a_server_restart(tmp_path: Path) -> None:
         notes = watching.stderr.read().splitlines()
         assert len(notes) == 1, notes
         assert notes[0].startswith(f"varstore: lost the watch on {address} (")
+        assert notes[0].count("position") == 1  # the server's own advice is not repeated
         assert notes[0].endswith("reconnecting from position 3")
     finally:
         if watching.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,9 @@ RECONNECT_FIRST_DELAY: Final = 0.5
 RECONNECT_MAX_DELAY: Final = 8.0
 
 _COUNT: Final = click.IntRange(min=1)
+
+#: The advice a server's UNAVAILABLE gives a watcher ("; reconnect from position N").
+_RECONNECT_ADVICE: Final = re.compile(r";?\s*reconnect from position \d+")
 
 
 @click.command("history")
@@ -264,9 +268,10 @@ class _Watcher:
             try:
                 self._follow(options, client)
             except Unavailable as problem:
+                why = _RECONNECT_ADVICE.sub("", message(problem))  # this does just that
                 fail(
-                    f"lost the watch on {options.server} ({message(problem)}); reconnecting "
-                    f"from position {self.position}"
+                    f"lost the watch on {options.server} ({why}); reconnecting from position "
+                    f"{self.position}"
                 )
                 client = self._reconnect(options, client, delay)
                 delay = RECONNECT_FIRST_DELAY
