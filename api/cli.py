@@ -74,24 +74,23 @@ def _serve_options(function: F) -> F:
         click.option(
             "--db",
             default=lambda: _env("VARSTORE_DB", DEFAULT_DB),
-            show_default=DEFAULT_DB,
+            metavar="PATH|URL",
             help=f"SQLite file of the event log, a postgresql:// URL, or {MEMORY} "
-            "(env VARSTORE_DB)",
+            f"(default {DEFAULT_DB}; env VARSTORE_DB)",
         ),
         click.option(
             "--listen",
             default=lambda: _env("VARSTORE_LISTEN", DEFAULT_LISTEN),
-            show_default=DEFAULT_LISTEN,
             metavar="HOST:PORT",
-            help="address to listen on; port 0 picks a free one (env VARSTORE_LISTEN)",
+            help="address to listen on; port 0 picks a free one "
+            f"(default {DEFAULT_LISTEN}; env VARSTORE_LISTEN)",
         ),
         click.option(
             "--sync",
             type=click.Choice(["full", "normal"]),
             default=lambda: _env("VARSTORE_SYNC", "full"),
-            show_default="full",
-            help="full: every acknowledged write is fsynced; normal: faster, but a power "
-            "loss may lose the last writes (a crash of the server alone does not) "
+            help="full (default): every acknowledged write is fsynced; normal: faster, but "
+            "a power loss may lose the last writes (a crash of the server alone does not) "
             "(env VARSTORE_SYNC)",
         ),
         click.option(
@@ -116,25 +115,24 @@ def _serve_options(function: F) -> F:
             "--poll-interval",
             type=_Seconds(),
             default=lambda: _env("VARSTORE_POLL_INTERVAL", "1.0"),
-            show_default="1.0",
             metavar="SECONDS",
             help="on a log several servers share (PostgreSQL): read it for other servers' "
             "writes at least this often when no notice of them comes "
-            "(env VARSTORE_POLL_INTERVAL)",
+            "(default 1.0; env VARSTORE_POLL_INTERVAL)",
         ),
         click.option(
             "--log-level",
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             default="INFO",
-            show_default=True,
-            help="logging level",
+            metavar="LEVEL",
+            help="logging level: DEBUG, INFO (default), WARNING, ERROR or CRITICAL, any case",
         ),
         click.option(
             "--log-format",
             type=click.Choice(["text", "json"]),
             default=lambda: _env("VARSTORE_LOG_FORMAT", "text"),
-            show_default="text",
-            help="json: one JSON object a line, and one line per request (env VARSTORE_LOG_FORMAT)",
+            help="text (default) or json: one JSON object a line, and one line per request "
+            "(env VARSTORE_LOG_FORMAT)",
         ),
         click.option(
             "--tls-cert",
@@ -186,7 +184,8 @@ def _serve_options(function: F) -> F:
             "--http",
             metavar="HOST:PORT",
             default=lambda: _env("VARSTORE_HTTP"),
-            help="serve the web pages at http://HOST:PORT/ (env VARSTORE_HTTP; default off)",
+            help="serve the read-only audit page at http://HOST:PORT/ (default: off; env "
+            "VARSTORE_HTTP)",
         ),
         *(
             click.option(
