@@ -291,6 +291,33 @@ class EtcdClient:
 # -- the server ---------------------------------------------------------------------------
 
 
+class EtcdUnavailable(RuntimeError):
+    """etcd cannot be run here: no binary, or it never answered (the message says which)."""
+
+
+def binary() -> str:
+    """The etcd executable: ``$ETCD``, else ``etcd`` on the PATH, else ``/usr/bin/etcd``."""
+    return os.environ.get("ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def version(executable: str | None = None) -> str:
+    """etcd's version as ``etcd --version`` prints it (``3.4.23``), or ``unknown``."""
+    try:
+        done = subprocess.run(
+            [executable or binary(), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
+    for line in done.stdout.splitlines():
+        if line.startswith("etcd Version:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -301,8 +328,8 @@ def free_port() -> int:
 class EtcdServer:
     """A one-member etcd on free loopback ports in a temporary data directory."""
 
-    def __init__(self, binary: str | None = None) -> None:
-        self.binary = binary or os.environ.get("ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
+    def __init__(self, executable: str | None = None) -> None:
+        self.binary = executable or binary()
         self.address = ""
         self.process: subprocess.Popen[bytes] | None = None
         self._directory: Path | None = None
@@ -319,23 +346,25 @@ class EtcdServer:
         """Start etcd and wait until it answers; its client address ``127.0.0.1:PORT``.
 
         A port taken between choosing and binding it makes etcd exit: it is retried on
-        new ports up to ``attempts`` times. ``RuntimeError`` with etcd's last output if it
-        never answers.
+        new ports up to ``attempts`` times. :class:`EtcdUnavailable` without a binary, or
+        with etcd's last output if it never answers.
         """
         if self.process is not None:
             return self.address
         if not os.access(self.binary, os.X_OK):
-            raise RuntimeError(f"no etcd binary at {self.binary} (apt-get install etcd-server)")
+            raise EtcdUnavailable(
+                f"no etcd executable at {self.binary} (apt-get install etcd-server, or set ETCD)"
+            )
         atexit.register(self.stop)
         self._catch_sigterm()
         failure = ""
         for _ in range(attempts):
             try:
                 return self._start_once()
-            except RuntimeError as error:
+            except EtcdUnavailable as error:
                 failure = str(error)
                 self.stop()
-        raise RuntimeError(failure)
+        raise EtcdUnavailable(failure)
 
     def _start_once(self) -> str:
         self._directory = Path(tempfile.mkdtemp(prefix="varstore-bench-etcd-"))
@@ -365,14 +394,15 @@ class EtcdServer:
         with EtcdClient(self.address) as client_:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"etcd exited ({self.process.returncode}):\n{self._log()}")
+                    code = self.process.returncode
+                    raise EtcdUnavailable(f"etcd exited ({code}):\n{self._log()}")
                 try:
                     client_.wait_ready(timeout=0.5)
                     client_.revision()
                     return self.address
                 except (grpc.FutureTimeoutError, grpc.RpcError):
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"etcd did not answer:\n{self._log()}") from None
+                        raise EtcdUnavailable(f"etcd did not answer:\n{self._log()}") from None
                     time.sleep(0.05)
 
     def _log(self, lines: int = 20) -> str:
