@@ -148,6 +148,13 @@ def _add_operations_flags(serve_cmd: argparse.ArgumentParser) -> None:
         help="text (default) or json: one JSON object a line, and one line per request "
         "(env VARSTORE_LOG_FORMAT)",
     )
+    serve_cmd.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=os.environ.get("VARSTORE_HTTP"),
+        help="serve the read-only audit page at http://HOST:PORT/ (off by default; loopback "
+        "only unless --insecure; port 0 picks a free one; env VARSTORE_HTTP)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
