@@ -396,6 +396,8 @@ class VariableView:
     diff: tuple[Change, Change] | None
     batch: BatchView | None
     rollback: RollbackView | None
+    #: Why the asked-for diff is not shown ("" when it is, or none was asked for).
+    diff_error: str = ""
 
 
 def variable_view(
@@ -428,14 +430,22 @@ def variable_view(
     chart = _chart(recent[:CHART_VERSIONS], variable, truncated=len(recent) > CHART_VERSIONS)
     by_version = {c.version: c for c in reversed(recent) if c.kind != "deleted"}
     chosen_diff = None
-    if diff is not None and diff[0] in by_version and diff[1] in by_version:
-        chosen_diff = (by_version[diff[0]], by_version[diff[1]])
-    elif diff is None and len(by_version) >= 2:
+    diff_error = ""
+    if diff is not None:
+        old, new = (_version(store, session_id, name, n, by_version) for n in diff)
+        if old is None or new is None:
+            missing = diff[0] if old is None else diff[1]
+            diff_error = f"{name!r} has no version {missing} (its versions are 0 to {max(by_version, default=0)})"
+        else:
+            chosen_diff = (old, new)
+    elif len(by_version) >= 2:
         newest = sorted(by_version)[-2:]
         chosen_diff = (by_version[newest[0]], by_version[newest[1]])
     batch = None
-    if batch_version is not None and batch_version in by_version:
-        batch = _batch(store, session_id, by_version[batch_version], served_at)
+    if batch_version is not None:
+        change = _version(store, session_id, name, batch_version, by_version)
+        if change is not None:
+            batch = _batch(store, session_id, change, served_at)
     rollback = None
     if rollback_to is not None and variable is not None:
         rollback = _rollback(store, session_id, variable, rollback_to)
@@ -451,7 +461,20 @@ def variable_view(
         chosen_diff,
         batch,
         rollback,
+        diff_error,
     )
+
+
+def _version(
+    store: ReadableStore, session_id: str, name: str, version: int, known: Mapping[int, Change]
+) -> Change | None:
+    """The (last lifetime's) change that made ``version``, None if there was none."""
+    if version in known:
+        return known[version]
+    page = queries.variable_history(
+        store, session_id, name, from_version=version, to_version=version, newest_first=True
+    )
+    return next((c for c in page.items if c.kind != "deleted"), None)
 
 
 def _recent_changes(store: ReadableStore, session_id: str, name: str, count: int) -> list[Change]:

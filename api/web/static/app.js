@@ -33,7 +33,7 @@ function drawChart() {
   const source = document.getElementById("chart-data");
   if (!holder || !source || !window.uPlot) return;
   const data = JSON.parse(source.textContent);
-  const times = data.times;
+  const times = data.ms.map((ms) => data.start + ms / 1000);
   const stepped = uPlot.paths.stepped({ align: 1 });
   const series = [{}, {
     label: data.kind === "number" ? "value" : "state",
