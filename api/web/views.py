@@ -54,7 +54,7 @@ SCAN_EVENTS: Final = 5000
 #: Events read per step of a filtered scan, and per step of the integrity check.
 SCAN_STEP: Final = 500
 #: Versions on one page of a variable's history table.
-HISTORY_ROWS: Final = 100
+HISTORY_ROWS: Final = 50
 #: Most versions the chart plots (the newest ones).
 CHART_VERSIONS: Final = 5000
 #: Positions one integrity request checks.

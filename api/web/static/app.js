@@ -65,7 +65,10 @@ function drawChart() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  followLive();
   mirrorSlider();
-  drawChart();
+  // The chart and the event stream start after the first paint: the tables show at once.
+  requestAnimationFrame(() => setTimeout(() => {
+    drawChart();
+    followLive();
+  }, 0));
 });
