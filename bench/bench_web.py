@@ -8,11 +8,11 @@ One ``python -m varstore.api.cli serve --db <tmp>/web.db --sync normal --listen
 ``ImportSession`` call (the client's ``import_session``): a SessionCreated, 10 variables
 (``temperature`` float 0..2, ``tokens`` integer, ``enabled`` boolean, ``mode`` string
 with choices, ``note`` string, and ``x5..x9`` integers), then updates that cycle through
-them, 1 ms apart, up to 100,000 events (``--quick``: 5,000). Each variable then has about
+them, 1 ms apart, up to 100,000 events (``--quick``: 2,000). Each variable then has about
 10,000 versions; the variable page plots the newest 5,000 and lists the newest 100.
 
 Debian's Chromium (``/usr/bin/chromium``, headless), driven by Playwright, loads each
-page ``--loads`` times (default 9; ``--quick`` 3), each in a FRESH browser context (no
+page ``--loads`` times (default 9; ``--quick`` 2), each in a FRESH browser context (no
 cache: the page's CSS and JavaScript are fetched every time), after one warm-up load
 that is not counted. For each load it reads Chromium's paint timing
 (``performance.getEntriesByType("paint")``: ``first-paint`` and
@@ -37,7 +37,7 @@ the server, Chromium and this script.
 
 Usage: ``.venv/bin/python bench/bench_web.py [--quick] [--json] [--events N] [--loads N]``
 from the repository root. The default run takes about 2 minutes (most of it the
-import), ``--quick`` about 15 s. Progress goes to stderr. Exit status 1 if a page did not
+import), ``--quick`` about 30 s on a loaded machine. Progress goes to stderr. Exit status 1 if a page did not
 load.
 """
 
@@ -185,12 +185,12 @@ def load(browser: Browser, url: str) -> tuple[float, float, float, int]:
 
 
 def main() -> int:
-    parser = benchlib.arguments(__doc__, "5,000 events and 3 loads a page")
+    parser = benchlib.arguments(__doc__, "2,000 events and 2 loads a page")
     parser.add_argument("--events", type=int, default=None, help="events in the session")
     parser.add_argument("--loads", type=int, default=None, help="measured loads per page")
     args = parser.parse_args()
-    count = args.events or (5_000 if args.quick else 100_000)
-    loads = args.loads or (3 if args.quick else 9)
+    count = args.events or (2_000 if args.quick else 100_000)
+    loads = args.loads or (2 if args.quick else 9)
     if not CHROMIUM.exists():
         print(
             "bench_web: /usr/bin/chromium is missing (apt-get install -y chromium)", file=sys.stderr
