@@ -97,3 +97,28 @@ def test_serve_refuses_an_exposed_page_in_one_line() -> None:
     assert done.returncode == 2
     assert done.stdout.startswith("varstore: cannot start: refusing to serve the audit page")
     assert "Traceback" not in done.stdout
+
+
+def test_serve_refuses_a_taken_page_port_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = run(
+            [
+                venv_executable("varstore"),
+                "serve",
+                "--db",
+                ":memory:",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                f"127.0.0.1:{port}",
+            ],
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stdout
+    assert f"cannot serve the audit page on 127.0.0.1:{port}" in done.stdout
+    assert "Traceback" not in done.stdout
