@@ -232,8 +232,8 @@ def test_the_variable_page_diffs_shows_the_batch_and_the_rollback_command(
     page.get_by_label("Roll back to version").fill("3")
     page.get_by_role("button", name="Show what it would append").click()
     cli = page.locator("#rollback-cli").inner_text()
-    assert cli.startswith("varstore rollback --server") and cli.endswith(
-        "checkout-42 temperature --to-version 3"
+    assert cli == (
+        f"VARSTORE_SERVER={server.address} varstore rollback checkout-42 temperature --to-version 3"
     )
     expect(page.locator("#rollback-grpcurl")).to_contain_text('"to_version": 3')
     expect(page.locator("#rollback-preview")).to_contain_text("becomes 1.1")

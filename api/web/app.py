@@ -316,17 +316,8 @@ def _lane(value: PyValue | None) -> str:
 def _rollback_commands(
     session_id: str, name: str, version: int, grpc_address: str
 ) -> tuple[str, str]:
-    cli = shlex.join(
-        [
-            "varstore",
-            "rollback",
-            "--server",
-            grpc_address,
-            session_id,
-            name,
-            "--to-version",
-            str(version),
-        ]
+    cli = f"VARSTORE_SERVER={shlex.quote(grpc_address)} " + shlex.join(
+        ["varstore", "rollback", session_id, name, "--to-version", str(version)]
     )
     body = json.dumps(
         {"session_id": session_id, "variable_identifier": name, "to_version": version},
