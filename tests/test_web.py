@@ -38,7 +38,9 @@ def record_sessions(address: str) -> None:
     """The sessions the pages show: numbers with bounds, choices, booleans, strings with
     hostile text, batches, a rollback; a second session and a busy one for paging."""
     with connect(address) as client:
-        ctx = client.session("checkout-42", config={"source": "pricing-service"})
+        ctx = client.session(
+            "checkout-42", config={"source": "pricing-service", "metadata": {"team": HOSTILE}}
+        )
         ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0.0, "max": 2.0})
         ctx.register_variable(
             "mode", "string", "fast", constraints={"choices": ["fast", "slow", "off"]}
@@ -411,6 +413,8 @@ def test_hostile_strings_are_shown_as_text_never_run(
         assert page.locator("main script:not([type])").count() == 0
         assert page.locator("main img").count() == 0
         expect(page.locator("main").get_by_text(HOSTILE).first).to_be_visible()
+    page.goto(url + "/s/checkout-42")
+    expect(page.locator("#session-metadata")).to_contain_text(f"team={HOSTILE}")
     shoot(page, "variable-hostile-diff")
 
 

@@ -122,3 +122,21 @@ def test_serve_refuses_a_taken_page_port_in_one_line() -> None:
     assert done.returncode == 2, done.stdout
     assert f"cannot serve the audit page on 127.0.0.1:{port}" in done.stdout
     assert "Traceback" not in done.stdout
+
+
+def test_the_wheel_ships_every_template_and_static_file() -> None:
+    """The page's files are package data: each one matches a pattern in pyproject.toml."""
+    import fnmatch
+    import tomllib
+
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        patterns = tomllib.load(file)["tool"]["setuptools"]["package-data"]["varstore.api.web"]
+    files = [
+        path.relative_to(WEB).as_posix()
+        for folder in ("templates", "static")
+        for path in (WEB / folder).rglob("*")
+        if path.is_file()
+    ]
+    assert files
+    unshipped = [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)]
+    assert not unshipped, f"add to [tool.setuptools.package-data]: {unshipped}"
