@@ -8,6 +8,7 @@ import io
 import json
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from servers import in_process_server
@@ -145,3 +146,14 @@ def test_each_request_answers_with_its_status(
     except urllib.error.HTTPError as problem:
         got, content_type = problem.code, problem.headers["Content-Type"]
     assert (got, content_type.split(";")[0]) == (status, kind)
+
+
+def test_an_as_of_before_the_session_shows_no_variables_and_no_log(
+    running: RunningServer,
+) -> None:
+    view = views.session_view(running.store, "s1", datetime(2000, 1, 1, tzinfo=UTC))
+    assert (view.position, view.variables, view.log.rows) == (0, None, ())
+    view = views.session_view(running.store, "s1", 3)
+    assert view.variables is not None
+    assert [v.name for v in view.variables] == ["label", "n"]
+    assert [row.event.position for row in view.log.rows] == [3, 2, 1]

@@ -177,8 +177,8 @@ def session_view(
         try:
             state = queries.session_at(store, session_id, at)
             position = state.position
-        except SessionNotFound:
-            position = _position_of(store, session_id, at, served_at)
+        except SessionNotFound as problem:  # not live then: its error says the position
+            position = int(problem.info.get("position", "0"))
     else:
         try:
             state = queries.session_at(store, session_id, served_at)
@@ -199,20 +199,6 @@ def session_view(
         tuple(sorted(EVENTS)),
         state.metadata if state is not None else {},
     )
-
-
-def _position_of(store: ReadableStore, session_id: str, at: At, served_at: int) -> int:
-    """The position an as-of names when the session was not live then."""
-    if isinstance(at, int):
-        if at > served_at:
-            queries.session_at(store, session_id, at)  # raises OutOfRange
-        return at
-    if isinstance(at, datetime):
-        # The last event at or before the moment: find it in the log, a page at a time.
-        for event in _newest_first(store, session_id, served_at, SCAN_EVENTS):
-            if event.recorded_at <= at:
-                return event.position
-    return 0
 
 
 def _names(variables: Iterator[VariableState] | Any) -> dict[str, str]:
