@@ -50,6 +50,8 @@ __all__ = ["build_app"]
 HERE: Final = Path(__file__).resolve().parent
 #: Seconds between keep-alive comments on an idle event stream.
 KEEPALIVE: Final = 15.0
+#: Least seconds between two notices of one stream.
+NOTICE_INTERVAL: Final = 0.25
 #: Most new changes a variable's stream counts exactly ("100+" beyond).
 COUNT_LIMIT: Final = 100
 
@@ -206,6 +208,7 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
                         sent = now
                         data = {"position": now[0], "new": now[1], "more": now[1] > COUNT_LIMIT}
                         yield f"data: {json.dumps(data)}\n\n"
+                        await asyncio.sleep(NOTICE_INTERVAL)  # a busy session: few notices
                     try:
                         await asyncio.wait_for(woken.wait(), KEEPALIVE)
                     except TimeoutError:
