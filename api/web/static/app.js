@@ -67,8 +67,11 @@ function drawChart() {
 document.addEventListener("DOMContentLoaded", () => {
   mirrorSlider();
   // The chart and the event stream start after the first paint: the tables show at once.
+  // uPlot loads asynchronously (it does not hold up the first paint either).
   requestAnimationFrame(() => setTimeout(() => {
-    drawChart();
     followLive();
+    const uplot = document.getElementById("uplot-script");
+    if (window.uPlot || !uplot) drawChart();
+    else uplot.addEventListener("load", drawChart);
   }, 0));
 });
