@@ -11,6 +11,10 @@ Pages (all read-only, every parameter in the URL so a link reproduces the view):
 - ``/s/{id}/live``, ``/s/{id}/v/{name}/live``: server-sent events "N new changes".
 - ``/s/{id}/integrity``: one step of the whole-log position check (an htmx fragment).
 - ``/s/{id}/export.jsonl``, ``/s/{id}/v/{name}/history.csv``: downloads.
+
+The reads run on worker threads (``asyncio.to_thread``; downloads are iterated in
+Starlette's thread pool), so a slow one, such as the first read of a big session's history
+after a start, holds up no other page or event stream.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import shlex
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlencode
@@ -106,7 +111,7 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
 
     async def sessions(request: Request) -> Response:
         contains = request.query_params.get("q", "")[:200]
-        rows, matched, capped = views.session_rows(store, contains)
+        rows, matched, capped = await asyncio.to_thread(views.session_rows, store, contains)
         return render("sessions.html", rows=rows, matched=matched, capped=capped, q=contains)
 
     async def session(request: Request) -> Response:
@@ -120,7 +125,9 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
                 params.get("variable", "")[:400],
                 params.get("source", "")[:400],
             )
-            view = views.session_view(store, sid, at, before=before, log_filter=log_filter)
+            view = await asyncio.to_thread(
+                partial(views.session_view, store, sid, at, before=before, log_filter=log_filter)
+            )
         except VarstoreError as problem:
             return failure(problem)
         keep = {
@@ -140,7 +147,8 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
         params = request.query_params
         try:
             a, b = _int(params.get("a", ""), "a"), _int(params.get("b", ""), "b")
-            view = views.variable_view(
+            view = await asyncio.to_thread(
+                views.variable_view,
                 store,
                 sid,
                 name,
@@ -201,7 +209,7 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
                 while not the_feed.closed:
                     woken.clear()
                     try:
-                        now = count()
+                        now = await asyncio.to_thread(count)
                     except VarstoreError:
                         return
                     if now is not None and now != sent and now[1] > 0:
@@ -238,8 +246,12 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
     async def export_history(request: Request) -> Response:
         sid, name = request.path_params["sid"], request.path_params["name"]
         try:
-            newest = queries.variable_history(store, sid, name, newest_first=True, page_size=1)
-            oldest = queries.variable_history(store, sid, name, page_size=1)
+            newest, oldest = await asyncio.to_thread(
+                lambda: (
+                    queries.variable_history(store, sid, name, newest_first=True, page_size=1),
+                    queries.variable_history(store, sid, name, page_size=1),
+                )
+            )
         except VarstoreError as problem:
             return failure(problem)
         first = oldest.items[0].position if oldest.items else 0
