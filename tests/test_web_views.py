@@ -157,3 +157,23 @@ def test_an_as_of_before_the_session_shows_no_variables_and_no_log(
     assert view.variables is not None
     assert [v.name for v in view.variables] == ["label", "n"]
     assert [row.event.position for row in view.log.rows] == [3, 2, 1]
+
+
+def test_stopping_ends_open_event_streams_at_once(running: RunningServer) -> None:
+    import time
+
+    web = start_web(
+        running.store,
+        "127.0.0.1:0",
+        grpc_address=running.address,
+        subscribe=running.store.subscribe,
+    )
+    stream = urllib.request.urlopen(web.url + "/s/s1/live?after=1", timeout=10)
+    assert stream.readline() == b"retry: 2000\n"
+    assert stream.readline() == b"\n"
+    assert stream.readline().startswith(b"data: ")  # 202 events after position 1
+    began = time.monotonic()
+    web.stop()
+    assert time.monotonic() - began < 4
+    assert stream.read() in (b"", b"\n")
+    stream.close()
