@@ -34,7 +34,8 @@ def _manifest() -> list[dict[str, str]]:
 def _npm() -> str:
     found = shutil.which("npm")
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "npm"], check=False, capture_output=True)
+        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "npm"]):
+            subprocess.run(command, check=False, capture_output=True, timeout=900)
         found = shutil.which("npm")
     if found is None:
         skip_or_fail("npm is not installed")
