@@ -294,12 +294,15 @@ def test_a_write_through_grpc_appears_live_without_moving_rows(
     before = log_positions(page)
     variable_page = page.context.new_page()
     variable_page.goto(url + "/s/search-7/v/max_results")
+    sessions_page = page.context.new_page()
+    sessions_page.goto(url + "/")
     page.wait_for_timeout(200)  # the event streams connect
     with connect(server.address) as client:
         client.session("search-7").set_variable("max_results", 20)
         client.session("search-7").set_variable("max_results", 30)
     expect(page.locator("#live")).to_contain_text("2 new changes")
     expect(variable_page.locator("#live")).to_contain_text("2 new changes")
+    expect(sessions_page.locator("#live")).to_contain_text("2 new changes")
     assert log_positions(page) == before
     shoot(page, "session-live")
     page.locator("#live a").click()

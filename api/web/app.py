@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -41,7 +41,7 @@ from varstore.api.queries import At, ReadableStore
 from varstore.api.web import views
 from varstore.api.web.diff import difference
 from varstore.api.web.exports import attachment, history_csv, session_lines
-from varstore.api.web.live import LiveFeed
+from varstore.api.web.live import ANY, LiveFeed
 from varstore.types import (
     NotFound,
     OutOfRange,
@@ -111,8 +111,20 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
 
     async def sessions(request: Request) -> Response:
         contains = request.query_params.get("q", "")[:200]
+        seen = feed().events_seen
         rows, matched, capped = await asyncio.to_thread(views.session_rows, store, contains)
-        return render("sessions.html", rows=rows, matched=matched, capped=capped, q=contains)
+        return render(
+            "sessions.html", rows=rows, matched=matched, capped=capped, q=contains, seen=seen
+        )
+
+    async def live_sessions(request: Request) -> Response:
+        after = _int(request.query_params.get("after", ""), "after") or 0
+
+        async def count() -> tuple[int, int] | None:
+            seen = feed().events_seen
+            return (0, seen - after) if seen > after else None
+
+        return _event_stream(feed(), ANY, count)
 
     async def session(request: Request) -> Response:
         sid = request.path_params["sid"]
@@ -201,32 +213,7 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
             )
             return first.position, sum(1 for c in page.items if c.position > after)
 
-        async def stream() -> AsyncIterator[str]:
-            the_feed = feed()
-            sent = (0, 0)
-            with the_feed.follow(sid) as woken:
-                yield "retry: 2000\n\n"
-                while not the_feed.closed:
-                    woken.clear()
-                    try:
-                        now = await asyncio.to_thread(count)
-                    except VarstoreError:
-                        return
-                    if now is not None and now != sent and now[1] > 0:
-                        sent = now
-                        data = {"position": now[0], "new": now[1], "more": now[1] > COUNT_LIMIT}
-                        yield f"data: {json.dumps(data)}\n\n"
-                        await asyncio.sleep(NOTICE_INTERVAL)  # a busy session: few notices
-                    try:
-                        await asyncio.wait_for(woken.wait(), KEEPALIVE)
-                    except TimeoutError:
-                        yield ": keep-alive\n\n"
-
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return _event_stream(feed(), sid, partial(asyncio.to_thread, count))
 
     async def export_session(request: Request) -> Response:
         sid = request.path_params["sid"]
@@ -264,6 +251,7 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
 
     routes = [
         Route("/", sessions),
+        Route("/live", live_sessions),
         Route("/s/{sid}", session),
         Route("/s/{sid}/live", live),
         Route("/s/{sid}/integrity", integrity),
@@ -274,6 +262,41 @@ def build_app(store: ReadableStore, grpc_address: str, feed: Callable[[], LiveFe
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     return Starlette(routes=routes)
+
+
+def _event_stream(
+    the_feed: LiveFeed,
+    followed: str,
+    count: Callable[[], Awaitable[tuple[int, int] | None]],
+) -> StreamingResponse:
+    """Server-sent events: ``{"position", "new", "more"}`` whenever ``count`` (called on
+    each commit of ``followed``) has something new; a keep-alive comment when idle."""
+
+    async def stream() -> AsyncIterator[str]:
+        sent = (0, 0)
+        with the_feed.follow(followed) as woken:
+            yield "retry: 2000\n\n"
+            while not the_feed.closed:
+                woken.clear()
+                try:
+                    now = await count()
+                except VarstoreError:
+                    return
+                if now is not None and now != sent and now[1] > 0:
+                    sent = now
+                    data = {"position": now[0], "new": now[1], "more": now[1] > COUNT_LIMIT}
+                    yield f"data: {json.dumps(data)}\n\n"
+                    await asyncio.sleep(NOTICE_INTERVAL)  # a busy session: few notices
+                try:
+                    await asyncio.wait_for(woken.wait(), KEEPALIVE)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 def _int(text: str, what: str) -> int | None:

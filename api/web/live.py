@@ -15,7 +15,10 @@ from contextlib import contextmanager
 
 from varstore.eventstore import RecordedEvent
 
-__all__ = ["LiveFeed", "Subscribe"]
+__all__ = ["ANY", "LiveFeed", "Subscribe"]
+
+#: Follow every session (``follow(ANY)``): woken by any commit.
+ANY = "*"
 
 #: The store's ``subscribe``: takes a listener of commits, returns its unsubscriber.
 Subscribe = Callable[[Callable[[Sequence[RecordedEvent]], None]], Callable[[], None]]
@@ -31,6 +34,8 @@ class LiveFeed:
         # position right after registering anyway.
         self._followers: dict[str, set[asyncio.Event]] = {}
         self.closed = False
+        #: Events committed since the feed started (the sessions page counts from it).
+        self.events_seen = 0
         self._unsubscribe: Callable[[], None] | None = None
 
     def attach(self, subscribe: Subscribe) -> None:
@@ -38,8 +43,12 @@ class LiveFeed:
         self._unsubscribe = subscribe(self._on_commit)
 
     def _on_commit(self, events: Sequence[RecordedEvent]) -> None:
+        # One writer calls this (the store's committing thread): a plain int suffices.
+        self.events_seen += len(events)
         followed = self._followers
         sessions = {event.session_id for event in events if event.session_id in followed}
+        if ANY in followed:
+            sessions.add(ANY)
         if sessions and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake, sessions)
 
@@ -50,7 +59,8 @@ class LiveFeed:
 
     @contextmanager
     def follow(self, session_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever ``session_id`` commits (or the feed closes)."""
+        """An event set whenever ``session_id`` (any session for :data:`ANY`) commits, or
+        the feed closes."""
         event = asyncio.Event()
         self._followers.setdefault(session_id, set()).add(event)
         try:

@@ -9,8 +9,9 @@ function followLive() {
     const data = JSON.parse(message.data);
     const count = data.more ? data.new + "+" : String(data.new);
     box.textContent = "";
+    const where = data.position ? " (now at position " + data.position + ")" : "";
     const text = document.createTextNode(
-      count + (data.new === 1 ? " new change" : " new changes") + " since this page was served (now at position " + data.position + "). ");
+      count + (data.new === 1 ? " new change" : " new changes") + " since this page was served" + where + ". ");
     const link = document.createElement("a");
     link.href = box.dataset.latest;
     link.textContent = "Show the latest";
