@@ -56,6 +56,7 @@ def record_sessions(address: str) -> None:
         ctx.set_variable("mode", "off")
         ctx.rollback_variable("temperature", 2, metadata={"reason": "revert the spike"})
         ctx.set_variable("enabled", True)
+        client.session("checkout-42", config={"source": HOSTILE}).set_variable("enabled", False)
         other = client.session("search-7", config={"source": "ranker"})
         other.register_variable("max_results", "integer", 10, constraints={"min": 1, "max": 50})
         busy = client.session("busy", config={"source": "loader"})
@@ -409,7 +410,12 @@ def test_hostile_strings_are_shown_as_text_never_run(
     served: tuple[ServerProcess, str], page: Page
 ) -> None:
     _, url = served
-    for path in ("/s/checkout-42", "/s/checkout-42/v/banner", "/s/checkout-42/v/banner?a=0&b=1"):
+    for path in (
+        "/s/checkout-42",
+        "/s/checkout-42/v/banner",
+        "/s/checkout-42/v/banner?a=0&b=1",
+        "/s/checkout-42/v/enabled",
+    ):
         page.goto(url + path)
         page.wait_for_timeout(100)
         assert page.evaluate("window.__pwned") is None
