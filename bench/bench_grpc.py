@@ -53,10 +53,10 @@ these ratios. A second table puts the durable writes side by side: SetVariable a
 16 clients beside the echo at 1 and 16 and beside etcd's Put at 1, 8 and 16 clients.
 
 Usage: ``.venv/bin/python bench/bench_grpc.py [--quick] [--json]`` from the repository
-root. ``--quick`` is a smoke run (one round, 200 calls, 0.4 s windows; about 10 s); the
-default run takes about 1.5 minutes. ``--json`` prints the results as JSON instead of
-the markdown report; progress goes to stderr. Exit status 1 if any call failed; 2 if etcd cannot be started (``apt-get install
-etcd-server``, or ``ETCD=/path/to/etcd``).
+root. ``--quick`` is a smoke run (one round, 200 calls, 0.4 s windows; about 20 s); the
+default run takes about 2 minutes. ``--json`` prints the results as JSON instead of
+the markdown report; progress goes to stderr. Exit status 1 if any call failed; 2 if
+etcd cannot be started (``apt-get install etcd-server``, or ``ETCD=/path/to/etcd``).
 """
 
 from __future__ import annotations
@@ -713,7 +713,7 @@ def run(settings: Settings, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    parser = arguments(__doc__, "a smoke run of about 10 s")
+    parser = arguments(__doc__, "a smoke run of about 20 s")
     parser.add_argument(
         "--client-processes",
         type=int,
