@@ -184,8 +184,8 @@ def _serve_options(function: F) -> F:
             "--http",
             metavar="HOST:PORT",
             default=lambda: _env("VARSTORE_HTTP"),
-            help="serve the read-only audit page at http://HOST:PORT/ (default: off; env "
-            "VARSTORE_HTTP)",
+            help="serve the read-only audit page at http://HOST:PORT/ (off by default; "
+            "loopback only unless --insecure; port 0 picks a free one; env VARSTORE_HTTP)",
         ),
         *(
             click.option(

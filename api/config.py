@@ -34,6 +34,7 @@ __all__ = [
     "ServerConfig",
     "TlsFiles",
     "check_exposure",
+    "check_http_exposure",
     "is_loopback",
     "split_address",
 ]
@@ -110,6 +111,8 @@ class ServerConfig:
     metrics: str | None = None
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
+    #: HOST:PORT of the audit web page, or None for none.
+    http: str | None = None
 
     @classmethod
     def from_args(
@@ -164,10 +167,13 @@ class ServerConfig:
             metrics=args.metrics or None,
             log_format=args.log_format,
             log_level=args.log_level.upper(),
+            http=getattr(args, "http", None) or None,
         )
         check_exposure(config.listen, config.security, insecure=config.insecure)
         if config.metrics is not None:
             split_address(config.metrics, "--metrics")
+        if config.http is not None:
+            check_http_exposure(config.http, insecure=config.insecure)
         return config
 
 
@@ -205,6 +211,22 @@ def check_exposure(listen: str, security: Security, *, insecure: bool) -> None:
             f"refusing to listen on {listen} without TLS: calls and tokens would cross "
             "the network in clear; give --tls-cert and --tls-key, listen on 127.0.0.1, "
             "or pass --insecure to accept it"
+        )
+
+
+def check_http_exposure(listen: str, *, insecure: bool) -> None:
+    """Refuse a non-loopback ``--http`` address unless ``insecure``: the audit page has no
+    TLS and no tokens (with or without them on the gRPC side).
+
+    Raises:
+        ConfigError: the one line saying what to change.
+    """
+    host, _ = split_address(listen, "--http")
+    if not insecure and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve the audit page on {listen}: it has no TLS and no tokens, so "
+            "anyone who reaches it reads every session; serve it on 127.0.0.1 (reach it "
+            "through an SSH tunnel or a proxy), or pass --insecure to accept it"
         )
 
 

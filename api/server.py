@@ -17,7 +17,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +37,9 @@ from varstore.eventstore import Recorder
 from varstore.eventstore.memory import MemoryRecorder
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from varstore.api.web import WebServer
 
 __all__ = ["MEMORY", "RunningServer", "open_recorder", "serve", "start_server"]
 
@@ -102,6 +105,8 @@ class RunningServer:
     metrics: Metrics | None = None
     #: The port ``/metrics`` is served on (0 when not served).
     metrics_port: int = 0
+    #: The audit page, if it is served (``--http``).
+    web: WebServer | None = None
 
     @property
     def address(self) -> str:
@@ -113,6 +118,8 @@ class RunningServer:
         """Refuse new calls, end watches (health and sessions), let in-flight calls finish
         (up to ``grace`` s), close the log."""
         self._sweeper_stop.set()
+        if self.web is not None:
+            self.web.stop()
         self.health.enter_graceful_shutdown()
         self.health.end_watches()
         if self.hub is not None:
@@ -289,6 +296,20 @@ def serve(config: ServerConfig) -> int:
     except BaseException:
         store.close()
         raise
+    if config.http is not None:
+        from varstore.api.web import start_web  # only a server with a page loads it
+
+        try:
+            running.web = start_web(
+                store,
+                config.http,
+                grpc_address=running.address,
+                subscribe=store.subscribe,
+                insecure=config.insecure,
+            )
+        except BaseException:
+            running.stop(grace=0)
+            raise
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -303,6 +324,8 @@ def serve(config: ServerConfig) -> int:
     if running.metrics_port:
         metrics_host = split_address(config.metrics or "", "--metrics")[0]
         protection += f"; metrics on {metrics_host}:{running.metrics_port}"
+    if running.web is not None:
+        protection += f"; audit page on {running.web.url}/"
     # Tools wait for this line; the address ends it.
     print(f"varstore (log in {where}; {protection}) listening on {running.address}", flush=True)
     if not store.writable:

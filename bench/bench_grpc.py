@@ -50,13 +50,16 @@ operation as often as it can answer an empty call). On a small machine the clien
 processes and the server share the cores, so 16-client figures are what the whole box
 does, the same for both sides. The targets printed after the table are checked against
 these ratios. A second table puts the durable writes side by side: SetVariable at 1 and
-16 clients beside the echo at 1 and 16 and beside etcd's Put at 1, 8 and 16 clients.
+16 clients beside the echo at 1 and 16 and beside etcd's Put at 1, 8 and 16 clients, with
+the writes each fsync of the log carried in the windows (varstore: its group commits, the
+distinct times of the events in its log, as a group's events share one; etcd: its WAL
+fsyncs, from its ``/metrics``).
 
 Usage: ``.venv/bin/python bench/bench_grpc.py [--quick] [--json]`` from the repository
-root. ``--quick`` is a smoke run (one round, 200 calls, 0.4 s windows; about 10 s); the
-default run takes about 1.5 minutes. ``--json`` prints the results as JSON instead of
-the markdown report; progress goes to stderr. Exit status 1 if any call failed; 2 if etcd cannot be started (``apt-get install
-etcd-server``, or ``ETCD=/path/to/etcd``).
+root. ``--quick`` is a smoke run (one round, 200 calls, 0.4 s windows; about 20 s); the
+default run takes about 2 minutes. ``--json`` prints the results as JSON instead of
+the markdown report; progress goes to stderr. Exit status 1 if any call failed; 2 if
+etcd cannot be started (``apt-get install etcd-server``, or ``ETCD=/path/to/etcd``).
 """
 
 from __future__ import annotations
@@ -65,13 +68,15 @@ import argparse
 import multiprocessing.connection
 import os
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -117,6 +122,8 @@ OPERATIONS: tuple[tuple[str, str], ...] = (
 #: Client counts of the extra concurrent phases, per operation (every operation also runs
 #: with ``Settings.clients``).
 EXTRA_CLIENTS: dict[str, tuple[int, ...]] = {"etcd_put": (8,)}
+#: The writes whose fsyncs are counted (the durable-writes table).
+DURABLE_WRITES = ("set", "etcd_put")
 
 
 @dataclass(frozen=True)
@@ -178,10 +185,39 @@ def run_echo_server() -> int:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A server the bench calls: where it listens, and its process (for its CPU time)."""
+    """A server the bench calls: where it listens, its process (for its CPU time) and,
+    for the durable ones, how many times it has fsynced its log so far."""
 
     address: str
     pid: int
+    fsyncs: Callable[[], int] | None = None
+
+
+def varstore_commits(db: Path) -> Callable[[], int]:
+    """The group commits (one transaction, one fsync each) the varstore log at ``db`` holds:
+    every event a group appends carries the group's one time, so they are the distinct
+    times (read through a read-only connection; WAL lets it read beside the server)."""
+
+    def count() -> int:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            (found,) = conn.execute("SELECT COUNT(DISTINCT recorded_at_us) FROM events").fetchone()
+        return int(found)
+
+    return count
+
+
+def etcd_wal_fsyncs(address: str) -> Callable[[], int]:
+    """The fsyncs of etcd's write-ahead log so far, from its ``/metrics``."""
+    metric = "etcd_disk_wal_fsync_duration_seconds_count"
+
+    def count() -> int:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=CALL_TIMEOUT) as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith(metric):
+                    return int(float(line.split()[-1]))
+        raise RuntimeError(f"etcd's /metrics has no {metric}")
+
+    return count
 
 
 @contextmanager
@@ -195,8 +231,10 @@ def servers(db_dir: Path) -> Iterator[dict[str, Endpoint]]:
     ):
         yield {
             "echo": Endpoint(echo.address, echo.process.pid),
-            "varstore": Endpoint(varstore.address, varstore.process.pid),
-            "etcd": Endpoint(etcd.address, etcd.pid),
+            "varstore": Endpoint(
+                varstore.address, varstore.process.pid, varstore_commits(db_dir / "bench.db")
+            ),
+            "etcd": Endpoint(etcd.address, etcd.pid, etcd_wal_fsyncs(etcd.address)),
         }
 
 
@@ -382,6 +420,8 @@ class ConcurrentRun:
     first_error: str = ""
     seconds: float = 0.0
     server_cpu_s: float = 0.0
+    #: Durable commits (fsyncs of the log) in the windows, when the server's are counted.
+    fsyncs: int = 0
 
     @property
     def calls_per_s(self) -> float:
@@ -393,6 +433,11 @@ class ConcurrentRun:
         """Server CPU time per completed call."""
         return self.server_cpu_s * 1e6 / self.completed if self.completed else 0.0
 
+    @property
+    def calls_per_fsync(self) -> float:
+        """Completed calls per fsync of the log (0 when fsyncs were not counted)."""
+        return self.completed / self.fsyncs if self.fsyncs else 0.0
+
 
 def run_concurrent(
     pool: ProcessPool,
@@ -402,9 +447,10 @@ def run_concurrent(
     settings: Settings,
     into: ConcurrentRun,
     clients: int | None = None,
+    fsyncs: Callable[[], int] | None = None,
 ) -> None:
     """One round: every client (``settings.clients`` unless given) for a warm-up plus this
-    round's share of the window."""
+    round's share of the window; ``fsyncs`` counts the server's fsyncs so far."""
     wanted = clients or settings.clients
     links = pool.links[:wanted]  # fewer clients than processes: one thread in each of some
     per_process = wanted // len(links)
@@ -426,8 +472,11 @@ def run_concurrent(
         )
     time.sleep(max(0.0, measure_from - time.monotonic()))
     cpu_before = cpu_seconds(server_pid)
+    fsyncs_before = fsyncs() if fsyncs is not None else 0
     time.sleep(max(0.0, measure_until - time.monotonic()))
     into.server_cpu_s += cpu_seconds(server_pid) - cpu_before
+    if fsyncs is not None:
+        into.fsyncs += fsyncs() - fsyncs_before
     into.seconds += window
     limit = measure_until + CALL_TIMEOUT + 15
     tally: Tally
@@ -454,6 +503,9 @@ class Row:
     p50_vs_echo: float
     concurrent_vs_echo: float
     extra: dict[int, float] = field(default_factory=dict)
+    #: Completed calls per fsync of the log at 16 clients, and in the extra phases.
+    calls_per_fsync: float = 0.0
+    extra_calls_per_fsync: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -530,6 +582,7 @@ def writes_table(rows: dict[str, Row]) -> str:
     for key in ("echo", "set", "etcd_put"):
         row = rows[key]
         eight = row.extra.get(8)
+        per_fsync = [row.extra_calls_per_fsync.get(8, 0.0), row.calls_per_fsync]
         cells.append(
             (
                 row.label,
@@ -541,6 +594,7 @@ def writes_table(rows: dict[str, Row]) -> str:
                 f"{row.concurrent_per_s / etcd_8:.2f}x" if etcd_8 else "",
                 f"{row.sequential.server_cpu_us_per_call:,.0f}",
                 f"{row.concurrent_server_cpu_us_per_call:,.0f}",
+                " / ".join(f"{n:.1f}" if n else "-" for n in per_fsync) if key != "echo" else "",
             )
         )
     header = (
@@ -553,8 +607,9 @@ def writes_table(rows: dict[str, Row]) -> str:
         "16c / etcd Put 8c",
         "server CPU µs/call 1c",
         "server CPU µs/call 16c",
+        "writes per fsync 8c / 16c",
     )
-    return markdown_table(header, "lrrrrrrrr", cells)
+    return markdown_table(header, "lrrrrrrrrr", cells)
 
 
 def markdown(
@@ -646,11 +701,13 @@ def measure(settings: Settings, pool: ProcessPool, endpoints: dict[str, Endpoint
         for key, label in OPERATIONS:
             server = endpoints[server_of(key)]
             into = runs.concurrent[key]
-            run_concurrent(pool, key, server.address, server.pid, settings, into)
+            counted = server.fsyncs if key in DURABLE_WRITES else None
+            run_concurrent(pool, key, server.address, server.pid, settings, into, None, counted)
             progress(f"round {round_} 16 clients {label}: {into.calls_per_s:,.0f} calls/s so far")
         for (key, clients), into in runs.extra.items():
             server = endpoints[server_of(key)]
-            run_concurrent(pool, key, server.address, server.pid, settings, into, clients)
+            counted = server.fsyncs if key in DURABLE_WRITES else None
+            run_concurrent(pool, key, server.address, server.pid, settings, into, clients, counted)
             progress(
                 f"round {round_} {clients} clients {key}: {into.calls_per_s:,.0f} calls/s so far"
             )
@@ -691,6 +748,8 @@ def run(settings: Settings, as_json: bool) -> int:
             sequential[key].p50_us / echo_p50,
             concurrent[key].calls_per_s / echo_per_s if echo_per_s else 0.0,
             {n: extra.calls_per_s for (op, n), extra in runs.extra.items() if op == key},
+            concurrent[key].calls_per_fsync,
+            {n: extra.calls_per_fsync for (op, n), extra in runs.extra.items() if op == key},
         )
         for key, label in OPERATIONS
     }
@@ -713,7 +772,7 @@ def run(settings: Settings, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    parser = arguments(__doc__, "a smoke run of about 10 s")
+    parser = arguments(__doc__, "a smoke run of about 20 s")
     parser.add_argument(
         "--client-processes",
         type=int,

@@ -428,7 +428,8 @@ class EtcdServer:
         self._previous_sigterm = signal.signal(signal.SIGTERM, exit_on_sigterm)
 
     def stop(self) -> None:
-        """SIGTERM (SIGKILL after 10 s), then remove the data directory; idempotent."""
+        """SIGTERM (SIGKILL after 10 s), remove the data directory, put back the SIGTERM
+        handling :meth:`start` replaced; idempotent."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -440,6 +441,9 @@ class EtcdServer:
         directory, self._directory = self._directory, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+        previous, self._previous_sigterm = self._previous_sigterm, None
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)  # the process's own handling again
 
     def __enter__(self) -> Self:
         self.start()

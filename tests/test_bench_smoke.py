@@ -91,7 +91,7 @@ CASES = [
             (
                 "| durable write vs references | 1c p50 µs | 1c calls/s | 8c calls/s "
                 "| 16c calls/s | 16c / echo 16c | 16c / etcd Put 8c | server CPU µs/call 1c "
-                "| server CPU µs/call 16c |"
+                "| server CPU µs/call 16c | writes per fsync 8c / 16c |"
             ),
             "SetVariable 16-client throughput / etcd Put 8-client throughput",
         ],
