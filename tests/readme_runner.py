@@ -4,10 +4,10 @@ Shell commands run in one bash per section (so ``export`` and ``$?`` behave as i
 terminal), in a scratch directory that looks like a clone (``.venv``, ``tests`` and ``proto``
 are links to the real ones), with the test virtualenv's bin first on PATH and every
 ``VARSTORE_*`` variable of the calling environment removed. A ``varstore serve`` command is
-started in the background on a free port (``--listen`` rewritten to ``127.0.0.1:0``); the
-address the README shows (the one in the listening line under it) then stands for the real
-one: it is replaced in commands and Python code, and the real address is replaced by it in
-what they print.
+started in the background on free ports (``--listen``, ``--http`` and ``--metrics`` get port
+0); the addresses the README shows in the start-up line under it then stand for the real
+ones: they are replaced in commands and Python code, and the real ones are replaced by them
+in what is printed.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ SERVER_START_TIMEOUT = 60.0
 _SERVE = re.compile(r"(?:^|[\s/])varstore\s+serve\b")
 _LISTENING = re.compile(r"listening on (\S+)$")
 _LISTEN_FLAG = re.compile(r"--listen(?:=|\s+)(\S+)")
+_ADDRESS_FLAGS = re.compile(r"(--(?:listen|http|metrics))(?:=|\s+)(\S+):(\d+)")
+_ADDRESS = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|localhost):\d+")
 
 
 @dataclass
@@ -138,11 +140,11 @@ class BackgroundServer:
 
 
 def start_background_server(command: str, cwd: Path, env: dict[str, str]) -> BackgroundServer:
-    """Start ``command`` (a ``varstore serve``) on a free port; wait for its listening line."""
-    if _LISTEN_FLAG.search(command):
-        command = _LISTEN_FLAG.sub("--listen 127.0.0.1:0", command)
-    else:
+    """Start ``command`` (a ``varstore serve``) on free ports (``--listen``, ``--http`` and
+    ``--metrics`` keep their host, with port 0); wait for its listening line."""
+    if not _LISTEN_FLAG.search(command):
         env = {**env, "VARSTORE_LISTEN": "127.0.0.1:0"}
+    command = _ADDRESS_FLAGS.sub(r"\1 \2:0", command)
     process = subprocess.Popen(
         ["bash", "-c", f"exec {command}"],
         cwd=cwd,
@@ -321,6 +323,11 @@ class ReadmeRunner:
             return command.line, f"`{_first_line(command.text)}`: {failed}"
         self.servers.append(server)
         self.addresses[readme_address] = server.address
+        if shown:  # the start-up line's other addresses (audit page, metrics), in order
+            real_line = next((line for line in server.lines if _LISTENING.search(line)), "")
+            shown_addresses = _ADDRESS.findall(command.expected[-1])
+            pairs = zip(shown_addresses, _ADDRESS.findall(real_line), strict=False)
+            self.addresses.update(dict(pairs))
         printed = self.back("\n".join(server.lines))
         if not matches(expected, printed):
             return command.line, "the server printed something else:\n" + difference(
