@@ -102,7 +102,8 @@ def _project(installed: Installed, name: str, files: dict[str, str]) -> Path:
 
 def test_the_wheel_installs_the_plugin_and_not_an_editable_link(installed: Installed) -> None:
     shown = subprocess.run(
-        [str(installed.python), "-m", "pip", "show", "--files", "varstore"],
+        [str(installed.python), "-I", "-m", "pip", "show", "--files", "varstore"],
+        cwd=installed.projects,  # not the repository, whose varstore.egg-info pip would read
         capture_output=True,
         text=True,
         timeout=120,
@@ -111,6 +112,23 @@ def test_the_wheel_installs_the_plugin_and_not_an_editable_link(installed: Insta
     assert "pytest_varstore.py" in shown
     assert "varstore/testing/__init__.py" in shown
     assert "__editable__" not in shown
+    metadata = subprocess.run(
+        [str(installed.python), "-I", "-c", _PRINT_LICENSE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert metadata[0] == "Apache-2.0"
+    assert any(name.endswith("licenses/LICENSE") for name in metadata[1:]), metadata
+
+
+_PRINT_LICENSE = """
+from importlib.metadata import distribution
+varstore = distribution("varstore")
+print(varstore.metadata["License-Expression"])
+print(*(str(f) for f in varstore.files or () if "licenses" in str(f)))
+"""
 
 
 def test_a_project_that_does_not_use_varstore_is_not_disturbed(installed: Installed) -> None:
