@@ -192,7 +192,7 @@ def split_address(address: str, what: str = "--listen") -> tuple[str, int]:
 
 
 _PORT = re.compile(r"[0-9]+")
-_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+_HOST_NAME = re.compile(r"(?!-)[\w-]{1,63}(?<!-)(\.(?!-)[\w-]{1,63}(?<!-))*\.?", re.ASCII)
 
 
 def _checked_host(host: str, address: str, what: str) -> str:
