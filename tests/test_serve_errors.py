@@ -83,6 +83,10 @@ def _cases(world: World, key: Pki) -> dict[str, Case]:
             (*memory, "--listen", world.server.address),
             f"cannot listen on {world.server.address}: the port is taken",
         ),
+        "port taken, with a database file": Case(
+            ("--db", str(folder / "fresh.db"), "--listen", f"127.0.0.1:{world.taken_port}"),
+            f"cannot listen on 127.0.0.1:{world.taken_port}: the port is taken",
+        ),
         "port too large": Case(
             (*memory, "--listen", "127.0.0.1:99999"), "the port must be from 0 to 65535"
         ),
@@ -177,6 +181,7 @@ def _cases(world: World, key: Pki) -> dict[str, Case]:
 CASE_NAMES = [
     "port taken by another process",
     "port taken by another varstore",
+    "port taken, with a database file",
     "port too large",
     "port 65536",
     "negative port",
@@ -262,6 +267,7 @@ def test_a_failed_start_leaves_no_lock_and_creates_no_directory(
     assert not (folder / "missing").exists()
     strays = {p.name for p in folder.glob("*.lock")} - {f"{world.held_db.name}.lock"}
     assert not strays
+    assert Path(f"{world.held_db}.lock").exists(), "the running server's lock was taken away"
     assert not (folder / "a-directory.lock").exists()
     assert not (folder / "notes.txt.lock").exists()
 
