@@ -452,18 +452,17 @@ def _unlock(db_path: str, fd: int) -> None:
 
 
 def _check_openable(db_path: str) -> None:
-    """Refuse, in plain words, a path that cannot be a database file this process can
-    read and write (sqlite3 would say only "unable to open database file")."""
+    """Refuse, in plain words, a path that cannot be a database file this process can read
+    (sqlite3 would say only "unable to open database file"). A file it can read but not
+    write opens: the server then serves reads and reports itself NOT_SERVING."""
     if os.path.isdir(db_path):
         raise RecorderError(f"{db_path} is a directory, not a database file")
     try:
-        fd = os.open(db_path, os.O_RDWR)
+        fd = os.open(db_path, os.O_RDONLY)
     except FileNotFoundError:
         return  # created on open
     except OSError as e:
-        raise RecorderError(
-            f"cannot open database {db_path} to read and write: {e.strerror}"
-        ) from None
+        raise RecorderError(f"cannot open database {db_path} to read it: {e.strerror}") from None
     os.close(fd)
 
 
