@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +137,7 @@ class ServerConfig:
                 _read(args.tls_key, "--tls-key"),
                 _read(args.tls_client_ca, "--tls-client-ca") if args.tls_client_ca else None,
             )
+            _check_tls_files(args.tls_cert, args.tls_key, args.tls_client_ca)
         admin_token = (
             _read(args.admin_token_file, "--admin-token-file").decode(errors="replace").strip()
             if args.admin_token_file
@@ -178,15 +181,46 @@ class ServerConfig:
 
 
 def split_address(address: str, what: str = "--listen") -> tuple[str, int]:
-    """``(host, port)`` of ``HOST:PORT`` (an empty host is 127.0.0.1; IPv6 in brackets).
+    """``(host, port)`` of ``HOST:PORT``: an empty host is 127.0.0.1, an IPv6 address goes in
+    brackets (``[::1]:50051``), the port is 0 to 65535 (0 picks a free one).
 
     Raises:
-        ConfigError: not HOST:PORT.
+        ConfigError: not HOST:PORT, a malformed host, or a port out of range.
     """
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{what} must be HOST:PORT, not {address!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    if not sep or _PORT.fullmatch(port) is None:
+        raise ConfigError(f"{what} must be HOST:PORT (such as 127.0.0.1:50051), not {address!r}")
+    if int(port) > 65535:
+        raise ConfigError(
+            f"{what} {address}: the port must be from 0 to 65535 (0 picks a free one), not {port}"
+        )
+    return _checked_host(host, address, what) or "127.0.0.1", int(port)
+
+
+_PORT = re.compile(r"[0-9]+")
+_HOST_NAME = re.compile(r"(?!-)[\w-]{1,63}(?<!-)(\.(?!-)[\w-]{1,63}(?<!-))*\.?", re.ASCII)
+
+
+def _checked_host(host: str, address: str, what: str) -> str:
+    """The host of ``address`` without brackets, if it is an IP address or a host name."""
+    if host.startswith("[") or host.endswith("]") or ":" in host:
+        inner = host.removeprefix("[").removesuffix("]")
+        if not (host.startswith("[") and host.endswith("]")) or not _is_ip(inner, 6):
+            raise ConfigError(
+                f"{what} {address}: an IPv6 address goes in brackets, as in [::1]:50051"
+            )
+        return inner
+    numeric = host.replace(".", "").isdigit()
+    if host and not (_is_ip(host, 4) if numeric else _HOST_NAME.fullmatch(host) is not None):
+        raise ConfigError(f"{what} {address}: {host!r} is not an IP address or a host name")
+    return host
+
+
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
 
 
 def is_loopback(host: str) -> bool:
@@ -235,3 +269,34 @@ def _read(path: str, flag: str) -> bytes:
         return Path(path).expanduser().read_bytes()
     except OSError as problem:
         raise ConfigError(f"cannot read {flag} {path}: {problem.strerror or problem}") from None
+
+
+def _check_tls_files(cert: str, key: str, client_ca: str | None) -> None:
+    """Refuse TLS files that are not what their flags say (gRPC would only log it).
+
+    Raises:
+        ConfigError: the one line saying which file is wrong.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except (ssl.SSLError, ValueError) as problem:
+        mismatch = getattr(problem, "reason", "") == "KEY_VALUES_MISMATCH"
+        raise ConfigError(
+            f"--tls-key {key} is not the private key of --tls-cert {cert}"
+            if mismatch
+            else f"--tls-cert {cert} and --tls-key {key} must be a PEM certificate chain and "
+            "its unencrypted PEM private key"
+        ) from None
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (ssl.SSLError, ValueError):
+            raise ConfigError(
+                f"--tls-client-ca {client_ca} must hold PEM CA certificates"
+            ) from None
+
+
+def _no_password() -> bytes:
+    """The password callback of an encrypted key: none is given, so loading it fails."""
+    return b""

@@ -8,6 +8,7 @@ open health Watch streams at once, so a load balancer's watch does not hold it u
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import socket
@@ -24,7 +25,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from varstore.api.auth import AuthInterceptor, current_identity
-from varstore.api.config import Security, ServerConfig, check_exposure, split_address
+from varstore.api.config import (
+    ConfigError,
+    Security,
+    ServerConfig,
+    check_exposure,
+    split_address,
+)
 from varstore.api.interceptors import ErrorInterceptor
 from varstore.api.limits import Limits
 from varstore.api.logs import RequestLogInterceptor
@@ -63,8 +70,13 @@ def open_recorder(db: str, sync: Literal["full", "normal"] = "full") -> Recorder
         return PostgresRecorder(db)
     from varstore.eventstore.sqlite import SQLiteRecorder
 
-    Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    return SQLiteRecorder(Path(db).expanduser(), synchronous=sync)
+    path = Path(db).expanduser()
+    if not path.parent.is_dir():
+        problem = "is not a directory" if path.parent.exists() else "does not exist"
+        raise ConfigError(f"--db {db}: {path.parent} {problem} (create the directory first)")
+    if path.is_dir():
+        raise ConfigError(f"--db {db} is a directory: give the path of a database file")
+    return SQLiteRecorder(path, synchronous=sync)
 
 
 def _where(db: str, sync: str) -> str:
@@ -201,7 +213,12 @@ def start_server(
         raise OSError(f"cannot listen on {listen} (is the port taken?)")
     metrics_port = 0
     if observed is not None and metrics is not None:
-        metrics_port = observed.serve(*split_address(metrics, "--metrics"))
+        try:
+            metrics_port = observed.serve(*split_address(metrics, "--metrics"))
+        except OSError as problem:
+            server.stop(None)
+            reason = problem.strerror or str(problem)
+            raise OSError(f"cannot serve --metrics on {metrics}: {reason}") from None
     server.start()
     _follow_the_log(store, health_servicer)
     stop = threading.Event()
@@ -214,13 +231,13 @@ def start_server(
 
 
 def _check_port_free(host: str, port: int, listen: str) -> None:
-    """Refuse a port another process holds, in one line (grpc would also log its own)."""
-    if port == 0:
-        return
+    """Refuse a port another process holds, an address not on this machine or a host name
+    that does not resolve, in one line (grpc would log lines of its own)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return  # grpc will say what it makes of the name
+    except OSError as problem:
+        reason = problem.strerror or str(problem)
+        raise OSError(f"cannot listen on {listen}: cannot resolve {host}: {reason}") from None
     for family, kind, proto, _, address in infos[:1]:
         with socket.socket(family, kind, proto) as probe:
             # As grpc binds: a port whose old connections linger (TIME_WAIT) is free.
@@ -228,7 +245,16 @@ def _check_port_free(host: str, port: int, listen: str) -> None:
             try:
                 probe.bind(address)
             except OSError as problem:
-                raise OSError(f"cannot listen on {listen}: {problem.strerror}") from None
+                reason = _BIND_PROBLEMS.get(problem.errno or 0) or problem.strerror or str(problem)
+                raise OSError(f"cannot listen on {listen}: {reason}") from None
+
+
+#: What a failed bind means, in the words of the one line ``varstore serve`` prints.
+_BIND_PROBLEMS = {
+    errno.EADDRINUSE: "the port is taken by another process",
+    errno.EADDRNOTAVAIL: "that is not an address of this machine",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+}
 
 
 def _follow_the_log(store: Store, health_servicer: _Health) -> None:

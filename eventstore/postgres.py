@@ -116,6 +116,25 @@ def describe_dsn(dsn: str) -> str:
     return f"PostgreSQL {where}, schema {schema_of(dsn)}"
 
 
+def _server_of(dsn: str) -> str:
+    """The server and database a DSN names (``PostgreSQL at HOST:PORT, database D``),
+    never its password."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "PostgreSQL (unreadable DSN)"
+    host = str(parts.get("host") or "localhost")
+    database = f", database {parts['dbname']}" if parts.get("dbname") else ""
+    return f"PostgreSQL at {host}:{parts.get('port') or 5432}{database}"
+
+
+def _reason(error: psycopg.Error) -> str:
+    """libpq's reason a connection failed, without its preamble (which repeats the host)."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = first.rpartition(" failed: ")[2] or first
+    return reason.removeprefix("FATAL:").strip()
+
+
 class PostgresRecorder(Recorder):
     """A recorder on the PostgreSQL database at ``dsn``, in ``schema`` (created if missing;
     by default the one the DSN's ``search_path`` option names, else ``varstore``).
@@ -144,8 +163,12 @@ class PostgresRecorder(Recorder):
         self._channel = channel_of(schema)
         self._request_ttl_us = int(request_ttl / timedelta(microseconds=1))
         self._roles = PostgresRoles(self._connect, schema)
+        try:
+            first = self._connect()
+        except psycopg.OperationalError as e:
+            raise RecorderError(f"cannot connect to {_server_of(dsn)}: {_reason(e)}") from None
         with _translated("cannot open the PostgreSQL log"):
-            with self._connect() as conn:
+            with first as conn:
                 self._migrate(conn)
             self._pool = ConnectionPool(
                 dsn,

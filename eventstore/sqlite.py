@@ -2,8 +2,10 @@
 
 The file holds the log, ``events`` (see ``_CREATE_EVENTS``), and beside it the derived
 ``checkpoints`` and ``touches`` tables; ``PRAGMA user_version`` records the schema version, and
-opening a database of an older version migrates it (version 1 to 2 adds the request columns). While a recorder is open it holds an exclusive ``flock`` on the
-side file ``<path>.lock``: one varstore process per database. Positions are nevertheless
+opening a database of an older version migrates it (version 1 to 2 adds the request
+columns). While a recorder is open it holds an exclusive ``flock`` on the side file
+``<path>.lock``, which exists only while it is held (closing, or failing to open, removes
+it): one varstore process per database. Positions are nevertheless
 read from the file inside each write transaction, never from memory, so a second writer
 (which the lock keeps out) could only ever cause a reported conflict, not a corrupt log.
 """
@@ -122,6 +124,7 @@ class SQLiteRecorder(Recorder):
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._closed = False
+        _check_openable(self._path)
         # Lock before touching the database, so a second process never even migrates it.
         self._lock_fd = _lock_exclusively(self._path)
         writer = reader = None
@@ -135,7 +138,7 @@ class SQLiteRecorder(Recorder):
             for conn in (reader, writer):
                 if conn is not None:
                     conn.close()
-            os.close(self._lock_fd)
+            _unlock(self._path, self._lock_fd)
             raise
         self._writer = writer
         self._reader = reader
@@ -280,7 +283,7 @@ class SQLiteRecorder(Recorder):
                     # The writer goes last: the last connection checkpoints and removes the WAL.
                     self._writer.close()
             finally:
-                os.close(self._lock_fd)  # releases the flock
+                _unlock(self._path, self._lock_fd)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -291,6 +294,11 @@ class SQLiteRecorder(Recorder):
         transaction: all or nothing); refuse one from a newer varstore."""
         with _immediate_transaction(conn):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+                raise RecorderError(
+                    f"{self._path} is an SQLite database of another program, not varstore's "
+                    "(it has tables but no varstore schema version)"
+                )
             if version == 0:
                 conn.execute(_CREATE_EVENTS)
                 conn.execute(_CREATE_REQUEST_INDEX)
@@ -400,23 +408,62 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
 
 
 def _lock_exclusively(db_path: str) -> int:
-    """An open descriptor of ``<db_path>.lock`` holding an exclusive flock, or RecorderError."""
+    """An open descriptor of ``<db_path>.lock`` holding an exclusive flock, or RecorderError.
+
+    The lock file exists while a recorder holds it: :func:`_unlock` removes it (still
+    holding the flock). So a process that opened the file just before it was removed and
+    then won the flock checks that its file is still the one at that path, and if not
+    opens the new one (else two processes would each hold a lock on a different file).
+    """
     lock_path = f"{db_path}.lock"
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RecorderError(
+                f"cannot create the lock file {lock_path}: {e.strerror or e}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RecorderError(
+                f"database {db_path} is in use by another varstore process "
+                f"(it holds {lock_path}): stop that server or give another --db"
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            raise RecorderError(f"cannot lock {lock_path}: {e.strerror or e}") from None
+        try:
+            held = os.fstat(fd)
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+            return fd
+        os.close(fd)  # removed by the process that held it: lock the new one
+
+
+def _unlock(db_path: str, fd: int) -> None:
+    """Remove ``<db_path>.lock`` and release its flock (see :func:`_lock_exclusively`)."""
+    with contextlib.suppress(OSError):
+        os.unlink(f"{db_path}.lock")
+    os.close(fd)
+
+
+def _check_openable(db_path: str) -> None:
+    """Refuse, in plain words, a path that cannot be a database file this process can read
+    (sqlite3 would say only "unable to open database file"). A file it can read but not
+    write opens: the server then serves reads and reports itself NOT_SERVING."""
+    if os.path.isdir(db_path):
+        raise RecorderError(f"{db_path} is a directory, not a database file")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(db_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # created on open
     except OSError as e:
-        raise RecorderError(f"cannot open lock file {lock_path}: {e}") from e
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as e:
-        os.close(fd)
-        raise RecorderError(
-            f"database {db_path} is in use by another varstore process (lock file {lock_path})"
-        ) from e
-    except OSError as e:
-        os.close(fd)
-        raise RecorderError(f"cannot lock {lock_path}: {e}") from e
-    return fd
+        raise RecorderError(f"cannot open database {db_path} to read it: {e.strerror}") from None
+    os.close(fd)
 
 
 def _last_global(conn: sqlite3.Connection) -> int:

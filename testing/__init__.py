@@ -1,7 +1,8 @@
-"""``varstore.testing``: a pytest plugin for testing code that uses varstore.
+"""``varstore.testing``: what the varstore pytest plugin's fixtures give, for testing code
+that uses varstore.
 
-Installing varstore registers it (the ``pytest11`` entry point), so these fixtures need
-no setup and no import:
+Installing varstore registers the plugin (the ``pytest11`` entry point ``varstore``, the
+top-level module ``pytest_varstore``, at the repository root), so these fixtures need no setup and no import:
 
 ``varstore_server``
     A real varstore server in the test process, on a free loopback port, its log in
@@ -23,32 +24,25 @@ Example::
         session = varstore_replay("sessions/prod-1234.jsonl", to_position=40)
         assert session.get_variable("temperature") == 0.7
 
-Disable it with ``-p no:varstore``.
+Disable it with ``-p no:varstore``. The plugin module imports nothing of varstore until
+one of its fixtures is used (this module then), so a project that installs varstore but
+does not use the fixtures sees no trace of it: no import, no assertion-rewrite warning.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import pytest
-
-if TYPE_CHECKING:  # imported by the fixtures, so a test run that uses none stays light
+if TYPE_CHECKING:  # imported when a server starts, so a client-only user stays light
     from varstore.api.server import RunningServer
     from varstore.api.store import Store
     from varstore.client import Client, SessionContext
 
-__all__ = [
-    "Replay",
-    "VarstoreServer",
-    "varstore_client",
-    "varstore_replay",
-    "varstore_server",
-    "varstore_session",
-]
+__all__ = ["Replay", "VarstoreServer", "new_session", "replayer", "start_varstore_server"]
 
 
 @dataclass
@@ -93,38 +87,25 @@ class Replay(Protocol):
         ...
 
 
-@pytest.fixture(scope="session")
-def varstore_server() -> Iterator[VarstoreServer]:
-    """A varstore server in this process (memory log, free loopback port) for the run."""
+def start_varstore_server() -> VarstoreServer:
+    """A varstore server in this process (memory log, free loopback port): what the
+    ``varstore_server`` fixture gives."""
     from varstore.api.server import start_server
     from varstore.api.store import Store
     from varstore.eventstore.memory import MemoryRecorder
 
-    server = VarstoreServer(start_server(Store(MemoryRecorder()), "127.0.0.1:0"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    return VarstoreServer(start_server(Store(MemoryRecorder()), "127.0.0.1:0"))
 
 
-@pytest.fixture
-def varstore_client(varstore_server: VarstoreServer) -> Iterator[Client]:
-    """A client on ``varstore_server``, closed after the test."""
-    with varstore_server.connect() as client:
-        yield client
+def new_session(client: Client) -> SessionContext:
+    """A fresh sync SessionContext on a new, empty session: what ``varstore_session`` gives."""
+    return client.create_session(f"test_{uuid.uuid4().hex[:16]}")
 
 
-@pytest.fixture
-def varstore_session(varstore_client: Client) -> SessionContext:
-    """A fresh sync SessionContext on a new, empty session of ``varstore_server``."""
-    return varstore_client.create_session(f"test_{uuid.uuid4().hex[:16]}")
-
-
-@pytest.fixture
-def varstore_replay(varstore_client: Client, request: pytest.FixtureRequest) -> Replay:
-    """A function: an export's path (and optionally a position) to a sync SessionContext
-    on a new session rebuilt from it, on ``varstore_server``."""
-    here = request.path.parent
+def replayer(client: Client, here: Path) -> Replay:
+    """What ``varstore_replay`` gives: a function from an export's path (relative paths are
+    looked up in ``here`` first) and optionally a position to a sync SessionContext on a
+    new session rebuilt from it."""
 
     def replay(
         path: str | Path,
@@ -136,7 +117,7 @@ def varstore_replay(varstore_client: Client, request: pytest.FixtureRequest) -> 
         found = Path(path)
         if not found.is_absolute() and (here / found).exists():
             found = here / found
-        return varstore_client.import_session(
+        return client.import_session(
             found,
             session_id or f"replay_{uuid.uuid4().hex[:16]}",
             to_position,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fcntl
-import json
+import hashlib
 import os
 import shutil
 import subprocess
@@ -18,10 +18,11 @@ import pytest
 #: The repository root.
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The git-ignored npm prefix that the tests install Node packages into.
-NODE_PREFIX = ROOT / "tests" / ".node"
+#: The Node project of the tests and the README's Node example: its package.json and
+#: package-lock.json are committed, ``npm ci`` installs exactly the locked versions.
+NODE_PROJECT = ROOT / "tests" / "node"
 
-#: Seconds one ``npm install`` may take.
+#: Seconds one ``npm ci`` may take.
 NPM_TIMEOUT = 240
 
 
@@ -67,24 +68,6 @@ def assert_succeeded(result: subprocess.CompletedProcess[str], hint: str = "") -
         pytest.fail(f"{message}\n{hint}" if hint else message, pytrace=False)
 
 
-def npm_package_version(name: str) -> str | None:
-    """The version of npm package ``name`` installed in :data:`NODE_PREFIX`, if any."""
-    manifest = NODE_PREFIX / "node_modules" / name / "package.json"
-    try:
-        version = json.loads(manifest.read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError):
-        return None
-    return version if isinstance(version, str) else None
-
-
-def _split_spec(spec: str) -> tuple[str, str]:
-    """``"@scope/name@1.2.3"`` -> ``("@scope/name", "1.2.3")``."""
-    name, at, version = spec.rpartition("@")
-    if not at or not name or not version:
-        raise ValueError(f"npm spec {spec!r} is not NAME@EXACT_VERSION")
-    return name, version
-
-
 def _npm_error(output: str) -> str:
     """The gist of npm's error output: its error code and first message line."""
     errors = [
@@ -101,42 +84,52 @@ def _npm_error(output: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def npm_install(*specs: str) -> Path:
-    """Install the ``NAME@VERSION`` specs missing from :data:`NODE_PREFIX`; return its node_modules.
+def _lock_digest() -> str:
+    return hashlib.sha256((NODE_PROJECT / "package-lock.json").read_bytes()).hexdigest()
 
-    Every test module shares the one prefix: ``npm install`` records each package in the
-    prefix's package.json (``--save-exact``), so a later install keeps the earlier ones. A file
-    lock keeps two pytest processes from running npm in the prefix at once. A missing npm or
-    a failed install calls :func:`skip_or_fail`.
+
+def npm_ci() -> Path:
+    """``npm ci`` in :data:`NODE_PROJECT` unless its node_modules already holds what the
+    committed lock file says; returns that node_modules.
+
+    A stamp in node_modules records the digest of the lock file it was installed from, so a
+    changed lock installs again. A file lock keeps two pytest processes from running npm at
+    once. A missing npm or a failed install calls :func:`skip_or_fail`.
     """
-    node_modules = NODE_PREFIX / "node_modules"
+    node_modules = NODE_PROJECT / "node_modules"
+    stamp = node_modules / ".installed-from-lock"
 
-    def missing() -> list[str]:
-        return [s for s in specs if npm_package_version(_split_spec(s)[0]) != _split_spec(s)[1]]
+    def current() -> bool:
+        return stamp.is_file() and stamp.read_text(encoding="utf-8") == _lock_digest()
 
-    if not missing():
+    if current():
         return node_modules
     npm = shutil.which("npm")
     if npm is None:
-        skip_or_fail(f"npm is not installed, so {' '.join(specs)} cannot be installed")
-    NODE_PREFIX.mkdir(parents=True, exist_ok=True)
-    with (NODE_PREFIX / ".install.lock").open("w") as lock:
+        skip_or_fail("npm is not installed, so tests/node's packages cannot be installed")
+    with (NODE_PROJECT / ".npm-ci.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        wanted = missing()  # another process may have installed them while we waited
-        if not wanted:
+        if current():  # another process installed them while we waited
             return node_modules
-        command: list[str | Path] = [npm, "install", "--prefix", NODE_PREFIX]
-        command += ["--no-audit", "--no-fund", "--save-exact", *wanted]
-        shown = "npm install " + " ".join(wanted)
+        command = [npm, "ci", "--no-audit", "--no-fund"]
         try:
-            result = run(command, timeout=NPM_TIMEOUT)
+            result = subprocess.run(
+                command,
+                cwd=NODE_PROJECT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=NPM_TIMEOUT,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
-            skip_or_fail(f"{shown} timed out after {NPM_TIMEOUT} s")
+            skip_or_fail(f"npm ci in tests/node timed out after {NPM_TIMEOUT} s")
         if result.returncode != 0:
-            skip_or_fail(f"{shown} failed (exit {result.returncode}): {_npm_error(result.stdout)}")
-        still = missing()
-        if still:
-            skip_or_fail(f"{shown} exited with 0 but left {' '.join(still)} missing")
+            skip_or_fail(
+                f"npm ci in tests/node failed (exit {result.returncode}): "
+                f"{_npm_error(result.stdout)}"
+            )
+        stamp.write_text(_lock_digest(), encoding="utf-8")
     return node_modules
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-from _support import NODE_PREFIX, assert_succeeded, npm_install, run, skip_or_fail
+from _support import NODE_PROJECT, assert_succeeded, npm_ci, run, skip_or_fail
 
 BUF_PACKAGE = "@bufbuild/buf"
-BUF_VERSION = "1.75.0"
-BUF = NODE_PREFIX / "node_modules" / ".bin" / "buf"
+BUF = NODE_PROJECT / "node_modules" / ".bin" / "buf"
 
 
 def test_generated_code_matches_the_proto_files() -> None:
@@ -29,18 +29,17 @@ def _buf_version() -> str | None:
 
 
 def _installed_buf() -> Path:
-    """buf at BUF_VERSION, installed with npm into tests/.node unless it is already there.
+    """buf at the version tests/node/package.json pins, installed by ``npm ci`` there.
 
     npm 11 may warn that buf's postinstall script is "not yet covered by allowScripts" and
     skip it; the binary comes from a platform package and works anyway.
     """
-    if BUF.exists() and _buf_version() == BUF_VERSION:
-        return BUF
-    spec = f"{BUF_PACKAGE}@{BUF_VERSION}"
-    npm_install(spec)
+    manifest = json.loads((NODE_PROJECT / "package.json").read_text(encoding="utf-8"))
+    wanted = manifest["devDependencies"][BUF_PACKAGE]
+    npm_ci()
     found = _buf_version()
-    if found != BUF_VERSION:
-        skip_or_fail(f"npm installed {spec} but `buf --version` gave {found or 'an error'}")
+    if found != wanted:
+        skip_or_fail(f"npm ci installed {BUF_PACKAGE} {wanted} but `buf --version` gave {found}")
     return BUF
 
 

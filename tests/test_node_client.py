@@ -1,5 +1,5 @@
 """The cross-language promise, proven with a second language: a Node client (@grpc/grpc-js and
-@grpc/proto-loader, installed with npm into the git-ignored tests/.node) reads and updates a
+@grpc/proto-loader, installed by ``npm ci`` from tests/node's committed lock) reads and updates a
 variable that Python registered on a real ``varstore serve`` process, and Python sees Node's
 update with its version, source and metadata."""
 
@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from _support import ROOT, npm_install, skip_or_fail
+from _support import NODE_PROJECT, npm_ci, skip_or_fail
 from servers import ServerProcess, start_server_process, stub_for
 
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc
 
-NODE_PACKAGES = ("@grpc/grpc-js@1.14.7", "@grpc/proto-loader@0.8.1")
-CLIENT_SCRIPT = ROOT / "tests" / "node" / "varstore_client.js"
+CLIENT_SCRIPT = NODE_PROJECT / "varstore_client.js"
 INVALID_ARGUMENT = 3
 
 
@@ -67,11 +66,11 @@ class NodeClient:
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    """The node executable, with the gRPC packages installed into tests/.node."""
+    """The node executable, with tests/node's packages installed (``npm ci``)."""
     found = shutil.which("node")
     if found is None:
         skip_or_fail("node is not installed, so the Node client cannot run")
-    npm_install(*NODE_PACKAGES)
+    npm_ci()
     return found
 
 

@@ -6,19 +6,19 @@
 // Calls METHOD (e.g. "GetVariable") with the request given as JSON (proto field names,
 // int64 as strings or numbers) and prints the response as JSON on stdout, exit 0. A gRPC
 // error prints {"code": <numeric status code>, "details": "..."} on stdout, exit 1.
-// Bad usage exits 2. @grpc/grpc-js and @grpc/proto-loader come from tests/.node
-// (installed by the Python tests with npm); the contract from the repository's proto/.
+// Bad usage exits 2. @grpc/grpc-js and @grpc/proto-loader are this folder's dependencies
+// (package.json, locked in package-lock.json: `npm ci` here installs them); the contract
+// comes from the repository's proto/.
 "use strict";
 
 const path = require("path");
 
-const NODE_MODULES = path.join(__dirname, "..", ".node", "node_modules");
 const PROTO_ROOT = path.join(__dirname, "..", "..", "proto");
 const SERVICE = "varstore.v1.VariableStore";
 const DEADLINE_MS = 30000;
 
-const grpc = require(path.join(NODE_MODULES, "@grpc", "grpc-js"));
-const protoLoader = require(path.join(NODE_MODULES, "@grpc", "proto-loader"));
+const grpc = require("@grpc/grpc-js");
+const protoLoader = require("@grpc/proto-loader");
 
 function usage(message) {
   process.stderr.write(`${message}\nusage: node varstore_client.js ADDRESS METHOD JSON_REQUEST\n`);
