@@ -3,11 +3,12 @@
 Shell commands run in one bash per section (so ``export`` and ``$?`` behave as in a
 terminal), in a scratch directory that looks like a clone (``.venv``, ``tests`` and ``proto``
 are links to the real ones), with the test virtualenv's bin first on PATH and every
-``VARSTORE_*`` variable of the calling environment removed. A ``varstore serve`` command is
-started in the background on free ports (``--listen``, ``--http`` and ``--metrics`` get port
+``VARSTORE_*`` variable of the calling environment removed. A ``varstore serve`` command
+shown with its listening line is started in the background on free ports (``--listen``, ``--http`` and ``--metrics`` get port
 0); the addresses the README shows in the start-up line under it then stand for the real
 ones: they are replaced in commands and Python code, and the real ones are replaced by them
-in what is printed.
+in what is printed. One shown without a listening line (a refusal to start) runs in the
+foreground like any other command.
 """
 
 from __future__ import annotations
@@ -297,9 +298,9 @@ class ReadmeRunner:
 
     def _run_command(self, command: Command, shell: Shell) -> tuple[int, str] | None:
         expected = "\n".join(command.expected)
-        if _SERVE.search(command.text) and not command.text.rstrip().endswith("&"):
+        if _SERVE.search(command.text) and any(_LISTENING.search(x) for x in command.expected):
             return self._start_server(command, expected)
-        if shlex.split(command.text, comments=True)[:1] == ["node"]:
+        if {"node", "npm"} & set(shlex.split(command.text, comments=True)):
             self.prepare_node()
         try:
             status, output = shell.run(self.forward(command.text))

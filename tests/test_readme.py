@@ -25,9 +25,8 @@ from what the code does. Conventions (also told in the README's Development sect
   in the scratch directory; an expression statement followed by ``# -> EXPECTED`` is checked
   (``print(...)``: what it printed; any other expression: its ``repr``), with the same
   matching as shell output.
-- **Node**: a ``node`` command runs the real node; the packages it needs are installed as
-  the Node test installs them (tests/_support.npm_install) until tests/node/package.json
-  exists. TODO(readme): switch to the README's ``npm ci --prefix tests/node`` then.
+- **Node**: the README's own ``npm ci`` in tests/node installs the locked packages, and
+  ``node`` runs the real node; without node or npm the section skips (fails in CI).
 - **Not run**: a block just below ``<!-- doctest: skip: REASON -->`` (the two install
   commands at the top, Docker, pipx from the network, PostgreSQL clusters...) is listed
   with its reason at the end of the run; ````` ```text ````` blocks are figures, not
@@ -41,24 +40,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _support import ROOT, npm_install, skip_or_fail
+from _support import ROOT, skip_or_fail
 from readme_blocks import read_readme
 from readme_runner import NotRunnable, ReadmeRunner, SectionResult
 
 README = ROOT / "README.md"
-NODE_PACKAGES = ("@grpc/grpc-js@1.14.7", "@grpc/proto-loader@0.8.1")
 
 _readme = read_readme(README)
 
 
 def _prepare_node() -> None:
-    """Install the Node client's packages (tests/_support), or say why they cannot be."""
-    if shutil.which("node") is None:
-        raise NotRunnable("node is not installed")
-    try:
-        npm_install(*NODE_PACKAGES)
-    except (pytest.skip.Exception, pytest.fail.Exception) as missing:
-        raise NotRunnable(str(missing)) from None
+    """Say why the Node example cannot run here, if node or npm is missing."""
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        raise NotRunnable(f"{' and '.join(missing)} not installed")
 
 
 @pytest.fixture(scope="module")
