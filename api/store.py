@@ -421,9 +421,11 @@ class Store:
         last event it folds. A failure costs only start-up time."""
         with self._checkpoint_lock:
             global_position, states = self.projector.cut()
+            snapshots = self.projector.snapshot_chains(states)
             try:
                 mark = self._mark_at(global_position)
-                self.recorder.save_checkpoint(global_position, seal_checkpoint(mark, states))
+                sealed = seal_checkpoint(mark, states, snapshots)
+                self.recorder.save_checkpoint(global_position, sealed)
                 self._checkpointed = global_position
             except RecorderError:
                 log.exception("checkpoint at global position %d failed", global_position)
@@ -501,7 +503,8 @@ class Store:
         after it (or of the whole log, without a checkpoint it can trust)."""
         checkpoint = self._trusted_checkpoint()
         self.projector.start(
-            (checkpoint.global_position, checkpoint.sessions) if checkpoint is not None else None
+            (checkpoint.global_position, checkpoint.sessions) if checkpoint is not None else None,
+            checkpoint.snapshots if checkpoint is not None else None,
         )
         self._checkpointed = checkpoint.global_position if checkpoint is not None else 0
         states = self.projector.states()

@@ -2,7 +2,7 @@
 
 from varstore.projections.fold import Fold, ProjectionError, apply_event, replay
 from varstore.projections.history import Change, SessionHistory
-from varstore.projections.index import SessionIndex
+from varstore.projections.index import SessionIndex, Snapshots
 from varstore.projections.snapshot import (
     Checkpoint,
     CheckpointRejected,
@@ -22,6 +22,7 @@ __all__ = [
     "SessionHistory",
     "SessionIndex",
     "SessionState",
+    "Snapshots",
     "VariableState",
     "apply_event",
     "open_checkpoint",

@@ -4,7 +4,13 @@ log position it folds, so that start-up can trust it or ignore it, never misread
 Layout (one header line, then the body)::
 
     varstore-checkpoint sha256=<hex digest of the body>\\n
-    {"format": 2, "mark": {...} | null, "sessions": [...]}
+    {"format": 3, "mark": {...} | null, "sessions": [...], "snapshots": {...}}
+
+``snapshots`` holds, per session, the states a read of its past starts from (one every N
+events), each as the change from the one before: the session's own fields, the variables
+whose last change is newer than the previous snapshot, and the ids gone since. So a
+restarted server reads the past as fast as before, without folding a session's log, and
+the snapshots cost about what the events they summarise changed.
 
 The mark names the last event folded in: its global position, session, position and
 recording time. A checkpoint is used only if the checksum matches its body (a changed
@@ -18,8 +24,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -39,7 +45,9 @@ __all__ = [
 ]
 
 #: Bumped whenever the encoding changes; other formats are rejected, not misread.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
+#: Formats read: 2 is 3 without snapshots.
+_READABLE = (2, 3)
 _HEADER = b"varstore-checkpoint sha256="
 
 
@@ -72,10 +80,12 @@ class LogMark:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Every session's state (deleted ones included) as of ``mark`` (None: the empty log)."""
+    """Every session's state (deleted ones included) as of ``mark`` (None: the empty log),
+    and the sessions' snapshots (oldest first) up to it."""
 
     mark: LogMark | None
     sessions: dict[str, SessionState]
+    snapshots: dict[str, list[SessionState]] = field(default_factory=dict)
 
     @property
     def global_position(self) -> int:
@@ -83,13 +93,21 @@ class Checkpoint:
         return self.mark.global_position if self.mark is not None else 0
 
 
-def seal_checkpoint(mark: LogMark | None, sessions: Mapping[str, SessionState]) -> bytes:
-    """The sealed bytes of a checkpoint of ``sessions`` folded up to ``mark``."""
+def seal_checkpoint(
+    mark: LogMark | None,
+    sessions: Mapping[str, SessionState],
+    snapshots: Mapping[str, Sequence[SessionState]] | None = None,
+) -> bytes:
+    """The sealed bytes of a checkpoint of ``sessions`` folded up to ``mark``, with each
+    session's ``snapshots`` (oldest first)."""
     body = json.dumps(
         {
             "format": CHECKPOINT_FORMAT,
             "mark": mark._to_json() if mark is not None else None,
             "sessions": [_session(state) for state in sessions.values()],
+            "snapshots": {
+                sid: _snapshot_chain(states) for sid, states in (snapshots or {}).items() if states
+            },
         },
         separators=(",", ":"),
         allow_nan=False,
@@ -112,7 +130,7 @@ def open_checkpoint(data: bytes) -> Checkpoint:
         raise CheckpointRejected("its checksum does not match its content")
     try:
         document = json.loads(body)
-        if document.get("format") != CHECKPOINT_FORMAT:
+        if document.get("format") not in _READABLE:
             raise CheckpointRejected(f"it has format {document.get('format')!r}")
         raw_mark = document["mark"]
         mark = (
@@ -126,16 +144,72 @@ def open_checkpoint(data: bytes) -> Checkpoint:
             else None
         )
         sessions = {raw["session_id"]: _state(raw) for raw in document["sessions"]}
+        snapshots = {
+            str(sid): _snapshots_from(chain) for sid, chain in document.get("snapshots", {}).items()
+        }
     except CheckpointRejected:
         raise
     except Exception as problem:  # derived data: any shape the checksum let through
         raise CheckpointRejected(
             f"it does not decode ({type(problem).__name__}: {problem})"
         ) from problem
-    return Checkpoint(mark, sessions)
+    return Checkpoint(mark, sessions, snapshots)
+
+
+def _snapshot_chain(states: Sequence[SessionState]) -> list[dict[str, Any]]:
+    """``states`` (one session's snapshots, oldest first), each as the change from the
+    one before it."""
+    chain: list[dict[str, Any]] = []
+    previous: SessionState | None = None
+    for state in states:
+        raw = _session_fields(state)
+        if previous is None or state.created_position != previous.created_position:
+            raw["variables"] = [_variable(v) for v in state.variables.values()]
+            raw["removed"] = []
+            raw["whole"] = True
+        else:
+            since, before = previous.position, previous.variables
+            raw["variables"] = [
+                _variable(v) for v in state.variables.values() if v.position > since
+            ]
+            raw["removed"] = [vid for vid in before if vid not in state.variables]
+            raw["whole"] = False
+        chain.append(raw)
+        previous = state
+    return chain
+
+
+def _snapshots_from(chain: list[dict[str, Any]]) -> list[SessionState]:
+    """The states a chain encodes: each applies its changes to the maps of the one
+    before (persistent maps: unchanged variables are shared, as in the live server)."""
+    states: list[SessionState] = []
+    variables: Map[str, VariableState] = Map()
+    names: Map[str, str] = Map()
+    for raw in chain:
+        if raw["whole"]:
+            variables, names = Map(), Map()
+        new_variables, new_names = variables.mutate(), names.mutate()
+        for vid in raw["removed"]:
+            gone = variables[vid]
+            del new_variables[vid]
+            if new_names.get(gone.name) == vid:
+                del new_names[gone.name]
+        for v in raw["variables"]:
+            variable = _variable_state(v)
+            new_variables[variable.id] = variable
+            new_names[variable.name] = variable.id
+        variables, names = new_variables.finish(), new_names.finish()
+        states.append(_state_with(raw, variables, names))
+    return states
 
 
 def _session(state: SessionState) -> dict[str, Any]:
+    raw = _session_fields(state)
+    raw["variables"] = [_variable(v) for v in state.variables.values()]
+    return raw
+
+
+def _session_fields(state: SessionState) -> dict[str, Any]:
     return {
         "session_id": state.session_id,
         "metadata": dict(state.metadata),
@@ -145,7 +219,6 @@ def _session(state: SessionState) -> dict[str, Any]:
         "position": state.position,
         "created_position": state.created_position,
         "deleted": state.deleted,
-        "variables": [_variable(v) for v in state.variables.values()],
     }
 
 
@@ -168,6 +241,12 @@ def _variable(variable: VariableState) -> dict[str, Any]:
 
 def _state(raw: dict[str, Any]) -> SessionState:
     variables = Map((v["id"], _variable_state(v)) for v in raw["variables"])
+    return _state_with(raw, variables, Map((v.name, v.id) for v in variables.values()))
+
+
+def _state_with(
+    raw: dict[str, Any], variables: Map[str, VariableState], names: Map[str, str]
+) -> SessionState:
     return SessionState(
         session_id=raw["session_id"],
         metadata=raw["metadata"],
@@ -176,7 +255,7 @@ def _state(raw: dict[str, Any]) -> SessionState:
         updated_at=datetime.fromisoformat(raw["updated_at"]),
         position=raw["position"],
         variables=variables,
-        names=Map((v.name, v.id) for v in variables.values()),
+        names=names,
         deleted=raw["deleted"],
         created_position=raw["created_position"],
     )
