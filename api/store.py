@@ -81,9 +81,11 @@ from varstore.projections import (
 from varstore.types import (
     CommitOutcomeUnknown,
     InternalError,
+    SessionNotFound,
     Unavailable,
     VarstoreError,
     VersionConflict,
+    describe,
 )
 
 __all__ = ["Store", "Written"]
@@ -231,14 +233,20 @@ class Store:
         return state
 
     def published(self, session_id: str) -> SessionState | None:
-        """The published state of a session, deleted ones included; None if never created.
-        Does not count as a use."""
-        return self.projector.published(session_id)
+        """The published state of a session, deleted ones included; None if never created
+        (or a chunked fork or import still being written: hidden until whole). Does not
+        count as a use."""
+        state = self.projector.published(session_id)
+        return None if state is not None and state.hidden else state
 
     def sessions(self) -> list[SessionState]:
         """Every live session, ordered by id."""
         states = self.projector.states()
-        return [states[sid] for sid in sorted(states) if not states[sid].deleted]
+        return [
+            states[sid]
+            for sid in sorted(states)
+            if not states[sid].deleted and not states[sid].hidden
+        ]
 
     def last_used(self, state: SessionState) -> datetime:
         """When the session was last used: its last event, or a later read."""
@@ -265,17 +273,28 @@ class Store:
 
     def history(self, session_id: str) -> SessionHistory:
         """The history of a session that exists or existed, or SessionNotFound."""
+        self._visible(session_id)
         return self.projector.history(session_id)
 
     def position_at_time(self, session_id: str, moment: datetime) -> int:
         """The position of the session's last event recorded at or before ``moment``
         (0 if none was)."""
+        self._visible(session_id)
         return self.projector.position_at_time(session_id, moment)
 
     def state_at(self, session_id: str, position: int) -> SessionState | None:
         """The session as it stood at ``position`` (None before its first event); see
         :meth:`Projector.state_at`."""
+        self._visible(session_id)
         return self.projector.state_at(session_id, position)
+
+    def _visible(self, session_id: str) -> None:
+        """SessionNotFound for a chunked fork or import still being written."""
+        state = self.projector.published(session_id)
+        if state is not None and state.hidden:
+            raise SessionNotFound(
+                f"session {describe(session_id)} not found", info={"session_id": session_id[:200]}
+            )
 
     def drop_snapshots(self) -> None:
         """Forget every index and the checkpoint: they are derived data, rebuilt from the

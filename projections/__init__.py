@@ -10,9 +10,15 @@ from varstore.projections.snapshot import (
     open_checkpoint,
     seal_checkpoint,
 )
-from varstore.projections.state import SessionState, VariableState
+from varstore.projections.state import (
+    STAGED_EVENTS_KEY,
+    SessionState,
+    VariableState,
+    without_staging,
+)
 
 __all__ = [
+    "STAGED_EVENTS_KEY",
     "Change",
     "Checkpoint",
     "CheckpointRejected",
@@ -28,4 +34,5 @@ __all__ = [
     "open_checkpoint",
     "replay",
     "seal_checkpoint",
+    "without_staging",
 ]

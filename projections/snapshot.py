@@ -219,6 +219,7 @@ def _session_fields(state: SessionState) -> dict[str, Any]:
         "position": state.position,
         "created_position": state.created_position,
         "deleted": state.deleted,
+        "staged_until": state.staged_until,
     }
 
 
@@ -258,6 +259,7 @@ def _state_with(
         names=names,
         deleted=raw["deleted"],
         created_position=raw["created_position"],
+        staged_until=raw.get("staged_until", 0),
     )
 
 

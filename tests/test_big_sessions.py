@@ -5,17 +5,30 @@ written in chunks that other writers interleave with, the session appearing whol
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Self
 
+import grpc
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from servers import in_process_server, stub_for
 
-from varstore.api import commands
+from varstore.api import commands, transfer
 from varstore.api.store import Store
 from varstore.eventstore.sqlite import SQLiteRecorder
-from varstore.projections import LogMark, open_checkpoint, replay, seal_checkpoint
+from varstore.projections import (
+    STAGED_EVENTS_KEY,
+    LogMark,
+    open_checkpoint,
+    replay,
+    seal_checkpoint,
+)
 from varstore.projections.state import SessionState
+from varstore.types import Unavailable, to_proto
 from varstore.v1 import varstore_pb2 as pb
 
 # One step of a session's life: set n, set m, register x, delete x, delete and recreate.
@@ -127,3 +140,237 @@ def test_a_past_read_over_grpc_after_a_restart_answers_as_before_without_folding
     assert "374" in before[0] and "297" in before[1]  # position k >= 3 set n to k - 3
     assert before[0] != before[1]
     assert builds.index_builds == 0
+
+
+# -- forks and imports in chunks ---------------------------------------------------------------
+
+CHUNK = 7  # events per chunk in these tests (TRANSFER_CHUNK_EVENTS is patched to it)
+ORIGIN_EVENTS = 2 + 120  # a creation, a registration and 120 sets
+
+
+@pytest.fixture
+def chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfer, "TRANSFER_CHUNK_EVENTS", CHUNK)
+
+
+def make_big_origin(store: Store, session_id: str = "big") -> None:
+    store.execute(session_id, commands.CreateSession(session_id))
+    store.execute(session_id, commands.RegisterVariable(session_id, "n", "integer", 0))
+    for value in range(ORIGIN_EVENTS - 2):
+        store.execute(session_id, commands.SetVariable(session_id, "n", value))
+
+
+class Traffic:
+    """While a copy runs: a writer on another session and a reader of the copy's id, each
+    on its own thread and stub, recording what they got."""
+
+    def __init__(self, address: str, copy_id: str) -> None:
+        self.address, self.copy_id = address, copy_id
+        self.done = threading.Event()
+        self.writes: list[int] = []
+        self.seen: list[tuple[grpc.StatusCode, int, str]] = []
+        self._pool = ThreadPoolExecutor(2)
+
+    def __enter__(self) -> Self:
+        self._running = [self._pool.submit(self._write), self._pool.submit(self._read)]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        for running in self._running:
+            running.result(timeout=30)  # raises what the thread raised
+        self._pool.shutdown()
+
+    def _write(self) -> None:
+        with stub_for(self.address) as stub:
+            stub.CreateSession(pb.CreateSessionRequest(session_id="other"))
+            stub.RegisterVariable(
+                pb.RegisterVariableRequest(
+                    session_id="other", name="k", type="integer", initial_value=to_proto(0)
+                )
+            )
+            while not self.done.is_set():
+                value = len(self.writes)
+                answer = stub.SetVariable(
+                    pb.SetVariableRequest(
+                        session_id="other", variable_identifier="k", value=to_proto(value)
+                    )
+                )
+                self.writes.append(answer.header.position)
+
+    def _read(self) -> None:
+        with stub_for(self.address) as stub:
+            while not self.done.is_set():
+                try:
+                    got = stub.ListVariables(pb.ListVariablesRequest(session_id=self.copy_id))
+                    self.seen.append((grpc.StatusCode.OK, got.header.position, str(got.variables)))
+                except grpc.RpcError as refused:
+                    self.seen.append((refused.code(), 0, ""))
+
+
+def global_positions(store: Store, session_id: str) -> list[int]:
+    return [event.global_position for event in store.recorder.read_session(session_id)]
+
+
+def assert_interleaved_and_whole(store: Store, traffic: Traffic, copy_id: str, end: int) -> None:
+    """Other writers' events landed between the copy's chunks, and a reader saw the copy
+    either not at all or whole (at its last position, with its final variables)."""
+    copied = global_positions(store, copy_id)
+    others = global_positions(store, "other")
+    assert len(copied) == end
+    assert any(copied[0] < position < copied[-1] for position in others), "no write went between"
+    whole = {answer for code, position, answer in traffic.seen if code == grpc.StatusCode.OK}
+    assert {code for code, _, _ in traffic.seen} <= {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND}
+    assert {position for code, position, _ in traffic.seen if code == grpc.StatusCode.OK} <= {end}
+    assert len(whole) <= 1
+    assert traffic.writes == sorted(traffic.writes)
+
+
+def test_a_long_fork_is_written_in_chunks_between_other_writes_and_appears_whole(
+    tmp_path: Path, chunked: None
+) -> None:
+    store = Store(SQLiteRecorder(tmp_path / "log.db"))
+    make_big_origin(store)
+    with in_process_server(store) as server, stub_for(server.address) as stub:
+        with Traffic(server.address, "copy") as traffic:
+            while len(traffic.writes) < 3:
+                time.sleep(0.01)
+            forked = stub.ForkSession(
+                pb.ForkSessionRequest(session_id="big", new_session_id="copy", request_id="f-1")
+            )
+            while len(traffic.seen) < 3 or traffic.seen[-1][0] != grpc.StatusCode.OK:
+                time.sleep(0.01)
+        assert forked.header.position == ORIGIN_EVENTS + 1
+        assert_interleaved_and_whole(store, traffic, "copy", ORIGIN_EVENTS + 1)
+        origin, copy = store.published("big"), store.published("copy")
+        assert origin is not None and copy is not None
+        assert copy.variables == origin.variables and not copy.hidden
+        past, origin_past = store.state_at("copy", 50), store.state_at("big", 50)
+        assert past is not None and origin_past is not None
+        assert (past.position, past.variables) == (origin_past.position, origin_past.variables)
+        again = stub.ForkSession(
+            pb.ForkSessionRequest(session_id="big", new_session_id="copy", request_id="f-1")
+        )
+        assert again == forked  # a retry is answered as the first time
+        log = stub.ReadEvents(pb.ReadEventsRequest(session_id="copy", page_size=1000)).events
+        assert all(STAGED_EVENTS_KEY not in event.metadata for event in log)
+
+
+def test_a_long_import_is_written_in_chunks_between_other_writes_and_appears_whole(
+    tmp_path: Path, chunked: None
+) -> None:
+    store = Store(SQLiteRecorder(tmp_path / "log.db"))
+    make_big_origin(store)
+    with in_process_server(store) as server, stub_for(server.address) as stub:
+        exported = [
+            event
+            for message in stub.ExportSession(pb.ExportSessionRequest(session_id="big"))
+            for event in message.events
+        ]
+        with Traffic(server.address, "imported") as traffic:
+            while len(traffic.writes) < 3:
+                time.sleep(0.01)
+            requests = [
+                pb.ImportSessionRequest(events=exported[i : i + 50])
+                for i in range(0, len(exported), 50)
+            ]
+            requests[0].session_id, requests[0].request_id = "imported", "i-1"
+            imported = stub.ImportSession(iter(requests))
+            while len(traffic.seen) < 3 or traffic.seen[-1][0] != grpc.StatusCode.OK:
+                time.sleep(0.01)
+        assert imported.header.position == ORIGIN_EVENTS
+        assert_interleaved_and_whole(store, traffic, "imported", ORIGIN_EVENTS)
+        again = [
+            event
+            for message in stub.ExportSession(pb.ExportSessionRequest(session_id="imported"))
+            for event in message.events
+        ]
+        assert [strip(event) for event in again] == [strip(event) for event in exported]
+        assert stub.ImportSession(iter(requests)) == imported  # a retry: the first answer
+
+
+def strip(event: pb.Event) -> pb.Event:
+    """``event`` without what an import changes: its ids, its request id."""
+    copy = pb.Event()
+    copy.CopyFrom(event)
+    copy.session_id, copy.global_position, copy.request_id = "", 0, ""
+    return copy
+
+
+def test_a_copy_cut_short_stays_hidden_across_a_restart_and_its_retry_finishes_it(
+    tmp_path: Path, chunked: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "log.db"
+    store = Store(SQLiteRecorder(db), checkpoint_every=1)
+    make_big_origin(store)
+    request = pb.ForkSessionRequest(session_id="big", new_session_id="cut", request_id="f-cut")
+    execute = store.execute
+    chunks = 0
+
+    def crash_at_the_third_chunk(session_id: str, command: Any, key: Any = None) -> Any:
+        nonlocal chunks
+        if isinstance(command, commands.CopyChunk):
+            chunks += 1
+            if chunks == 3:
+                raise Unavailable("the log failed (a test)")
+        return execute(session_id, command, key)
+
+    monkeypatch.setattr(store, "execute", crash_at_the_third_chunk)
+    with in_process_server(store) as server, stub_for(server.address) as stub:
+        with pytest.raises(grpc.RpcError) as cut:
+            stub.ForkSession(request)
+        assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(store.recorder.read_session("cut")) == 2 * CHUNK  # two chunks landed
+        hidden_everywhere(stub, "cut")
+        store.checkpoint()
+    restarted = Store(SQLiteRecorder(db))
+    with in_process_server(restarted) as server, stub_for(server.address) as stub:
+        hidden_everywhere(stub, "cut")
+        finished = stub.ForkSession(request)  # the same request again: finished
+        assert finished.header.position == ORIGIN_EVENTS + 1
+        assert stub.ForkSession(request) == finished
+        normal = stub.ForkSession(pb.ForkSessionRequest(session_id="big", new_session_id="ok"))
+        cut_log = stub.ReadEvents(pb.ReadEventsRequest(session_id="cut", page_size=1000)).events
+        ok_log = stub.ReadEvents(pb.ReadEventsRequest(session_id="ok", page_size=1000)).events
+        assert [strip(e) for e in cut_log[:-1]] == [strip(e) for e in ok_log[:-1]]
+        assert cut_log[-1].session_forked == ok_log[-1].session_forked
+        assert normal.header.position == finished.header.position
+        listed = [
+            stub.ListVariables(pb.ListVariablesRequest(session_id=sid)).variables
+            for sid in ("cut", "ok")
+        ]
+        assert listed[0] == listed[1]
+
+
+def hidden_everywhere(stub: Any, session_id: str) -> None:
+    """A copy being written: not found by reads, absent from lists, its id taken."""
+    for call in (
+        lambda: stub.GetSession(pb.GetSessionRequest(session_id=session_id)),
+        lambda: stub.ListVariables(pb.ListVariablesRequest(session_id=session_id, at_position=3)),
+        lambda: stub.ReadEvents(pb.ReadEventsRequest(session_id=session_id)),
+        lambda: list(stub.ExportSession(pb.ExportSessionRequest(session_id=session_id))),
+        lambda: stub.SetVariable(
+            pb.SetVariableRequest(session_id=session_id, variable_identifier="n", value=to_proto(1))
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND, refused.value.details()
+    listed = stub.ListSessions(pb.ListSessionsRequest())
+    assert session_id not in {session.id for session in listed.sessions}
+    with pytest.raises(grpc.RpcError) as taken:
+        stub.ForkSession(pb.ForkSessionRequest(session_id="big", new_session_id=session_id))
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_the_reserved_metadata_key_never_hides_a_session_written_by_a_live_call(
+    tmp_path: Path,
+) -> None:
+    store = Store(SQLiteRecorder(tmp_path / "log.db"))
+    with in_process_server(store) as server, stub_for(server.address) as stub:
+        stub.CreateSession(
+            pb.CreateSessionRequest(session_id="plain", metadata={STAGED_EVENTS_KEY: "99"})
+        )
+        assert stub.GetSession(pb.GetSessionRequest(session_id="plain")).session.id == "plain"
+        log = stub.ReadEvents(pb.ReadEventsRequest(session_id="plain")).events
+        assert all(STAGED_EVENTS_KEY not in event.metadata for event in log)
