@@ -679,8 +679,9 @@ class CopyChunk:
     copy: ForkSession | ImportSession
     start: int
     total: int
-    #: The copy's request id and body digest, on every event of every chunk, so a retry
-    #: of the copy finds it (to answer it, or to finish it if it was cut short).
+    #: The copy's request id and body digest, which every event of every chunk carries
+    #: (``copy``'s events come stamped: built off the leader), so a retry of the copy
+    #: finds it, to answer it or to finish it if it was cut short.
     request_id: str = ""
     request_digest: str = ""
 
@@ -712,24 +713,25 @@ class CopyChunk:
                 copy.check_clock(ctx)
         events = list(copy.events)
         if final and isinstance(copy, ForkSession):
-            events.append(copy.marker(ctx))
-        staged = {STAGED_EVENTS_KEY: str(self.total)}
-        events = [
-            NewEvent(
-                event.type,
-                event.payload,
-                event.recorded_at,
-                event.source,
-                {**event.metadata, **staged} if self.start == 0 and index == 0 else event.metadata,
-                event.schema_version,
-                self.request_id,
-                self.request_digest,
-            )
-            for index, event in enumerate(events)
-        ]
+            events.append(self._stamped(copy.marker(ctx), {}))
+        if self.start == 0 and not final:
+            events[0] = self._stamped(events[0], {STAGED_EVENTS_KEY: str(self.total)})
         if final:
             return Decision(events, lambda after: live(after, self.session_id))
         return Decision(events, _the_state)
+
+    def _stamped(self, event: NewEvent, metadata: Mapping[str, str]) -> NewEvent:
+        """``event`` with this copy's request id and ``metadata`` added."""
+        return NewEvent(
+            event.type,
+            event.payload,
+            event.recorded_at,
+            event.source,
+            {**event.metadata, **metadata},
+            event.schema_version,
+            self.request_id,
+            self.request_digest,
+        )
 
 
 def import_refusal(

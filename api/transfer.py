@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Final
 
 import grpc
@@ -72,7 +73,7 @@ log = logging.getLogger(__name__)
 #: Most events one fork copies or one import brings in (RESOURCE_EXHAUSTED beyond).
 MAX_TRANSFER_EVENTS: Final = 1_000_000
 #: Most events a fork or import appends in one command; longer copies go in chunks.
-TRANSFER_CHUNK_EVENTS: Final = 1000
+TRANSFER_CHUNK_EVENTS: Final = 100
 #: Most events in one ExportSessionResponse.
 EXPORT_CHUNK_EVENTS: Final = 500
 #: An ExportSessionResponse is closed once its events reach this size (gRPC's default
@@ -222,10 +223,30 @@ def _chunk(
     total: int,
     key: RequestKey | None,
 ) -> CopyChunk:
-    """The command that appends ``copy``'s events after the first ``start``."""
+    """The command that appends ``copy``'s events after the first ``start``, stamped with
+    ``key`` here rather than on the leader."""
     if key is None:
         return CopyChunk(target, copy, start, total)
+    stamped = _stamped(copy.events, key)
+    copy = replace(copy, events=stamped)
     return CopyChunk(target, copy, start, total, key.id, key.digest)
+
+
+def _stamped(events: Sequence[NewEvent], key: RequestKey) -> list[NewEvent]:
+    """``events`` as the write with ``key`` records them."""
+    return [
+        NewEvent(
+            event.type,
+            event.payload,
+            event.recorded_at,
+            event.source,
+            event.metadata,
+            event.schema_version,
+            key.id,
+            key.digest,
+        )
+        for event in events
+    ]
 
 
 def _import_in_chunks(

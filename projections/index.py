@@ -27,17 +27,19 @@ class Snapshots:
     def __init__(self, every: int, states: Iterable[SessionState] = ()) -> None:
         self.every = every
         self._by_position: SortedDict = SortedDict((state.position, state) for state in states)
+        #: Position of the last snapshot (0: none); asked once per event folded.
+        self._last = self._by_position.keys()[-1] if self._by_position else 0
 
     def due(self, position: int) -> bool:
         """Whether a state at ``position`` would be kept: the last snapshot is ``every``
         events older."""
-        last = self._by_position.keys()[-1] if self._by_position else 0
-        return position - last >= self.every
+        return position - self._last >= self.every
 
     def offer(self, state: SessionState, copy: bool) -> None:
         """Keep ``state`` (or, with ``copy``, a copy: O(1)) if a snapshot is due."""
         if self.due(state.position):
             self._by_position[state.position] = state.copy() if copy else state
+            self._last = state.position
 
     def before(self, position: int) -> SessionState | None:
         """A private copy of the latest snapshot at or before ``position``, if any."""
@@ -51,6 +53,8 @@ class Snapshots:
         """Keep ``other``'s snapshots too, where this one has none at their position."""
         for position, state in other._by_position.items():
             self._by_position.setdefault(position, state)
+        if self._by_position:
+            self._last = self._by_position.keys()[-1]
 
     def states(self) -> list[SessionState]:
         """Every snapshot, oldest first (shared: never mutate them)."""
