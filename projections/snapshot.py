@@ -99,20 +99,30 @@ def seal_checkpoint(
     snapshots: Mapping[str, Sequence[SessionState]] | None = None,
 ) -> bytes:
     """The sealed bytes of a checkpoint of ``sessions`` folded up to ``mark``, with each
-    session's ``snapshots`` (oldest first)."""
-    body = json.dumps(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "mark": mark._to_json() if mark is not None else None,
-            "sessions": [_session(state) for state in sessions.values()],
-            "snapshots": {
-                sid: _snapshot_chain(states) for sid, states in (snapshots or {}).items() if states
-            },
-        },
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode()
+    session's ``snapshots`` (oldest first).
+
+    The JSON is written piece by piece (a session, a snapshot at a time) rather than by one
+    ``json.dumps`` of the whole: the C encoder holds the GIL for a whole call, and this
+    runs on a background thread beside the writers."""
+    mark_json = _dumps(mark._to_json() if mark is not None else None)
+    chains = (snapshots or {}).items()
+    pieces = [
+        b'{"format":%d,"mark":%s,"sessions":[' % (CHECKPOINT_FORMAT, mark_json),
+        b",".join(_dumps(_session(state)) for state in sessions.values()),
+        b'],"snapshots":{',
+        b",".join(
+            _dumps(sid) + b":[" + b",".join(_dumps(raw) for raw in _snapshot_chain(chain)) + b"]"
+            for sid, chain in chains
+            if chain
+        ),
+        b"}}",
+    ]
+    body = b"".join(pieces)
     return _HEADER + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
 def open_checkpoint(data: bytes) -> Checkpoint:
