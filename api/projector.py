@@ -296,7 +296,13 @@ class Projector:
         # applied meanwhile are folded in before the index is published.
         built = SessionIndex()
         snapshots = Snapshots(self.snapshot_every)
-        state = _fold_into(built, snapshots, None, self._reader.read_session(session_id))
+        state: SessionState | None = None
+        while True:  # in pages: a million events read at once would hold them all
+            first = built.position + 1
+            page = self._reader.read_session(session_id, first, first + CATCH_UP_PAGE * 10 - 1)
+            if not page:
+                break
+            state = _fold_into(built, snapshots, state, page)
         with self._index_lock:
             index = self._indexes.get(session_id)
             if index is None:
