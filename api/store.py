@@ -75,6 +75,7 @@ from varstore.projections import (
     LogMark,
     SessionHistory,
     SessionState,
+    SnapshotEncodings,
     open_checkpoint,
     seal_checkpoint,
 )
@@ -192,6 +193,8 @@ class Store:
         self._unsaved: set[str] = set()
         self._checkpoint_lock = threading.Lock()
         self._checkpointed = 0
+        # Snapshots encoded by the last checkpoint, reused by the next (under the lock).
+        self._snapshot_encodings = SnapshotEncodings()
         # Whether the log can be written, as the last append or probe found; listeners hear
         # every change (the server's health follows it).
         self._writable = True
@@ -443,7 +446,7 @@ class Store:
             snapshots = self.projector.snapshot_chains(states)
             try:
                 mark = self._mark_at(global_position)
-                sealed = seal_checkpoint(mark, states, snapshots)
+                sealed = seal_checkpoint(mark, states, snapshots, self._snapshot_encodings)
                 self.recorder.save_checkpoint(global_position, sealed)
                 self._checkpointed = global_position
             except RecorderError:

@@ -31,7 +31,7 @@ Writes "during" an operation are those that started after it started and before 
 ended; their p99.9 is held against the p99 of the writes without.
 
 Usage: ``.venv/bin/python bench/bench_big.py [--quick] [--json]`` from the repository
-root. ``--quick`` is a smoke run on 30,000 events (about a minute); the default run (one
+root. ``--quick`` is a smoke run on 20,000 events (about 40 s); the default run (one
 million events) takes about 5 minutes. Progress goes to stderr. Exit status 1 if a call
 failed.
 """
@@ -96,7 +96,7 @@ class Settings:
 
 
 FULL = Settings(events=1_000_000, baseline_writes=5000, checkpoint_seconds=15.0)
-QUICK = Settings(events=30_000, baseline_writes=500, checkpoint_seconds=3.0)
+QUICK = Settings(events=20_000, baseline_writes=300, checkpoint_seconds=2.0)
 
 
 # -- the log --------------------------------------------------------------------------------
@@ -518,7 +518,7 @@ def markdown(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    parser = arguments(__doc__, "a smoke run on 30,000 events (about a minute)")
+    parser = arguments(__doc__, "a smoke run on 20,000 events (about 40 s)")
     args = parser.parse_args(argv)
     return run(QUICK if args.quick else FULL, args.json)
 

@@ -7,6 +7,7 @@ from varstore.projections.snapshot import (
     Checkpoint,
     CheckpointRejected,
     LogMark,
+    SnapshotEncodings,
     open_checkpoint,
     seal_checkpoint,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "SessionHistory",
     "SessionIndex",
     "SessionState",
+    "SnapshotEncodings",
     "Snapshots",
     "VariableState",
     "apply_event",

@@ -10,7 +10,9 @@ Layout (one header line, then the body)::
 events), each as the change from the one before: the session's own fields, the variables
 whose last change is newer than the previous snapshot, and the ids gone since. So a
 restarted server reads the past as fast as before, without folding a session's log, and
-the snapshots cost about what the events they summarise changed.
+the snapshots cost about what the events they summarise changed. A snapshot never
+changes once taken, so :class:`SnapshotEncodings` keeps each one's encoding from one
+checkpoint to the next: a checkpoint encodes only the snapshots taken since the last.
 
 The mark names the last event folded in: its global position, session, position and
 recording time. A checkpoint is used only if the checksum matches its body (a changed
@@ -40,6 +42,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointRejected",
     "LogMark",
+    "SnapshotEncodings",
     "open_checkpoint",
     "seal_checkpoint",
 ]
@@ -93,17 +96,52 @@ class Checkpoint:
         return self.mark.global_position if self.mark is not None else 0
 
 
+class SnapshotEncodings:
+    """The encodings of the snapshots the last checkpoint held, reused by the next one
+    (a snapshot never changes; its encoding depends only on it and the one before)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int, int, int], bytes] = {}
+        self._used: dict[tuple[str, int, int, int], bytes] = {}
+
+    def chain(self, session_id: str, states: Sequence[SessionState]) -> bytes:
+        """The JSON array of ``states`` (one session's snapshots, oldest first)."""
+        pieces: list[bytes] = []
+        previous: SessionState | None = None
+        for state in states:
+            key = (
+                session_id,
+                previous.position if previous is not None else 0,
+                state.position,
+                state.created_position,
+            )
+            encoded = self._known.get(key)
+            if encoded is None:
+                encoded = _dumps(_snapshot_delta(previous, state))
+            self._used[key] = encoded
+            pieces.append(encoded)
+            previous = state
+        return b"[" + b",".join(pieces) + b"]"
+
+    def sealed(self) -> None:
+        """Forget the encodings the checkpoint just sealed did not use."""
+        self._known, self._used = self._used, {}
+
+
 def seal_checkpoint(
     mark: LogMark | None,
     sessions: Mapping[str, SessionState],
     snapshots: Mapping[str, Sequence[SessionState]] | None = None,
+    encodings: SnapshotEncodings | None = None,
 ) -> bytes:
     """The sealed bytes of a checkpoint of ``sessions`` folded up to ``mark``, with each
     session's ``snapshots`` (oldest first).
 
     The JSON is written piece by piece (a session, a snapshot at a time) rather than by one
     ``json.dumps`` of the whole: the C encoder holds the GIL for a whole call, and this
-    runs on a background thread beside the writers."""
+    runs on a background thread beside the writers. ``encodings`` (kept from one
+    checkpoint to the next) saves encoding the same snapshots again."""
+    encodings = encodings or SnapshotEncodings()
     mark_json = _dumps(mark._to_json() if mark is not None else None)
     chains = (snapshots or {}).items()
     pieces = [
@@ -111,12 +149,11 @@ def seal_checkpoint(
         b",".join(_dumps(_session(state)) for state in sessions.values()),
         b'],"snapshots":{',
         b",".join(
-            _dumps(sid) + b":[" + b",".join(_dumps(raw) for raw in _snapshot_chain(chain)) + b"]"
-            for sid, chain in chains
-            if chain
+            _dumps(sid) + b":" + encodings.chain(sid, chain) for sid, chain in chains if chain
         ),
         b"}}",
     ]
+    encodings.sealed()
     body = b"".join(pieces)
     return _HEADER + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
@@ -166,27 +203,19 @@ def open_checkpoint(data: bytes) -> Checkpoint:
     return Checkpoint(mark, sessions, snapshots)
 
 
-def _snapshot_chain(states: Sequence[SessionState]) -> list[dict[str, Any]]:
-    """``states`` (one session's snapshots, oldest first), each as the change from the
-    one before it."""
-    chain: list[dict[str, Any]] = []
-    previous: SessionState | None = None
-    for state in states:
-        raw = _session_fields(state)
-        if previous is None or state.created_position != previous.created_position:
-            raw["variables"] = [_variable(v) for v in state.variables.values()]
-            raw["removed"] = []
-            raw["whole"] = True
-        else:
-            since, before = previous.position, previous.variables
-            raw["variables"] = [
-                _variable(v) for v in state.variables.values() if v.position > since
-            ]
-            raw["removed"] = [vid for vid in before if vid not in state.variables]
-            raw["whole"] = False
-        chain.append(raw)
-        previous = state
-    return chain
+def _snapshot_delta(previous: SessionState | None, state: SessionState) -> dict[str, Any]:
+    """``state`` as the change from ``previous`` (the snapshot before it, if any)."""
+    raw = _session_fields(state)
+    if previous is None or state.created_position != previous.created_position:
+        raw["variables"] = [_variable(v) for v in state.variables.values()]
+        raw["removed"] = []
+        raw["whole"] = True
+    else:
+        since, before = previous.position, previous.variables
+        raw["variables"] = [_variable(v) for v in state.variables.values() if v.position > since]
+        raw["removed"] = [vid for vid in before if vid not in state.variables]
+        raw["whole"] = False
+    return raw
 
 
 def _snapshots_from(chain: list[dict[str, Any]]) -> list[SessionState]:

@@ -23,6 +23,7 @@ from varstore.eventstore.sqlite import SQLiteRecorder
 from varstore.projections import (
     STAGED_EVENTS_KEY,
     LogMark,
+    SnapshotEncodings,
     open_checkpoint,
     replay,
     seal_checkpoint,
@@ -106,7 +107,10 @@ def test_snapshots_round_trip_through_a_checkpoint_as_changes_from_the_one_befor
             last = store.recorder.read_session("s")[-1]
         finally:
             store.close()
-    opened = open_checkpoint(seal_checkpoint(LogMark.of(last), states, chains))
+    encodings = SnapshotEncodings()  # kept from one checkpoint to the next, as the store does
+    sealed = seal_checkpoint(LogMark.of(last), states, chains, encodings)
+    assert seal_checkpoint(LogMark.of(last), states, chains, encodings) == sealed
+    opened = open_checkpoint(sealed)
     assert opened.global_position == global_position
     assert opened.sessions == states
     assert opened.snapshots == chains
