@@ -29,6 +29,7 @@ Lock order: ``_apply_lock`` (one applier at a time, so listeners see commits in 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -157,6 +158,7 @@ class Projector:
             self._sessions = sessions
             self._global = last
             self._publish.notify_all()
+        gc.freeze()  # the states and snapshots just loaded live long: see _index
 
     # -- reading --------------------------------------------------------------------------
 
@@ -311,6 +313,10 @@ class Projector:
                 self._snapshots_of(session_id).merge(snapshots)
                 index = self._indexes[session_id] = built
                 self.index_builds += 1
+        # A big session's index is millions of objects that live as long as the server:
+        # out of the collector's generations, a full collection no longer scans them (it
+        # took seconds, holding the GIL, with a million-event index).
+        gc.freeze()
         return index
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
