@@ -58,6 +58,10 @@ Listener = Callable[[Sequence[RecordedEvent]], None]
 
 #: Events read from the log per query while catching up.
 CATCH_UP_PAGE = 1000
+#: Events (a log at start-up, a session's index) from which what was just built is
+#: frozen out of the garbage collector's scans (gc.freeze; below, a scan is cheap, and
+#: freezing often would also keep any cyclic garbage alive at that moment).
+FREEZE_AFTER = 100_000
 
 
 class Projector:
@@ -158,7 +162,8 @@ class Projector:
             self._sessions = sessions
             self._global = last
             self._publish.notify_all()
-        gc.freeze()  # the states and snapshots just loaded live long: see _index
+        if last >= FREEZE_AFTER:
+            gc.freeze()  # the states and snapshots just loaded live long: see _index
 
     # -- reading --------------------------------------------------------------------------
 
@@ -313,10 +318,11 @@ class Projector:
                 self._snapshots_of(session_id).merge(snapshots)
                 index = self._indexes[session_id] = built
                 self.index_builds += 1
-        # A big session's index is millions of objects that live as long as the server:
-        # out of the collector's generations, a full collection no longer scans them (it
-        # took seconds, holding the GIL, with a million-event index).
-        gc.freeze()
+        if index.position >= FREEZE_AFTER:
+            # A big session's index is millions of objects that live as long as the
+            # server: out of the collector's generations, a full collection no longer scans
+            # them (it took seconds, holding the GIL, with a million-event index).
+            gc.freeze()
         return index
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
