@@ -4,7 +4,11 @@ log position it folds, so that start-up can trust it or ignore it, never misread
 Layout (one header line, then the body)::
 
     varstore-checkpoint sha256=<hex digest of the body>\\n
-    {"format": 3, "mark": {...} | null, "sessions": [...], "snapshots": {...}}
+    {"format": 3, "mark": {...} | null, "sessions": [...], "snapshots": "<base64>"}
+
+``snapshots`` is a JSON object compressed with zlib (base64 in the body): snapshots are
+most of a big session's checkpoint, and the whole row is written while writers wait for
+the database (3 MB took 80 to 390 ms on the development machine; compressed, a tenth).
 
 ``snapshots`` holds, per session, the states a read of its past starts from (one every N
 events), each as the change from the one before: the session's own fields, the variables
@@ -23,9 +27,11 @@ encoding is private to this server version: another format is rejected, not misr
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -147,11 +153,20 @@ def seal_checkpoint(
     pieces = [
         b'{"format":%d,"mark":%s,"sessions":[' % (CHECKPOINT_FORMAT, mark_json),
         b",".join(_dumps(_session(state)) for state in sessions.values()),
-        b'],"snapshots":{',
-        b",".join(
-            _dumps(sid) + b":" + encodings.chain(sid, chain) for sid, chain in chains if chain
+        b'],"snapshots":"',
+        base64.b64encode(
+            zlib.compress(  # zlib lets go of the GIL while it works
+                b"{"
+                + b",".join(
+                    _dumps(sid) + b":" + encodings.chain(sid, chain)
+                    for sid, chain in chains
+                    if chain
+                )
+                + b"}",
+                1,
+            )
         ),
-        b"}}",
+        b'"}',
     ]
     encodings.sealed()
     body = b"".join(pieces)
@@ -191,9 +206,9 @@ def open_checkpoint(data: bytes) -> Checkpoint:
             else None
         )
         sessions = {raw["session_id"]: _state(raw) for raw in document["sessions"]}
-        snapshots = {
-            str(sid): _snapshots_from(chain) for sid, chain in document.get("snapshots", {}).items()
-        }
+        packed = document.get("snapshots", "")
+        chains = json.loads(zlib.decompress(base64.b64decode(packed))) if packed else {}
+        snapshots = {str(sid): _snapshots_from(chain) for sid, chain in chains.items()}
     except CheckpointRejected:
         raise
     except Exception as problem:  # derived data: any shape the checksum let through
