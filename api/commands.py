@@ -23,7 +23,14 @@ from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar
 from varstore.api.limits import Limits, exceeded
 from varstore.eventstore import schema
 from varstore.eventstore.events import EventType, NewEvent, RecordedEvent
-from varstore.projections import ProjectionError, SessionState, VariableState, apply_event
+from varstore.projections import (
+    STAGED_EVENTS_KEY,
+    ProjectionError,
+    SessionState,
+    VariableState,
+    apply_event,
+    without_staging,
+)
 from varstore.types import (
     TYPE_NAMES,
     AlreadyExists,
@@ -33,6 +40,7 @@ from varstore.types import (
     PyValue,
     RuleViolation,
     SessionNotFound,
+    Unavailable,
     ValidationError,
     VariableNotFound,
     VarstoreError,
@@ -48,6 +56,7 @@ __all__ = [
     "TIMESTAMP_SECONDS",
     "BatchResult",
     "Command",
+    "CopyChunk",
     "CreateSession",
     "Decision",
     "DeleteSession",
@@ -107,8 +116,9 @@ class Command(Protocol[R_co]):
 
 
 def live(state: SessionState | None, session_id: str) -> SessionState:
-    """``state`` if the session is live, else SessionNotFound."""
-    if state is None or state.deleted:
+    """``state`` if the session is live (and not a chunked copy still being written),
+    else SessionNotFound."""
+    if state is None or state.deleted or state.hidden:
         raise SessionNotFound(
             f"session {describe(session_id)} not found", info={"session_id": session_id[:200]}
         )
@@ -275,7 +285,7 @@ def _event(
         payload=payload.as_json_data(),
         recorded_at=ctx.now,
         source=source,
-        metadata=dict(metadata),
+        metadata=dict(without_staging(metadata)),
     )
 
 
@@ -614,15 +624,23 @@ class ForkSession:
 
     def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[SessionState]:
         """All the copies and the fork event, if the new id was never used."""
+        self.check(state, ctx)
+        fork = self.marker(ctx)
+        return Decision([*self.events, fork], lambda after: live(after, self.session_id))
+
+    def check(self, state: SessionState | None, ctx: WriteContext) -> None:
+        """Refuse a fork into a used or bad id, or past max_sessions."""
         check_name(self.session_id, ctx.limits, "session id")
         check_metadata(self.metadata, ctx.limits)
         check_unused(state, self.session_id)
         _check_room(ctx, self.session_id)
+
+    def marker(self, ctx: WriteContext) -> NewEvent:
+        """The SessionForked event that ends the copy."""
         payload = schema.SessionForked(
             origin_session_id=self.origin_session_id, origin_position=self.origin_position
         )
-        fork = _event(EventType.SESSION_FORKED, payload, ctx, self.source, self.metadata)
-        return Decision([*self.events, fork], lambda after: live(after, self.session_id))
+        return _event(EventType.SESSION_FORKED, payload, ctx, self.source, self.metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,11 +650,23 @@ class ImportSession:
     session_id: str
     events: Sequence[NewEvent]
 
+    #: Whether the whole import ends with the session deleted (None: as ``events`` end;
+    #: a chunk of a longer import is told).
+    ends_deleted: bool | None = None
+
     def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[SessionState]:
         """Every event, if the id was never used and no event is from the future."""
         check_unused(state, self.session_id)
-        if self.events and self.events[-1].type != EventType.SESSION_DELETED:
+        ends_deleted = self.ends_deleted
+        if ends_deleted is None:
+            ends_deleted = bool(self.events) and self.events[-1].type == EventType.SESSION_DELETED
+        if not ends_deleted:
             _check_room(ctx, self.session_id)  # the import leaves the session live
+        self.check_clock(ctx)
+        return Decision(list(self.events), _the_state)
+
+    def check_clock(self, ctx: WriteContext) -> None:
+        """Refuse events recorded later than the store's clock allows."""
         latest = max(event.recorded_at for event in self.events)
         if latest > ctx.now + CLOCK_SKEW:
             raise ValidationError(
@@ -644,11 +674,83 @@ class ImportSession:
                 f"in the future by this server's clock ({ctx.now.isoformat()})"
             )
 
-        def respond(after: SessionState | None) -> SessionState:
-            assert after is not None  # there is at least one event
-            return after
 
-        return Decision(list(self.events), respond)
+def _the_state(after: SessionState | None) -> SessionState:
+    assert after is not None  # there is at least one event
+    return after
+
+
+@dataclass(frozen=True, slots=True)
+class CopyChunk:
+    """One chunk of a fork or an import written in several commands, so that other
+    writers' commits go between them rather than wait behind one huge append.
+
+    ``copy`` is the whole copy's command holding only this chunk's events; ``start`` is
+    how many of the copy's events come before them, ``total`` how many the copy writes
+    (a fork's SessionForked included). The first chunk makes the whole copy's checks
+    (a never-used id, room, metadata) and stamps its first event with
+    STAGED_EVENTS_KEY = ``total``: until the log holds ``total`` events the session is
+    hidden from readers (:attr:`SessionState.hidden`). Each later chunk must find the
+    session hidden, staged for ``total`` and exactly ``start`` events long; the last one
+    (with a fork's SessionForked) answers the session, now live."""
+
+    session_id: str
+    copy: ForkSession | ImportSession
+    start: int
+    total: int
+    #: The copy's request id and body digest, which every event of every chunk carries
+    #: (``copy``'s events come stamped: built off the leader), so a retry of the copy
+    #: finds it, to answer it or to finish it if it was cut short.
+    request_id: str = ""
+    request_digest: str = ""
+
+    @property
+    def final(self) -> bool:
+        """Whether this chunk ends the copy."""
+        marker = 1 if isinstance(self.copy, ForkSession) else 0
+        return self.start + len(self.copy.events) + marker == self.total
+
+    def decide(self, state: SessionState | None, ctx: WriteContext) -> Decision[SessionState]:
+        """This chunk's events, if the copy stands where the chunk starts."""
+        copy, final = self.copy, self.final
+        if self.start == 0:
+            if isinstance(copy, ForkSession):
+                copy.check(state, ctx)
+            else:
+                copy.decide(state, ctx)  # its checks; the events are taken below
+        else:
+            if state is None or state.staged_until != self.total or state.position != self.start:
+                at = state.position if state is not None else 0
+                raise Unavailable(
+                    f"the copy into session {describe(self.session_id)} is not where this "
+                    f"part of it starts (position {self.start}, the log is at {at}): another "
+                    "call is writing it, or it was cut short; send the same request (same "
+                    "request id) again to finish it",
+                    info={"session_id": self.session_id[:200]},
+                )
+            if isinstance(copy, ImportSession):
+                copy.check_clock(ctx)
+        events = list(copy.events)
+        if final and isinstance(copy, ForkSession):
+            events.append(self._stamped(copy.marker(ctx), {}))
+        if self.start == 0 and not final:
+            events[0] = self._stamped(events[0], {STAGED_EVENTS_KEY: str(self.total)})
+        if final:
+            return Decision(events, lambda after: live(after, self.session_id))
+        return Decision(events, _the_state)
+
+    def _stamped(self, event: NewEvent, metadata: Mapping[str, str]) -> NewEvent:
+        """``event`` with this copy's request id and ``metadata`` added."""
+        return NewEvent(
+            event.type,
+            event.payload,
+            event.recorded_at,
+            event.source,
+            {**event.metadata, **metadata},
+            event.schema_version,
+            self.request_id,
+            self.request_digest,
+        )
 
 
 def import_refusal(

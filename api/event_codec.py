@@ -7,7 +7,7 @@ from datetime import UTC
 
 from varstore.api.convert import timestamp
 from varstore.eventstore.events import NewEvent, RecordedEvent
-from varstore.projections import Change
+from varstore.projections import Change, without_staging
 from varstore.types import RuleViolation, ValidationError, to_proto
 from varstore.types.event_bodies import TRUSTED
 from varstore.types.events import EVENTS, checked_payload, payload_of
@@ -29,7 +29,7 @@ def event_to_proto(event: RecordedEvent) -> pb.Event:
         schema_version=event.schema_version,
         recorded_at=timestamp(event.recorded_at),
         source=event.source,
-        metadata=dict(event.metadata),
+        metadata=dict(without_staging(event.metadata)),
         request_id=event.request_id,
     )
     _WRITERS[event.type](event.payload, message, TRUSTED)
@@ -55,7 +55,7 @@ def event_from_proto(message: pb.Event) -> NewEvent:
         payload=checked,
         recorded_at=message.recorded_at.ToDatetime(tzinfo=UTC),
         source=message.source,
-        metadata=dict(message.metadata),
+        metadata=dict(without_staging(message.metadata)),
         schema_version=message.schema_version or 1,
         request_id=message.request_id,
     )

@@ -29,6 +29,7 @@ Lock order: ``_apply_lock`` (one applier at a time, so listeners see commits in 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -43,6 +44,7 @@ from varstore.projections import (
     SessionHistory,
     SessionIndex,
     SessionState,
+    Snapshots,
     replay,
 )
 from varstore.types import OutOfRange, SessionNotFound
@@ -56,6 +58,10 @@ Listener = Callable[[Sequence[RecordedEvent]], None]
 
 #: Events read from the log per query while catching up.
 CATCH_UP_PAGE = 1000
+#: Events (a log at start-up, a session's index) from which what was just built is
+#: frozen out of the garbage collector's scans (gc.freeze; below, a scan is cheap, and
+#: freezing often would also keep any cyclic garbage alive at that moment).
+FREEZE_AFTER = 100_000
 
 
 class Projector:
@@ -80,15 +86,27 @@ class Projector:
         self._global = 0
         self._apply_lock = threading.RLock()
         self._publish = threading.Condition(threading.Lock())
-        # Indexes for reads of the past, built per session on first use from its log.
+        # Snapshots of every session every `snapshot_every` events (saved with checkpoints,
+        # so a read of the past folds at most that many events, after a restart too), and
+        # the history indexes, built per session from its log on first use or in the
+        # background after start-up (see build_indexes).
+        self._snapshots: dict[str, Snapshots] = {}
         self._indexes: dict[str, SessionIndex] = {}
         self._index_lock = threading.Lock()
+        #: Sessions whose whole log was folded to build an index (start-up's fold and
+        #: folds of at most snapshot_every events for a read of the past are not counted).
+        self.index_builds = 0
         self._listeners: list[Listener] = []
 
     # -- start-up -------------------------------------------------------------------------
 
-    def start(self, checkpoint: tuple[int, Mapping[str, SessionState]] | None) -> None:
-        """Publish the checkpoint's states (if any) and fold the log after its position.
+    def start(
+        self,
+        checkpoint: tuple[int, Mapping[str, SessionState]] | None,
+        snapshots: Mapping[str, Sequence[SessionState]] | None = None,
+    ) -> None:
+        """Publish the checkpoint's states (if any), keep its ``snapshots`` and fold the
+        log after its position.
 
         A checkpoint whose states the log does not extend cleanly (a ProjectionError while
         folding the events after it) is ignored with a warning, and the whole log folded.
@@ -96,10 +114,15 @@ class Projector:
         with self._apply_lock:
             if checkpoint is not None:
                 try:
+                    self._snapshots = {
+                        sid: Snapshots(self.snapshot_every, states)
+                        for sid, states in (snapshots or {}).items()
+                    }
                     self._load(checkpoint[0], dict(checkpoint[1]))
                     return
                 except ProjectionError as problem:
                     log.warning("ignoring the checkpoint (%s); folding the whole log", problem)
+            self._snapshots = {}
             self._load(0, {})
 
     def remember_requests(self) -> int:
@@ -116,12 +139,20 @@ class Projector:
         last = after
         # A fold per session, held open to the end (see Fold: a long fold costs less so).
         folds: dict[str, Fold] = {}
+        every = self.snapshot_every
         for event in self._reader.read_all(after):
-            fold = folds.get(event.session_id)
+            sid = event.session_id
+            fold = folds.get(sid)
             if fold is None:
-                fold = folds[event.session_id] = Fold(sessions.get(event.session_id))
+                fold = folds[sid] = Fold(sessions.get(sid))
             if event.position > fold.position:
                 fold.apply(event)
+                if event.position % every == 0:  # cheap test first: one event in `every`
+                    snapshots = self._snapshots_of(sid)
+                    if snapshots.due(event.position):
+                        folded = fold.state()
+                        assert folded is not None  # an event was folded in
+                        snapshots.offer(folded, copy=True)
             last = event.global_position
         for sid, fold in folds.items():
             state = fold.state()
@@ -131,6 +162,8 @@ class Projector:
             self._sessions = sessions
             self._global = last
             self._publish.notify_all()
+        if last >= FREEZE_AFTER:
+            gc.freeze()  # the states and snapshots just loaded live long: see _index
 
     # -- reading --------------------------------------------------------------------------
 
@@ -151,6 +184,18 @@ class Projector:
         """The global position and the states, taken together (see the module docstring)."""
         with self._publish:
             return self._global, self._sessions.copy()
+
+    def snapshot_chains(self, states: Mapping[str, SessionState]) -> dict[str, list[SessionState]]:
+        """Each session's snapshots up to its state in ``states`` (a :meth:`cut`), oldest
+        first: what a checkpoint saves beside the states."""
+        with self._index_lock:
+            chains = {sid: snapshots.states() for sid, snapshots in self._snapshots.items()}
+        kept = {
+            sid: [s for s in chain if s.position <= states[sid].position]
+            for sid, chain in chains.items()
+            if sid in states
+        }
+        return {sid: chain for sid, chain in kept.items() if chain}
 
     def wait_for(self, session_id: str, position: int, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until ``session_id`` is applied up to ``position``."""
@@ -179,8 +224,24 @@ class Projector:
         return self._index(session_id).history
 
     def position_at_time(self, session_id: str, moment: datetime) -> int:
-        """The position of the session's last event recorded at or before ``moment``."""
-        return self._index(session_id).position_at(moment)
+        """The position of the session's last event recorded at or before ``moment``: from
+        the index if it is built, else by a binary search of the log (a session's events
+        are recorded in time order), reading one event per step."""
+        index = self._indexes.get(session_id)
+        if index is not None:
+            return index.position_at(moment)
+        current = self._sessions.get(session_id)
+        if current is None:
+            raise SessionNotFound(f"session {session_id!r} not found")
+        low, high = 0, current.position  # the answer lies in [low, high]
+        while low < high:
+            middle = (low + high + 1) // 2
+            [event] = self._reader.read_session(session_id, middle, middle)
+            if event.recorded_at <= moment:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def state_at(self, session_id: str, position: int) -> SessionState | None:
         """The session as it stood at ``position`` (None before its first event), folded
@@ -203,14 +264,33 @@ class Projector:
             return current
         if position <= 0:
             return None
-        base = self._index(session_id).snapshot_before(position)
+        base = self._snapshot_before(session_id, position)
+        if _distance(base, position) > 2 * self.snapshot_every:
+            # Snapshots missing below (dropped, or a checkpoint without them): building
+            # the index folds the whole log once and keeps snapshots along the way.
+            self._index(session_id)
+            base = self._snapshot_before(session_id, position)
         start = base.position + 1 if base is not None else 1
         return replay(self._reader.read_session(session_id, start, position), base)
 
+    def _snapshot_before(self, session_id: str, position: int) -> SessionState | None:
+        with self._index_lock:
+            snapshots = self._snapshots.get(session_id)
+            return snapshots.before(position) if snapshots is not None else None
+
+    def _snapshots_of(self, session_id: str) -> Snapshots:
+        """The session's snapshots (made empty if it has none yet). Under _index_lock, or
+        at start-up."""
+        snapshots = self._snapshots.get(session_id)
+        if snapshots is None:
+            snapshots = self._snapshots[session_id] = Snapshots(self.snapshot_every)
+        return snapshots
+
     def drop_indexes(self) -> None:
-        """Forget every index (derived data, rebuilt from the log on demand)."""
+        """Forget every index and snapshot (derived data, rebuilt from the log on demand)."""
         with self._index_lock:
             self._indexes.clear()
+            self._snapshots.clear()
 
     def _index(self, session_id: str) -> SessionIndex:
         index = self._indexes.get(session_id)
@@ -221,14 +301,28 @@ class Projector:
         # Built from the log without the lock, so applies (which take it to keep indexes
         # current) never wait for a big session's build; then, under the lock, the events
         # applied meanwhile are folded in before the index is published.
-        built = SessionIndex(self.snapshot_every)
-        state = _fold_into(built, None, self._reader.read_session(session_id))
+        built = SessionIndex()
+        snapshots = Snapshots(self.snapshot_every)
+        state: SessionState | None = None
+        while True:  # in pages: a million events read at once would hold them all
+            first = built.position + 1
+            page = self._reader.read_session(session_id, first, first + CATCH_UP_PAGE * 10 - 1)
+            if not page:
+                break
+            state = _fold_into(built, snapshots, state, page)
         with self._index_lock:
             index = self._indexes.get(session_id)
             if index is None:
                 tail = self._reader.read_session(session_id, built.position + 1)
-                _fold_into(built, state, tail)
+                _fold_into(built, snapshots, state, tail)
+                self._snapshots_of(session_id).merge(snapshots)
                 index = self._indexes[session_id] = built
+                self.index_builds += 1
+        if index.position >= FREEZE_AFTER:
+            # A big session's index is millions of objects that live as long as the
+            # server: out of the collector's generations, a full collection no longer scans
+            # them (it took seconds, holding the GIL, with a million-event index).
+            gc.freeze()
         return index
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -323,9 +417,7 @@ class Projector:
                 if index is not None:
                     index.apply(event)
             for sid, state in states.items():
-                index = self._indexes.get(sid)
-                if index is not None and index.position == state.position:
-                    index.offer_snapshot(state, copy=False)
+                self._snapshots_of(sid).offer(state, copy=False)
         with self._publish:
             self._sessions.update(states)
             self._advance(events, complete)
@@ -367,14 +459,22 @@ class Projector:
 
 
 def _fold_into(
-    index: SessionIndex, state: SessionState | None, events: Sequence[RecordedEvent]
+    index: SessionIndex,
+    snapshots: Snapshots,
+    state: SessionState | None,
+    events: Sequence[RecordedEvent],
 ) -> SessionState | None:
     fold = Fold(state)
     for event in events:
         fold.apply(event)
         index.apply(event)
-        if index.snapshot_due(event.position):
+        if snapshots.due(event.position):
             folded = fold.state()
             assert folded is not None  # an event was folded in
-            index.offer_snapshot(folded, copy=True)
+            snapshots.offer(folded, copy=True)
     return fold.state()
+
+
+def _distance(base: SessionState | None, position: int) -> int:
+    """Events a read at ``position`` folds from ``base``."""
+    return position - (base.position if base is not None else 0)

@@ -75,15 +75,18 @@ from varstore.projections import (
     LogMark,
     SessionHistory,
     SessionState,
+    SnapshotEncodings,
     open_checkpoint,
     seal_checkpoint,
 )
 from varstore.types import (
     CommitOutcomeUnknown,
     InternalError,
+    SessionNotFound,
     Unavailable,
     VarstoreError,
     VersionConflict,
+    describe,
 )
 
 __all__ = ["Store", "Written"]
@@ -190,6 +193,8 @@ class Store:
         self._unsaved: set[str] = set()
         self._checkpoint_lock = threading.Lock()
         self._checkpointed = 0
+        # Snapshots encoded by the last checkpoint, reused by the next (under the lock).
+        self._snapshot_encodings = SnapshotEncodings()
         # Whether the log can be written, as the last append or probe found; listeners hear
         # every change (the server's health follows it).
         self._writable = True
@@ -231,14 +236,20 @@ class Store:
         return state
 
     def published(self, session_id: str) -> SessionState | None:
-        """The published state of a session, deleted ones included; None if never created.
-        Does not count as a use."""
-        return self.projector.published(session_id)
+        """The published state of a session, deleted ones included; None if never created
+        (or a chunked fork or import still being written: hidden until whole). Does not
+        count as a use."""
+        state = self.projector.published(session_id)
+        return None if state is not None and state.hidden else state
 
     def sessions(self) -> list[SessionState]:
         """Every live session, ordered by id."""
         states = self.projector.states()
-        return [states[sid] for sid in sorted(states) if not states[sid].deleted]
+        return [
+            states[sid]
+            for sid in sorted(states)
+            if not states[sid].deleted and not states[sid].hidden
+        ]
 
     def last_used(self, state: SessionState) -> datetime:
         """When the session was last used: its last event, or a later read."""
@@ -265,17 +276,28 @@ class Store:
 
     def history(self, session_id: str) -> SessionHistory:
         """The history of a session that exists or existed, or SessionNotFound."""
+        self._visible(session_id)
         return self.projector.history(session_id)
 
     def position_at_time(self, session_id: str, moment: datetime) -> int:
         """The position of the session's last event recorded at or before ``moment``
         (0 if none was)."""
+        self._visible(session_id)
         return self.projector.position_at_time(session_id, moment)
 
     def state_at(self, session_id: str, position: int) -> SessionState | None:
         """The session as it stood at ``position`` (None before its first event); see
         :meth:`Projector.state_at`."""
+        self._visible(session_id)
         return self.projector.state_at(session_id, position)
+
+    def _visible(self, session_id: str) -> None:
+        """SessionNotFound for a chunked fork or import still being written."""
+        state = self.projector.published(session_id)
+        if state is not None and state.hidden:
+            raise SessionNotFound(
+                f"session {describe(session_id)} not found", info={"session_id": session_id[:200]}
+            )
 
     def drop_snapshots(self) -> None:
         """Forget every index and the checkpoint: they are derived data, rebuilt from the
@@ -421,9 +443,11 @@ class Store:
         last event it folds. A failure costs only start-up time."""
         with self._checkpoint_lock:
             global_position, states = self.projector.cut()
+            snapshots = self.projector.snapshot_chains(states)
             try:
                 mark = self._mark_at(global_position)
-                self.recorder.save_checkpoint(global_position, seal_checkpoint(mark, states))
+                sealed = seal_checkpoint(mark, states, snapshots, self._snapshot_encodings)
+                self.recorder.save_checkpoint(global_position, sealed)
                 self._checkpointed = global_position
             except RecorderError:
                 log.exception("checkpoint at global position %d failed", global_position)
@@ -501,7 +525,8 @@ class Store:
         after it (or of the whole log, without a checkpoint it can trust)."""
         checkpoint = self._trusted_checkpoint()
         self.projector.start(
-            (checkpoint.global_position, checkpoint.sessions) if checkpoint is not None else None
+            (checkpoint.global_position, checkpoint.sessions) if checkpoint is not None else None,
+            checkpoint.snapshots if checkpoint is not None else None,
         )
         self._checkpointed = checkpoint.global_position if checkpoint is not None else 0
         states = self.projector.states()

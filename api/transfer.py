@@ -7,22 +7,31 @@ event naming the origin. An export streams a session's log as ``Event`` messages
 import decodes each event of such a stream (positions, times, bodies that match their
 types) and replays it through the deciders of the live commands
 (:class:`~varstore.api.commands.ImportCheck`), so it is refused for exactly what a live
-call would refuse. Forks and imports append all their events in ONE command, so a session
-is copied whole or not at all, and only into an id that has never been used (no event
-ever).
+call would refuse. A copy goes only into an id that has never been used (no event ever).
+
+A copy of at most TRANSFER_CHUNK_EVENTS events is appended by ONE command. A longer one is
+appended in chunks of that many events, one command each
+(:class:`~varstore.api.commands.CopyChunk`), so other writers' commits go between them
+instead of waiting behind one huge append; its first event records how many events the
+copy holds, and readers see no session until the log holds them all (a fork's last event
+is its SessionForked). So a session is still seen whole or not at all. A copy cut short (a
+crash, the log failing) stays hidden with its id taken; the same request (same request
+id) sent again finishes it from where the log stops.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Final
 
 import grpc
 
 from varstore.api.commands import (
     SCHEMA_VERSION,
+    CopyChunk,
     ForkSession,
     ImportCheck,
     ImportSession,
@@ -34,11 +43,11 @@ from varstore.api.commands import (
 )
 from varstore.api.convert import header, session_to_proto
 from varstore.api.event_codec import event_from_proto, event_to_proto
-from varstore.api.idempotency import BodyDigest, check_request_id, request_key
+from varstore.api.idempotency import BodyDigest, RequestKey, check_request_id, request_key
 from varstore.api.queries import describe_session
 from varstore.api.store import Store, Written
 from varstore.eventstore.events import NewEvent, RecordedEvent
-from varstore.projections import SessionState
+from varstore.projections import SessionState, without_staging
 from varstore.types import (
     LimitExceeded,
     OutOfRange,
@@ -53,6 +62,7 @@ __all__ = [
     "EXPORT_CHUNK_BYTES",
     "EXPORT_CHUNK_EVENTS",
     "MAX_TRANSFER_EVENTS",
+    "TRANSFER_CHUNK_EVENTS",
     "export_session",
     "fork_session",
     "import_session",
@@ -62,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: Most events one fork copies or one import brings in (RESOURCE_EXHAUSTED beyond).
 MAX_TRANSFER_EVENTS: Final = 1_000_000
+#: Most events a fork or import appends in one command; longer copies go in chunks.
+TRANSFER_CHUNK_EVENTS: Final = 100
 #: Most events in one ExportSessionResponse.
 EXPORT_CHUNK_EVENTS: Final = 500
 #: An ExportSessionResponse is closed once its events reach this size (gRPC's default
@@ -91,6 +103,8 @@ def fork_session(
     origin = request.session_id
     key = request_key(request)
     known = store.known_request(key)
+    if known is not None and key is not None and _cut_short(store, known.session_id):
+        return _finish_fork(store, request, known.session_id, source, key)
     if known is not None:  # a retry: answered from the log as the first time, nothing read
         again = ForkSession(
             known.session_id, origin, request.at_position, (), source, dict(request.metadata)
@@ -121,28 +135,137 @@ def fork_session(
             f"the limit is {MAX_TRANSFER_EVENTS}",
             info={"limit": str(MAX_TRANSFER_EVENTS)},
         )
+    if position + 1 > TRANSFER_CHUNK_EVENTS:
+        return _forked(store, _fork_in_chunks(store, request, new_id, position, 0, source, key))
     # The origin's events up to the position never change, so reading them before the
     # command runs is safe; the command only appends them.
-    copies = [
+    command = _fork_of(request, new_id, position, _copies(store, origin, 1, position), source)
+    return _forked(store, store.execute(new_id, command, key))
+
+
+def _copies(store: Store, origin: str, first: int, last: int) -> list[NewEvent]:
+    """The origin's events ``first`` to ``last`` as a fork copies them."""
+    return [
         NewEvent(
             type=event.type,
             payload=event.payload,
             recorded_at=event.recorded_at,
             source=event.source,
-            metadata=event.metadata,
+            metadata=without_staging(event.metadata),
             schema_version=event.schema_version,
         )
-        for event in store.recorder.read_session(origin, 1, position)
+        for event in store.recorder.read_session(origin, first, last)
     ]
-    command = ForkSession(
+
+
+def _fork_of(
+    request: pb.ForkSessionRequest,
+    new_id: str,
+    position: int,
+    copies: list[NewEvent],
+    source: str,
+) -> ForkSession:
+    return ForkSession(
         session_id=new_id,
-        origin_session_id=origin,
+        origin_session_id=request.session_id,
         origin_position=position,
         events=copies,
         source=source,
         metadata=dict(request.metadata),
     )
-    return _forked(store, store.execute(new_id, command, key))
+
+
+def _fork_in_chunks(
+    store: Store,
+    request: pb.ForkSessionRequest,
+    new_id: str,
+    position: int,
+    start: int,
+    source: str,
+    key: RequestKey | None,
+) -> Written[SessionState]:
+    """Copy the origin's events after ``start`` in chunks (read one chunk at a time),
+    the last chunk with the SessionForked event."""
+    total = position + 1
+    written: Written[SessionState] | None = None
+    while start < total:
+        last = min(position, start + TRANSFER_CHUNK_EVENTS)
+        copies = _copies(store, request.session_id, start + 1, last)
+        fork = _fork_of(request, new_id, position, copies, source)
+        written = store.execute(new_id, _chunk(new_id, fork, start, total, key))
+        start = written.position
+    assert written is not None  # total > start: at least one chunk
+    return written
+
+
+def _finish_fork(
+    store: Store, request: pb.ForkSessionRequest, new_id: str, source: str, key: RequestKey
+) -> pb.ForkSessionResponse:
+    """The same fork sent again after it was cut short: copy the rest."""
+    state = store.projector.published(new_id)
+    assert state is not None
+    position = state.staged_until - 1
+    return _forked(
+        store, _fork_in_chunks(store, request, new_id, position, state.position, source, key)
+    )
+
+
+def _cut_short(store: Store, session_id: str) -> bool:
+    """Whether ``session_id`` is a chunked copy whose log stops before its end."""
+    state = store.projector.published(session_id)
+    return state is not None and state.hidden
+
+
+def _chunk(
+    target: str,
+    copy: ForkSession | ImportSession,
+    start: int,
+    total: int,
+    key: RequestKey | None,
+) -> CopyChunk:
+    """The command that appends ``copy``'s events after the first ``start``, stamped with
+    ``key`` here rather than on the leader."""
+    if key is None:
+        return CopyChunk(target, copy, start, total)
+    stamped = _stamped(copy.events, key)
+    copy = replace(copy, events=stamped)
+    return CopyChunk(target, copy, start, total, key.id, key.digest)
+
+
+def _stamped(events: Sequence[NewEvent], key: RequestKey) -> list[NewEvent]:
+    """``events`` as the write with ``key`` records them."""
+    return [
+        NewEvent(
+            event.type,
+            event.payload,
+            event.recorded_at,
+            event.source,
+            event.metadata,
+            event.schema_version,
+            key.id,
+            key.digest,
+        )
+        for event in events
+    ]
+
+
+def _import_in_chunks(
+    store: Store, target: str, events: list[NewEvent], key: RequestKey | None
+) -> Written[SessionState]:
+    """Append an import's ``events`` in chunks, from where the log of ``target`` stops
+    if it is this import cut short."""
+    state = store.projector.published(target)
+    start = state.position if state is not None and state.hidden else 0
+    total = len(events)
+    ends_deleted = events[-1].type == "SessionDeleted"
+    written: Written[SessionState] | None = None
+    while start < total:
+        chunk = events[start : start + TRANSFER_CHUNK_EVENTS]
+        command = ImportSession(target, chunk, ends_deleted=ends_deleted)
+        written = store.execute(target, _chunk(target, command, start, total, key))
+        start = written.position
+    assert written is not None
+    return written
 
 
 def _forked(store: Store, written: Written[SessionState]) -> pb.ForkSessionResponse:
@@ -290,7 +413,7 @@ def import_session(
                         )
                     check_name(target, store.limits, "session id")
                     if store.recorded_request(request_id) is None:  # a retry's id is taken
-                        check_unused(store.published(target), target)
+                        check_unused(store.projector.published(target), target)
                     check = ImportCheck(target, store.limits)
                 if to_position and check.position >= to_position:
                     break
@@ -318,7 +441,19 @@ def import_session(
         )
     if not is_active():  # gRPC may end a cancelled stream as if it were complete
         raise Unavailable("the import was cancelled by the client; nothing was written")
-    written = store.execute(target, ImportSession(target, check.events), body.key(request_id))
+    key = body.key(request_id)
+    recorded = store.recorded_request(request_id)
+    if recorded is None and len(check.events) > TRANSFER_CHUNK_EVENTS:
+        written = _import_in_chunks(store, target, check.events, key)
+    elif (
+        recorded is not None
+        and key is not None
+        and (recorded.session_id, recorded.digest) == (target, key.digest)
+        and _cut_short(store, target)
+    ):  # this very import, sent again after it was cut short: append the rest
+        written = _import_in_chunks(store, target, check.events, key)
+    else:
+        written = store.execute(target, ImportSession(target, check.events), key)
     log.info("imported session %r (%d events) for %s", target, written.position, source)
     return pb.ImportSessionResponse(
         header=header(target, written.position),

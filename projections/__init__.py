@@ -2,17 +2,24 @@
 
 from varstore.projections.fold import Fold, ProjectionError, apply_event, replay
 from varstore.projections.history import Change, SessionHistory
-from varstore.projections.index import SessionIndex
+from varstore.projections.index import SessionIndex, Snapshots
 from varstore.projections.snapshot import (
     Checkpoint,
     CheckpointRejected,
     LogMark,
+    SnapshotEncodings,
     open_checkpoint,
     seal_checkpoint,
 )
-from varstore.projections.state import SessionState, VariableState
+from varstore.projections.state import (
+    STAGED_EVENTS_KEY,
+    SessionState,
+    VariableState,
+    without_staging,
+)
 
 __all__ = [
+    "STAGED_EVENTS_KEY",
     "Change",
     "Checkpoint",
     "CheckpointRejected",
@@ -22,9 +29,12 @@ __all__ = [
     "SessionHistory",
     "SessionIndex",
     "SessionState",
+    "SnapshotEncodings",
+    "Snapshots",
     "VariableState",
     "apply_event",
     "open_checkpoint",
     "replay",
     "seal_checkpoint",
+    "without_staging",
 ]

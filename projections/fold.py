@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from immutables import Map, MapMutation
 
 from varstore.eventstore.events import EventType, RecordedEvent
-from varstore.projections.state import SessionState, VariableState
+from varstore.projections.state import STAGED_EVENTS_KEY, SessionState, VariableState
 from varstore.types import Constraints
 
 __all__ = ["Fold", "ProjectionError", "apply_event", "replay"]
@@ -140,6 +140,7 @@ def _session_created(event: RecordedEvent) -> SessionState:
         updated_at=event.recorded_at,
         position=event.position,
         created_position=event.position,
+        staged_until=int(event.metadata.get(STAGED_EVENTS_KEY, 0)),
     )
 
 

@@ -1,10 +1,13 @@
-"""What reads of a session's past need, derived from its log: the history of every
-variable, the time of every event, and snapshots of the state every N events."""
+"""What reads of a session's past need, derived from its log: snapshots of its state
+every N events (:class:`Snapshots`, kept for every session and saved with checkpoints, so
+a read of the past folds at most N events, after a restart too), and the history of every
+variable with the time of every event (:class:`SessionIndex`, built from the log)."""
 
 from __future__ import annotations
 
 import bisect
 from array import array
+from collections.abc import Iterable
 from datetime import datetime
 
 from sortedcontainers import SortedDict
@@ -13,23 +16,65 @@ from varstore.eventstore.events import RecordedEvent
 from varstore.projections.history import SessionHistory
 from varstore.projections.state import SessionState
 
-__all__ = ["SessionIndex"]
+__all__ = ["SessionIndex", "Snapshots"]
+
+
+class Snapshots:
+    """One session's states every ``every`` events (never mutated once kept; a reader
+    gets a copy). A snapshot holds persistent maps, so keeping one costs O(1) memory
+    beyond what the changes since the previous one made."""
+
+    def __init__(self, every: int, states: Iterable[SessionState] = ()) -> None:
+        self.every = every
+        self._by_position: SortedDict = SortedDict((state.position, state) for state in states)
+        #: Position of the last snapshot (0: none); asked once per event folded.
+        self._last = self._by_position.keys()[-1] if self._by_position else 0
+
+    def due(self, position: int) -> bool:
+        """Whether a state at ``position`` would be kept: the last snapshot is ``every``
+        events older."""
+        return position - self._last >= self.every
+
+    def offer(self, state: SessionState, copy: bool) -> None:
+        """Keep ``state`` (or, with ``copy``, a copy: O(1)) if a snapshot is due."""
+        if self.due(state.position):
+            self._by_position[state.position] = state.copy() if copy else state
+            self._last = state.position
+
+    def before(self, position: int) -> SessionState | None:
+        """A private copy of the latest snapshot at or before ``position``, if any."""
+        index = self._by_position.bisect_right(position)
+        if not index:
+            return None
+        state: SessionState = self._by_position.values()[index - 1]
+        return state.copy()
+
+    def merge(self, other: Snapshots) -> None:
+        """Keep ``other``'s snapshots too, where this one has none at their position."""
+        for position, state in other._by_position.items():
+            self._by_position.setdefault(position, state)
+        if self._by_position:
+            self._last = self._by_position.keys()[-1]
+
+    def states(self) -> list[SessionState]:
+        """Every snapshot, oldest first (shared: never mutate them)."""
+        return list(self._by_position.values())
+
+    def __len__(self) -> int:
+        return len(self._by_position)
 
 
 class SessionIndex:
-    """One session's history, event times and snapshots, kept up to ``position``.
+    """One session's history and event times, kept up to ``position``.
 
     ``apply`` ignores events it has already seen, so a builder reading the log and a
     writer reporting new events may overlap safely.
     """
 
-    def __init__(self, snapshot_every: int) -> None:
-        self.snapshot_every = snapshot_every
+    def __init__(self) -> None:
         self.history = SessionHistory()
         #: Event times in seconds since the epoch; index i is position i + 1.
         self.times: array[float] = array("d")
-        #: Snapshot states by position (never mutated; copy before folding onto one).
-        self.snapshots: SortedDict = SortedDict()
         self.position = 0
 
     def apply(self, event: RecordedEvent) -> bool:
@@ -41,25 +86,6 @@ class SessionIndex:
         self.position = event.position
         return True
 
-    def snapshot_due(self, position: int) -> bool:
-        """Whether a state at ``position`` would be kept: the last snapshot is
-        ``snapshot_every`` events older."""
-        last = self.snapshots.keys()[-1] if self.snapshots else 0
-        return position - last >= self.snapshot_every
-
-    def offer_snapshot(self, state: SessionState, copy: bool) -> None:
-        """Keep ``state`` (or, with ``copy``, a copy: O(1)) as a snapshot if one is due."""
-        if self.snapshot_due(state.position):
-            self.snapshots[state.position] = state.copy() if copy else state
-
     def position_at(self, moment: datetime) -> int:
         """The position of the last event recorded at or before ``moment`` (0 if none)."""
         return bisect.bisect_right(self.times, moment.timestamp())
-
-    def snapshot_before(self, position: int) -> SessionState | None:
-        """A private copy of the latest snapshot at or before ``position``, if any."""
-        index = self.snapshots.bisect_right(position)
-        if not index:
-            return None
-        state: SessionState = self.snapshots.values()[index - 1]
-        return state.copy()

@@ -15,7 +15,21 @@ from immutables import Map
 
 from varstore.types import Constraints, PyValue
 
-__all__ = ["SessionState", "VariableState"]
+__all__ = ["STAGED_EVENTS_KEY", "SessionState", "VariableState", "without_staging"]
+
+#: Event metadata key, on the first event of a fork or import written in several chunks
+#: only: how many events the whole copy holds. The session stays hidden until its log has
+#: them all (see :attr:`SessionState.hidden`). Reserved: the server drops it from the
+#: metadata of every other event it records, exports or imports.
+STAGED_EVENTS_KEY = "varstore.staged_events"
+
+
+def without_staging(metadata: Mapping[str, str]) -> Mapping[str, str]:
+    """``metadata`` without the reserved :data:`STAGED_EVENTS_KEY` (the same mapping when
+    it has none: the common case costs one lookup)."""
+    if STAGED_EVENTS_KEY not in metadata:
+        return metadata
+    return {key: value for key, value in metadata.items() if key != STAGED_EVENTS_KEY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +105,17 @@ class SessionState:
     #: Position of the SessionCreated event that began this life of the session (a session
     #: deleted and created again starts a new life; session tokens name it).
     created_position: int = 0
+    #: The position at which the chunked copy that began this session is whole (0: it
+    #: was not written in chunks). See :attr:`hidden`.
+    staged_until: int = 0
+
+    @property
+    def hidden(self) -> bool:
+        """Whether this, as the *current* state, is a chunked fork or import still being
+        written: readers see no such session until its last chunk is recorded. (A past
+        state of a complete copy has a position below ``staged_until`` too: ask this only
+        of the published one.)"""
+        return self.position < self.staged_until
 
     def copy(self) -> SessionState:
         """A copy the fold can change without touching this one. O(1): the maps are
@@ -107,6 +132,7 @@ class SessionState:
             self.names,
             self.deleted,
             self.created_position,
+            self.staged_until,
         )
 
     def find(self, identifier: str) -> VariableState | None:

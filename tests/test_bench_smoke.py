@@ -147,6 +147,18 @@ CASES = [
         3,
         id="sizes",
     ),
+    pytest.param(
+        "bench_big.py",
+        "| writes | calls | p50 µs | p99 µs | p99.9 µs | max µs | operation s |",
+        [
+            "| without (reference) |",
+            "| while checkpoints are taken |",
+            "| first past read after a restart (GetVariable at a position) |",
+            "first past read of a 20,000-event session after a restart",
+        ],
+        4,
+        id="big",
+    ),
 ]
 
 
