@@ -8,19 +8,22 @@ from what the code does. Conventions (also told in the README's Development sect
   bottom, in one scratch directory, against the servers its blocks start; each section
   makes its own sessions, so a section's failure is its own.
 - **Shell blocks** (````` ```sh ````` or ````` ```console `````): a line starting with ``$ ``
-  is a command (it goes on over the next lines while it ends with ``\\`` or leaves a quote
-  open); the lines after it, up to the next ``$ ``, are its output (stdout and stderr),
-  compared after normalisation (tests/readme_match.py): times, uuids and durations become
-  placeholders; a line of only ``...`` matches any lines, ``...`` inside a line any text;
-  when both sides parse as JSON they are compared as JSON (``"..."`` matches any value, a
-  ``"...": "..."`` member allows other members). No output shown means none printed. The
+  is a command (it goes on over the next lines while it ends with ``\\``, leaves a quote
+  open, or opens a here-document); the lines after it, up to the next ``$ ``, are its
+  output (stdout and stderr), compared after normalisation (tests/readme_match.py): times, uuids, hex ids and durations
+  become placeholders; a line of only ``...`` matches any lines, ``...`` inside a line any
+  text; when both sides start with JSON they are compared as JSON (``"..."`` matches any
+  value, a ``"...": "..."`` member allows other members), any text after it as text. No
+  output shown means none printed; ``$ echo $?`` shows an exit status. The
   commands of one section share one bash (``export`` and ``$?`` work); PATH starts with the
   test virtualenv's bin (as after ``. .venv/bin/activate``), and ``.venv``, ``tests`` and
   ``proto`` are links to the checkout's.
-- **The server.** A ``varstore serve`` command starts in the background on a free port;
-  the address its listening line shows in the README (``127.0.0.1:50051``) stands for the
-  real one everywhere after (commands, Python code, ``VARSTORE_SERVER``; the real address is
-  written back as the README's in what is printed).
+- **The server.** A ``varstore serve`` command shown with its listening line starts in the
+  background on free ports (``--listen``, ``--http``, ``--metrics``); the addresses its
+  start-up line shows in the README (``127.0.0.1:50051``) stand for the real ones
+  everywhere after (commands, Python code, ``VARSTORE_SERVER``; the real addresses are
+  written back as the README's in what is printed). One shown without a listening line (a
+  refusal to start) runs in the foreground like any command.
 - **Python blocks** (````` ```python `````) run in this process, each in a fresh namespace,
   in the scratch directory; an expression statement followed by ``# -> EXPECTED`` is checked
   (``print(...)``: what it printed; any other expression: its ``repr``), with the same
