@@ -39,7 +39,10 @@ from what the code does. Conventions (also told in the README's Development sect
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +200,29 @@ def test_the_harness_refuses_blocks_it_cannot_run_unless_marked(tmp_path: Path) 
     finally:
         runner.close()
     assert result.failures[0][0] == 7 and "```js" in result.failures[0][1]
+
+
+def _help(*args: str) -> str:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "varstore"), *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_every_flag_of_varstore_serve_is_in_the_readme() -> None:
+    text = README.read_text(encoding="utf-8")
+    flags = sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", _help("serve"))) - {"--help"})
+    assert flags, "varstore serve --help lists no flags"
+    assert [flag for flag in flags if flag not in text] == []
+
+
+def test_every_command_of_varstore_is_in_the_readme() -> None:
+    text = README.read_text(encoding="utf-8")
+    listing = _help().split("Commands:", 1)[1]
+    commands = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    assert commands, "varstore --help lists no commands"
+    assert [c for c in commands if f"varstore {c}" not in text and f"`{c} " not in text] == []
