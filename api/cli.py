@@ -1,161 +1,243 @@
-"""The ``varstore`` command line."""
+"""The ``varstore`` command line: ``varstore serve`` and the client commands.
+
+Built on Click. ``main(argv) -> int`` is the console script: a usage error is one line
+``varstore: ...`` and exit code 2, a failed command one line and exit code 1 (never a
+traceback), and a closed stdout (``varstore log s | head``) a quiet exit 0. Shell
+completion: ``eval "$(_VARSTORE_COMPLETE=bash_source varstore)"`` (zsh_source, fish_source).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
 
-from varstore.api.limits import add_limit_flags, limits_from_flags
-from varstore.client.cli import add_client_commands, run_client_command
+import click
 
-__all__ = ["main"]
+from varstore.api.limits import limit_flags, limits_from_flags
+from varstore.client.cli import add_client_commands, client_options
+from varstore.client.cli.output import quiet_stdout
 
-DEFAULT_DB = "./varstore.db"
-DEFAULT_LISTEN = "127.0.0.1:50051"
+__all__ = ["main", "varstore"]
+
+DEFAULT_DB: Final = "./varstore.db"
+DEFAULT_LISTEN: Final = "127.0.0.1:50051"
 #: The --db value for an in-memory log (as varstore.api.server.MEMORY; not imported here so
 #: that client commands do not load the server).
-MEMORY = ":memory:"
+MEMORY: Final = ":memory:"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _positive(text: str) -> int:
-    number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
-    return number
+class _Seconds(click.ParamType[float]):
+    """A number of seconds from 0.01 to 3600."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"must be a number of seconds, not {value!r}", param, ctx)
+        if not (0.01 <= number <= 3600):
+            self.fail(f"must be from 0.01 to 3600 seconds, not {value}", param, ctx)
+        return number
 
 
-def _seconds(text: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
-    if not (0.01 <= number <= 3600):
-        raise argparse.ArgumentTypeError(f"must be from 0.01 to 3600 seconds, not {text}")
-    return number
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="varstore", description="Event-sourced typed session variables over gRPC."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the gRPC server")
-    serve_cmd.add_argument(
-        "--db",
-        default=os.environ.get("VARSTORE_DB", DEFAULT_DB),
-        help=f"SQLite file of the event log, or {MEMORY} (default {DEFAULT_DB}; env VARSTORE_DB)",
-    )
-    serve_cmd.add_argument(
-        "--listen",
-        default=os.environ.get("VARSTORE_LISTEN", DEFAULT_LISTEN),
-        help=f"HOST:PORT to listen on; port 0 picks a free one "
-        f"(default {DEFAULT_LISTEN}; env VARSTORE_LISTEN)",
-    )
-    serve_cmd.add_argument(
-        "--sync",
-        choices=("full", "normal"),
-        default=os.environ.get("VARSTORE_SYNC", "full"),
-        help="full (default): every acknowledged write is fsynced; normal: faster, but a "
-        "power loss may lose the last writes (a crash of the server alone does not)",
-    )
-    serve_cmd.add_argument(
-        "--snapshot-every",
-        type=_positive,
-        default=1000,
-        metavar="N",
-        help="keep a snapshot of a session every N events, so a read of the past folds at "
-        "most N events (default 1000)",
-    )
-    serve_cmd.add_argument(
-        "--checkpoint-every",
-        type=_positive,
-        default=10_000,
-        metavar="N",
-        help="checkpoint every session's state every N events, so start-up folds only what "
-        "came after (default 10000)",
-    )
-    serve_cmd.add_argument(
-        "--poll-interval",
-        type=_seconds,
-        default=os.environ.get("VARSTORE_POLL_INTERVAL", "1.0"),
-        metavar="SECONDS",
-        help="on a log several servers share (PostgreSQL): read it for other servers' "
-        "writes at least this often when no notice of them comes (default 1.0; env "
-        "VARSTORE_POLL_INTERVAL)",
-    )
-    serve_cmd.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    _add_security_flags(serve_cmd)
-    _add_operations_flags(serve_cmd)
-    add_limit_flags(serve_cmd)  # --max-sessions N, --idle-connection-seconds N, ...
-    add_client_commands(commands)
-    return parser
+@click.group(
+    "varstore",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="varstore", prog_name="varstore", message="%(prog)s %(version)s")
+@client_options()
+def varstore() -> None:
+    """Event-sourced typed session variables over gRPC.
+
+    The client options (--server, --json, the TLS and token options, --timeout) go before
+    or after the command. Shell completion: eval "$(_VARSTORE_COMPLETE=bash_source varstore)".
+    """
 
 
-def _add_security_flags(serve_cmd: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    serve_cmd.add_argument(
-        "--tls-cert",
-        metavar="PEM",
-        default=env("VARSTORE_TLS_CERT"),
-        help="the server's certificate chain: serve TLS (with --tls-key; env VARSTORE_TLS_CERT)",
-    )
-    serve_cmd.add_argument(
-        "--tls-key",
-        metavar="PEM",
-        default=env("VARSTORE_TLS_KEY"),
-        help="the private key of --tls-cert (env VARSTORE_TLS_KEY)",
-    )
-    serve_cmd.add_argument(
-        "--tls-client-ca",
-        metavar="PEM",
-        default=env("VARSTORE_TLS_CLIENT_CA"),
-        help="mTLS: require a client certificate issued by this CA (env VARSTORE_TLS_CLIENT_CA)",
-    )
-    serve_cmd.add_argument(
-        "--admin-token-file",
-        metavar="FILE",
-        default=env("VARSTORE_ADMIN_TOKEN_FILE"),
-        help="require bearer tokens; FILE holds the admin token (or set VARSTORE_ADMIN_TOKEN)",
-    )
-    serve_cmd.add_argument(
-        "--token-secret-file",
-        metavar="FILE",
-        default=env("VARSTORE_TOKEN_SECRET_FILE"),
-        help="the secret session tokens are derived under; servers sharing it accept each "
-        "other's tokens (or set VARSTORE_TOKEN_SECRET; default: derived from the admin token)",
-    )
-    serve_cmd.add_argument(
-        "--insecure",
-        action="store_true",
-        default=env("VARSTORE_INSECURE", "") == "1",
-        help="allow listening beyond loopback without TLS (env VARSTORE_INSECURE=1)",
-    )
+def _serve_options(function: F) -> F:
+    """``serve``'s flags, each with its environment variable and default as before."""
+    options = [
+        click.option(
+            "--db",
+            default=lambda: _env("VARSTORE_DB", DEFAULT_DB),
+            metavar="PATH|URL",
+            help=f"SQLite file of the event log, a postgresql:// URL, or {MEMORY} "
+            f"(default {DEFAULT_DB}; env VARSTORE_DB)",
+        ),
+        click.option(
+            "--listen",
+            default=lambda: _env("VARSTORE_LISTEN", DEFAULT_LISTEN),
+            metavar="HOST:PORT",
+            help="address to listen on; port 0 picks a free one "
+            f"(default {DEFAULT_LISTEN}; env VARSTORE_LISTEN)",
+        ),
+        click.option(
+            "--sync",
+            type=click.Choice(["full", "normal"]),
+            default=lambda: _env("VARSTORE_SYNC", "full"),
+            help="full (default): every acknowledged write is fsynced; normal: faster, but "
+            "a power loss may lose the last writes (a crash of the server alone does not) "
+            "(env VARSTORE_SYNC)",
+        ),
+        click.option(
+            "--snapshot-every",
+            type=click.IntRange(min=1),
+            default=1000,
+            show_default=True,
+            metavar="N",
+            help="keep a snapshot of a session every N events, so a read of the past folds "
+            "at most N events",
+        ),
+        click.option(
+            "--checkpoint-every",
+            type=click.IntRange(min=1),
+            default=10_000,
+            show_default=True,
+            metavar="N",
+            help="checkpoint every session's state every N events, so start-up folds only "
+            "what came after",
+        ),
+        click.option(
+            "--poll-interval",
+            type=_Seconds(),
+            default=lambda: _env("VARSTORE_POLL_INTERVAL", "1.0"),
+            metavar="SECONDS",
+            help="on a log several servers share (PostgreSQL): read it for other servers' "
+            "writes at least this often when no notice of them comes "
+            "(default 1.0; env VARSTORE_POLL_INTERVAL)",
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(LOG_LEVELS, case_sensitive=False),
+            default="INFO",
+            metavar="LEVEL",
+            help="logging level: DEBUG, INFO (default), WARNING, ERROR or CRITICAL, any case",
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(["text", "json"]),
+            default=lambda: _env("VARSTORE_LOG_FORMAT", "text"),
+            help="text (default) or json: one JSON object a line, and one line per request "
+            "(env VARSTORE_LOG_FORMAT)",
+        ),
+        click.option(
+            "--tls-cert",
+            metavar="PEM",
+            default=lambda: _env("VARSTORE_TLS_CERT"),
+            help="the server's certificate chain: serve TLS (with --tls-key; env "
+            "VARSTORE_TLS_CERT)",
+        ),
+        click.option(
+            "--tls-key",
+            metavar="PEM",
+            default=lambda: _env("VARSTORE_TLS_KEY"),
+            help="the private key of --tls-cert (env VARSTORE_TLS_KEY)",
+        ),
+        click.option(
+            "--tls-client-ca",
+            metavar="PEM",
+            default=lambda: _env("VARSTORE_TLS_CLIENT_CA"),
+            help="mTLS: require a client certificate issued by this CA (env "
+            "VARSTORE_TLS_CLIENT_CA)",
+        ),
+        click.option(
+            "--admin-token-file",
+            metavar="FILE",
+            default=lambda: _env("VARSTORE_ADMIN_TOKEN_FILE"),
+            help="require bearer tokens; FILE holds the admin token (or set VARSTORE_ADMIN_TOKEN)",
+        ),
+        click.option(
+            "--token-secret-file",
+            metavar="FILE",
+            default=lambda: _env("VARSTORE_TOKEN_SECRET_FILE"),
+            help="the secret session tokens are derived under; servers sharing it accept "
+            "each other's tokens (or set VARSTORE_TOKEN_SECRET; default: derived from the "
+            "admin token)",
+        ),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            default=lambda: _env("VARSTORE_INSECURE", "") == "1",
+            help="allow listening beyond loopback without TLS (env VARSTORE_INSECURE=1)",
+        ),
+        click.option(
+            "--metrics",
+            metavar="HOST:PORT",
+            default=lambda: _env("VARSTORE_METRICS"),
+            help="serve Prometheus metrics at http://HOST:PORT/metrics (env VARSTORE_METRICS)",
+        ),
+        click.option(
+            "--http",
+            metavar="HOST:PORT",
+            default=lambda: _env("VARSTORE_HTTP"),
+            help="serve the read-only audit page at http://HOST:PORT/ (default: off; env "
+            "VARSTORE_HTTP)",
+        ),
+        *(
+            click.option(
+                limit.flag, limit.dest, type=int, default=None, metavar="N", help=limit.help
+            )
+            for limit in limit_flags()
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
 
 
-def _add_operations_flags(serve_cmd: argparse.ArgumentParser) -> None:
-    serve_cmd.add_argument(
-        "--metrics",
-        metavar="HOST:PORT",
-        default=os.environ.get("VARSTORE_METRICS"),
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (env VARSTORE_METRICS)",
-    )
-    serve_cmd.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=os.environ.get("VARSTORE_LOG_FORMAT", "text"),
-        help="text (default) or json: one JSON object a line, and one line per request "
-        "(env VARSTORE_LOG_FORMAT)",
-    )
+@varstore.command("serve")
+@_serve_options
+def serve_command(**params: Any) -> int:
+    """Run the gRPC server. A request beyond a --max-... limit is RESOURCE_EXHAUSTED."""
+    return _serve(argparse.Namespace(**params))
+
+
+add_client_commands(varstore)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``varstore`` console script."""
-    args = _parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    return run_client_command(args)
+    """Entry point of the ``varstore`` console script; returns the exit code."""
+    try:
+        result = varstore.main(
+            args=list(sys.argv[1:] if argv is None else argv),
+            prog_name="varstore",
+            standalone_mode=False,
+        )
+    except click.exceptions.NoArgsIsHelpError as shown:
+        print(shown.format_message(), file=sys.stderr)
+        return 2
+    except click.UsageError as problem:
+        text = problem.format_message().rstrip(".")
+        _fail(f"{text} (see '{problem.ctx.command_path} --help')" if problem.ctx else text)
+        return 2
+    except click.ClickException as problem:
+        _fail(problem.format_message())
+        return problem.exit_code
+    except click.Abort:
+        _fail("interrupted")
+        return 130
+    except BrokenPipeError:
+        quiet_stdout()
+        return 0
+    return result if isinstance(result, int) else 0
+
+
+def _fail(text: str) -> None:
+    print(f"varstore: {' '.join(text.split())}", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:

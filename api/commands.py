@@ -249,6 +249,20 @@ def _check_version(variable: VariableState, expected: int | None) -> None:
         )
 
 
+#: The Python types of accepted values (``PyValue``): their stored form is the value itself.
+_PLAIN_VALUES: Final = frozenset((bool, int, float, str))
+
+
+def _variable_updated(variable_id: str, value: PyValue) -> dict[str, Any]:
+    """The VariableUpdated payload of a plain update, as ``schema.VariableUpdated(...)
+    .as_json_data()`` stores it, without the model's validation and dump on every write
+    (the value was just coerced and checked; its id comes from the state). Anything else
+    goes through the model."""
+    if type(variable_id) is str and type(value) in _PLAIN_VALUES:
+        return {"variable_id": variable_id, "value": value}
+    return schema.VariableUpdated(variable_id=variable_id, value=value).as_json_data()
+
+
 def _event(
     kind: EventType,
     payload: schema.Payload,
@@ -399,8 +413,13 @@ class SetVariable:
         value = _accepted_value(
             variable.name, variable.type, variable.constraints, self.value, ctx.limits
         )
-        payload = schema.VariableUpdated(variable_id=variable.id, value=value)
-        event = _event(EventType.VARIABLE_UPDATED, payload, ctx, self.source, self.metadata)
+        event = NewEvent(
+            type=EventType.VARIABLE_UPDATED,
+            payload=_variable_updated(variable.id, value),
+            recorded_at=ctx.now,
+            source=self.source,
+            metadata=dict(self.metadata),
+        )
         return Decision([event], lambda after: live(after, self.session_id).variables[variable.id])
 
 
@@ -430,7 +449,9 @@ class SetVariables:
         check_metadata(self.metadata, ctx.limits)
         if len(self.updates) > ctx.limits.max_batch_size:
             raise exceeded(
-                "max_batch_size", ctx.limits.max_batch_size, f"batch has {len(self.updates)} updates"
+                "max_batch_size",
+                ctx.limits.max_batch_size,
+                f"batch has {len(self.updates)} updates",
             )
         if self.expected_position is not None:
             check_range(self.expected_position, "expected_position")

@@ -22,7 +22,16 @@ if TYPE_CHECKING:  # the CLI imports this module for its flags: keep it light
     from varstore.eventstore.events import RecordedEvent
     from varstore.projections import SessionState
 
-__all__ = ["DAY", "Limits", "LiveSessions", "add_limit_flags", "exceeded", "limits_from_flags"]
+__all__ = [
+    "DAY",
+    "LimitFlag",
+    "Limits",
+    "LiveSessions",
+    "add_limit_flags",
+    "exceeded",
+    "limit_flags",
+    "limits_from_flags",
+]
 
 #: Seconds in a day.
 DAY: Final = 86_400
@@ -123,6 +132,29 @@ def exceeded(limit: str, value: int, text: str, **info: str) -> LimitExceeded:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitFlag:
+    """The ``varstore serve`` flag of one limit: ``--max-sessions N`` into ``limit_max_sessions``
+    (read by :func:`limits_from_flags`)."""
+
+    flag: str
+    dest: str
+    help: str
+
+
+def limit_flags() -> list[LimitFlag]:
+    """One flag per limit people tune, each saying its default."""
+    return [
+        LimitFlag(
+            _flag(limit.name),
+            f"limit_{limit.name}",
+            f"{limit.metadata['help']} (default {limit.default})",
+        )
+        for limit in fields(Limits)
+        if limit.metadata["flag"]
+    ]
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:

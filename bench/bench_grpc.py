@@ -11,9 +11,14 @@ Two servers run as child processes on loopback, each with its own GIL:
 * **varstore**: ``python -m varstore.api.cli serve --db <tmp>/bench.db --listen
   127.0.0.1:0`` with the default ``--sync full`` (every acknowledged write is fsynced).
   One session holds 100 integer variables ``v0..v99`` and one float variable ``f``.
+* **etcd** (3.4, Debian's ``etcd-server``; :mod:`etcdlib`): one member on free loopback
+  ports with a data directory in the run's temporary directory, its default durability
+  (every acknowledged Put is in its fsynced write-ahead log). It is the reference for
+  durable writes: ``KV/Put`` of a small value to one key per client, through grpcio and
+  the same client processes as varstore's SetVariable, at 1, 8 and 16 client threads.
 
 Operations: echo; GetVariable; SetVariable; GetVariables of 10 and of 100 names;
-atomic SetVariables of 10 and of 100 variables. All go through the generated stubs (no
+atomic SetVariables of 10 and of 100 variables; etcd's Put. All go through the generated stubs (no
 client cache, so every read is answered by the server: "uncached"); writes cycle through
 prebuilt requests so each call writes a new value. Each is measured two ways:
 
@@ -23,11 +28,12 @@ prebuilt requests so each call writes a new value. Each is measured two ways:
 * **16 clients**: closed loop (each client sends its next call as soon as the previous
   one returns) for a fixed window after a warm-up. The 16 clients are spread over 4
   spawned client processes x 4 threads, one channel per thread, so that one client GIL
-  does not cap the rate; echo and varstore are driven exactly the same way. Only calls
-  that complete inside the window count.
+  does not cap the rate; echo, varstore and etcd are driven exactly the same way. Only
+  calls that complete inside the window count. etcd's Put is also measured with 8 clients
+  (4 processes x 2 threads), the issue's reference rate.
 
 The full run has 3 rounds; each round measures echo and then every operation (sequential
-phases, then 16-client phases), and the figures pool the rounds, so load that comes and
+phases, then 16-client phases, then etcd's 8-client phase), and the figures pool the rounds, so load that comes and
 goes on the machine spreads over echo and varstore alike. The drift line shows echo round
 by round: if those numbers differ a lot, the machine was busy and the run is noisy.
 
@@ -43,12 +49,14 @@ call), ``16c / echo`` is its 16-client throughput over echo's (1.0 = the server 
 operation as often as it can answer an empty call). On a small machine the client
 processes and the server share the cores, so 16-client figures are what the whole box
 does, the same for both sides. The targets printed after the table are checked against
-these ratios.
+these ratios. A second table puts the durable writes side by side: SetVariable at 1 and
+16 clients beside the echo at 1 and 16 and beside etcd's Put at 1, 8 and 16 clients.
 
 Usage: ``.venv/bin/python bench/bench_grpc.py [--quick] [--json]`` from the repository
 root. ``--quick`` is a smoke run (one round, 200 calls, 0.4 s windows; about 10 s); the
 default run takes about 1.5 minutes. ``--json`` prints the results as JSON instead of
-the markdown report; progress goes to stderr. Exit status 1 if any call failed.
+the markdown report; progress goes to stderr. Exit status 1 if any call failed; 2 if etcd cannot be started (``apt-get install
+etcd-server``, or ``ETCD=/path/to/etcd``).
 """
 
 from __future__ import annotations
@@ -67,11 +75,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import etcdlib
 import grpc
 from benchlib import (  # bench/ is sys.path[0] when this file runs
     CALL_TIMEOUT,
     SESSION_ID,
-    Child,
+    Call,
     ProcessPool,
     Target,
     arguments,
@@ -103,7 +112,11 @@ OPERATIONS: tuple[tuple[str, str], ...] = (
     ("get100", "GetVariables(100)"),
     ("set10", "SetVariables(10, atomic)"),
     ("set100", "SetVariables(100, atomic)"),
+    ("etcd_put", "etcd Put"),
 )
+#: Client counts of the extra concurrent phases, per operation (every operation also runs
+#: with ``Settings.clients``).
+EXTRA_CLIENTS: dict[str, tuple[int, ...]] = {"etcd_put": (8,)}
 
 
 @dataclass(frozen=True)
@@ -163,15 +176,49 @@ def run_echo_server() -> int:
 # -- servers ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A server the bench calls: where it listens, and its process (for its CPU time)."""
+
+    address: str
+    pid: int
+
+
 @contextmanager
-def servers(db_dir: Path) -> Iterator[tuple[Child, Child]]:
-    """The echo and varstore servers, stopped with SIGTERM on the way out."""
+def servers(db_dir: Path) -> Iterator[dict[str, Endpoint]]:
+    """The echo, varstore and etcd servers by name, stopped (SIGTERM) on the way out."""
     echo_command = [sys.executable, str(Path(__file__).resolve()), "--echo-server"]
     with (
         child_server("echo", echo_command) as echo,
         varstore_server(db_dir / "bench.db") as varstore,
+        etcdlib.EtcdServer() as etcd,
     ):
-        yield echo, varstore
+        yield {
+            "echo": Endpoint(echo.address, echo.process.pid),
+            "varstore": Endpoint(varstore.address, varstore.process.pid),
+            "etcd": Endpoint(etcd.address, etcd.pid),
+        }
+
+
+def server_of(operation: str) -> str:
+    """The name of the server that answers ``operation``."""
+    if operation == "echo":
+        return "echo"
+    return "etcd" if operation.startswith("etcd_") else "varstore"
+
+
+def bench_call(operation: str, channel: grpc.Channel, client: int, session_id: str) -> Call:
+    """One call of ``operation``: benchlib's calls, and etcd's Put (``etcd_put``: a ring of
+    prebuilt requests to the client's own key, each a new value, like SetVariable's)."""
+    if operation != "etcd_put":
+        return make_call(operation, channel, client, session_id)
+    put = etcdlib.put_callable(channel)
+    ring = [
+        etcdlib.PutRequest(key=f"v{client}".encode(), value=str(client * 1_000_000 + i).encode())
+        for i in range(16)
+    ]
+    counter = iter(range(1 << 62))
+    return lambda: put(ring[next(counter) % len(ring)], timeout=CALL_TIMEOUT)
 
 
 # -- sequential phase ---------------------------------------------------------------------
@@ -232,7 +279,7 @@ def measure_sequential(
     budget_ns = int(settings.max_sequential_seconds / settings.rounds * 1e9)
     channel = open_channel(address)
     try:
-        call = make_call(operation, channel, 0)
+        call = bench_call(operation, channel, 0, SESSION_ID)
         for _ in range(settings.warmup_calls):
             call()
         latencies = into.latencies_ns
@@ -285,7 +332,7 @@ def run_client(job: Job, client: int, tallies: list[Tally]) -> None:
     first_error = ""
     channel = open_channel(job.address)
     try:
-        call = make_call(job.operation, channel, client, job.session_id)
+        call = bench_call(job.operation, channel, client, job.session_id)
         wait = job.start_at - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -354,14 +401,18 @@ def run_concurrent(
     server_pid: int,
     settings: Settings,
     into: ConcurrentRun,
+    clients: int | None = None,
 ) -> None:
-    """One round: every client for a warm-up plus this round's share of the window."""
-    per_process = settings.clients // len(pool.links)
+    """One round: every client (``settings.clients`` unless given) for a warm-up plus this
+    round's share of the window."""
+    wanted = clients or settings.clients
+    links = pool.links[:wanted]  # fewer clients than processes: one thread in each of some
+    per_process = wanted // len(links)
     window = settings.concurrent_seconds / settings.rounds
     start_at = time.monotonic() + 0.3  # time for every client to connect
     measure_from = start_at + settings.concurrent_warmup
     measure_until = measure_from + window
-    for index, link in enumerate(pool.links):
+    for index, link in enumerate(links):
         link.send(
             Job(
                 operation,
@@ -380,7 +431,7 @@ def run_concurrent(
     into.seconds += window
     limit = measure_until + CALL_TIMEOUT + 15
     tally: Tally
-    for tally in receive_all(pool.links, limit, "a client process did not report back"):
+    for tally in receive_all(links, limit, "a client process did not report back"):
         into.completed += tally.completed
         into.errors += tally.errors
         into.first_error = into.first_error or tally.first_error
@@ -391,7 +442,8 @@ def run_concurrent(
 
 @dataclass(frozen=True)
 class Row:
-    """One operation's results and its ratios to echo."""
+    """One operation's results and its ratios to echo; ``extra`` holds the calls/s of the
+    operation's extra concurrent phases, by client count."""
 
     operation: str
     label: str
@@ -401,6 +453,7 @@ class Row:
     concurrent_errors: int
     p50_vs_echo: float
     concurrent_vs_echo: float
+    extra: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -417,29 +470,26 @@ def method_text(settings: Settings) -> str:
     rounds = settings.rounds
     return (
         f"{rounds} round{'s' if rounds > 1 else ''}, each measuring echo then every varstore "
-        f"operation, sequential phases first; figures pool all rounds. Sequential: one client "
-        f"thread, one channel, {settings.warmup_calls} warm-up calls per round, then "
-        f"{settings.calls} timed calls in all (fewer if an operation uses up its "
-        f"{settings.max_sequential_seconds:g} s); calls/s = calls / elapsed. 16 clients: "
+        f"operation then etcd's Put, sequential phases first; figures pool all rounds. "
+        f"Sequential: one client thread, one channel, {settings.warmup_calls} warm-up calls "
+        f"per round, then {settings.calls} timed calls in all (fewer if an operation uses up "
+        f"its {settings.max_sequential_seconds:g} s); calls/s = calls / elapsed. 16 clients: "
         f"{settings.processes} client processes x {per} threads, one channel per thread, "
         f"closed loop, {settings.concurrent_warmup:g} s warm-up per round, "
         f"{settings.concurrent_seconds:g} s of window in all; calls/s = calls completed in the "
-        f"windows / window. Server CPU = user+system time of the server process (all threads, "
-        f"/proc/PID/stat) over the timed calls, per call. Servers are separate processes "
-        f"(grpcio sync, ThreadPoolExecutor max_workers={MAX_WORKERS}) on 127.0.0.1, sharing "
-        f"the machine's cores with the client processes; varstore runs --sync full (fsync per "
-        f"write, shared by group commit). Reads go through the generated stubs (uncached)."
+        f"windows / window; etcd's Put also with 8 clients ({settings.processes} x "
+        f"{8 // settings.processes}). Server CPU = user+system time of the server process (all "
+        f"threads, /proc/PID/stat) over the timed calls, per call. Servers are separate "
+        f"processes on 127.0.0.1 (echo and varstore: grpcio sync, ThreadPoolExecutor "
+        f"max_workers={MAX_WORKERS}; etcd 3.4, one member), sharing the machine's cores with "
+        f"the client processes; varstore runs --sync full (fsync per write, shared by group "
+        f"commit), etcd its default (fsynced WAL). Reads go through the generated stubs "
+        f"(uncached)."
     )
 
 
-def markdown(
-    rows: list[Row],
-    targets: list[Target],
-    info: dict[str, str],
-    settings: Settings,
-    echo_rounds: list[EchoRound],
-) -> str:
-    """The report: machine, table, method, targets and drift check."""
+def operations_table(rows: list[Row]) -> str:
+    """Every operation: latency, throughput, ratios to echo, server CPU."""
     cells = []
     for row in rows:
         s = row.sequential
@@ -470,7 +520,53 @@ def markdown(
         "server CPU µs/call seq",
         "server CPU µs/call 16c",
     )
-    lines = [machine_line(info), "", markdown_table(header, "lrrrrrrrrr", cells)]
+    return markdown_table(header, "lrrrrrrrrr", cells)
+
+
+def writes_table(rows: dict[str, Row]) -> str:
+    """Durable writes side by side: SetVariable, the echo, etcd's Put at 1, 8, 16 clients."""
+    etcd_8 = rows["etcd_put"].extra.get(8, 0.0)
+    cells = []
+    for key in ("echo", "set", "etcd_put"):
+        row = rows[key]
+        eight = row.extra.get(8)
+        cells.append(
+            (
+                row.label,
+                f"{row.sequential.p50_us:,.0f}",
+                f"{row.sequential.calls_per_s:,.0f}",
+                f"{eight:,.0f}" if eight is not None else "",
+                f"{row.concurrent_per_s:,.0f}",
+                f"{row.concurrent_vs_echo:.2f}x",
+                f"{row.concurrent_per_s / etcd_8:.2f}x" if etcd_8 else "",
+                f"{row.sequential.server_cpu_us_per_call:,.0f}",
+                f"{row.concurrent_server_cpu_us_per_call:,.0f}",
+            )
+        )
+    header = (
+        "durable write vs references",
+        "1c p50 µs",
+        "1c calls/s",
+        "8c calls/s",
+        "16c calls/s",
+        "16c / echo 16c",
+        "16c / etcd Put 8c",
+        "server CPU µs/call 1c",
+        "server CPU µs/call 16c",
+    )
+    return markdown_table(header, "lrrrrrrrr", cells)
+
+
+def markdown(
+    rows: dict[str, Row],
+    targets: list[Target],
+    info: dict[str, str],
+    settings: Settings,
+    echo_rounds: list[EchoRound],
+) -> str:
+    """The report: machine, the two tables, method, targets and drift check."""
+    lines = [machine_line(info), "", operations_table(list(rows.values()))]
+    lines += ["", writes_table(rows)]
     lines += ["", f"Measured: {method_text(settings)}", "", targets_text(targets)]
     if len(echo_rounds) > 1:
         p50s = ", ".join(f"{r.p50_us:,.0f}" for r in echo_rounds)
@@ -483,10 +579,12 @@ def markdown(
 
 
 def evaluate(rows: dict[str, Row]) -> list[Target]:
-    """The three targets."""
+    """The targets."""
     get_vs_echo = rows["get"].p50_vs_echo
     set_vs_echo = rows["set"].concurrent_vs_echo
     many_vs_one = rows["get100"].sequential.p50_us / rows["get"].sequential.p50_us
+    etcd_8 = rows["etcd_put"].extra.get(8, 0.0)
+    set_vs_etcd = rows["set"].concurrent_per_s / etcd_8 if etcd_8 else 0.0
     return [
         Target(
             "uncached GetVariable p50 / echo p50",
@@ -501,6 +599,12 @@ def evaluate(rows: dict[str, Row]) -> list[Target]:
             set_vs_echo >= 0.70,
         ),
         Target(
+            "SetVariable 16-client throughput / etcd Put 8-client throughput (both fsynced)",
+            f"{set_vs_etcd:.2f}x",
+            ">= 1.00x",
+            set_vs_etcd >= 1.0,
+        ),
+        Target(
             "GetVariables(100) p50 / GetVariable p50",
             f"{many_vs_one:.2f}x",
             "<= 3.00x",
@@ -509,55 +613,71 @@ def evaluate(rows: dict[str, Row]) -> list[Target]:
     ]
 
 
-def measure(
-    settings: Settings, pool: ProcessPool, echo: Child, varstore: Child
-) -> tuple[dict[str, SequentialRun], dict[str, ConcurrentRun], list[EchoRound]]:
-    """Every round of every operation against the two running servers."""
-    server = {key: varstore for key, _ in OPERATIONS} | {"echo": echo}
-    sequential = {key: SequentialRun() for key, _ in OPERATIONS}
-    concurrent = {key: ConcurrentRun() for key, _ in OPERATIONS}
-    echo_rounds: list[EchoRound] = []
+@dataclass
+class Runs:
+    """Everything measured, pooled over rounds."""
+
+    sequential: dict[str, SequentialRun]
+    concurrent: dict[str, ConcurrentRun]
+    extra: dict[tuple[str, int], ConcurrentRun]
+    echo_rounds: list[EchoRound]
+
+
+def measure(settings: Settings, pool: ProcessPool, endpoints: dict[str, Endpoint]) -> Runs:
+    """Every round of every operation against the running servers."""
+    runs = Runs(
+        {key: SequentialRun() for key, _ in OPERATIONS},
+        {key: ConcurrentRun() for key, _ in OPERATIONS},
+        {(key, n): ConcurrentRun() for key, counts in EXTRA_CLIENTS.items() for n in counts},
+        [],
+    )
     for round_ in range(settings.rounds):
-        echo_seq_from = len(sequential["echo"].latencies_ns)
+        echo_seq_from = len(runs.sequential["echo"].latencies_ns)
         for key, label in OPERATIONS:
-            child = server[key]
+            server = endpoints[server_of(key)]
             measure_sequential(
-                key, child.address, child.process.pid, settings, round_, sequential[key]
+                key, server.address, server.pid, settings, round_, runs.sequential[key]
             )
-            latest = sorted(sequential[key].latencies_ns)
+            latest = sorted(runs.sequential[key].latencies_ns)
             progress(
                 f"round {round_} sequential {label}: p50 so far {percentile(latest, 0.5) / 1e3:,.0f} µs"
             )
-        echo_completed = concurrent["echo"].completed
+        echo_completed = runs.concurrent["echo"].completed
         for key, label in OPERATIONS:
-            child = server[key]
-            run_concurrent(pool, key, child.address, child.process.pid, settings, concurrent[key])
+            server = endpoints[server_of(key)]
+            into = runs.concurrent[key]
+            run_concurrent(pool, key, server.address, server.pid, settings, into)
+            progress(f"round {round_} 16 clients {label}: {into.calls_per_s:,.0f} calls/s so far")
+        for (key, clients), into in runs.extra.items():
+            server = endpoints[server_of(key)]
+            run_concurrent(pool, key, server.address, server.pid, settings, into, clients)
             progress(
-                f"round {round_} 16 clients {label}: {concurrent[key].calls_per_s:,.0f} calls/s so far"
+                f"round {round_} {clients} clients {key}: {into.calls_per_s:,.0f} calls/s so far"
             )
-        this_round = sorted(sequential["echo"].latencies_ns[echo_seq_from:])
-        echo_rounds.append(
+        this_round = sorted(runs.sequential["echo"].latencies_ns[echo_seq_from:])
+        runs.echo_rounds.append(
             EchoRound(
                 percentile(this_round, 0.5) / 1e3,
-                (concurrent["echo"].completed - echo_completed)
+                (runs.concurrent["echo"].completed - echo_completed)
                 / (settings.concurrent_seconds / settings.rounds),
             )
         )
-    return sequential, concurrent, echo_rounds
+    return runs
 
 
 def run(settings: Settings, as_json: bool) -> int:
     """Start everything, measure every operation, print the report."""
-    info = machine()
+    info = machine(etcd=etcdlib.version())
     with (
         ProcessPool(client_job, settings.processes, "bench-client") as pool,
         tempfile.TemporaryDirectory(prefix="varstore-bench-") as tmp,
-        servers(Path(tmp)) as (echo, varstore),
+        servers(Path(tmp)) as endpoints,
     ):
-        progress(f"echo on {echo.address}, varstore on {varstore.address}")
-        set_up_session(varstore.address)
-        sequential_runs, concurrent, echo_rounds = measure(settings, pool, echo, varstore)
-    sequential = {key: Sequential.of(run) for key, run in sequential_runs.items()}
+        progress(", ".join(f"{name} on {e.address}" for name, e in endpoints.items()))
+        set_up_session(endpoints["varstore"].address)
+        runs = measure(settings, pool, endpoints)
+    sequential = {key: Sequential.of(run) for key, run in runs.sequential.items()}
+    concurrent = runs.concurrent
     echo_p50 = sequential["echo"].p50_us
     echo_per_s = concurrent["echo"].calls_per_s
     rows = {
@@ -570,6 +690,7 @@ def run(settings: Settings, as_json: bool) -> int:
             concurrent[key].errors,
             sequential[key].p50_us / echo_p50,
             concurrent[key].calls_per_s / echo_per_s if echo_per_s else 0.0,
+            {n: extra.calls_per_s for (op, n), extra in runs.extra.items() if op == key},
         )
         for key, label in OPERATIONS
     }
@@ -580,15 +701,14 @@ def run(settings: Settings, as_json: bool) -> int:
         settings,
         rows.values(),
         targets,
-        echo_rounds=[asdict(r) for r in echo_rounds],
+        echo_rounds=[asdict(r) for r in runs.echo_rounds],
     )
-    print_report(
-        as_json, document, markdown(list(rows.values()), targets, info, settings, echo_rounds)
-    )
-    for key, tally in concurrent.items():
+    print_report(as_json, document, markdown(rows, targets, info, settings, runs.echo_rounds))
+    tallies = [*concurrent.items(), *((f"{op} {n}c", r) for (op, n), r in runs.extra.items())]
+    for key, tally in tallies:
         if tally.errors:
             progress(f"{key}: {tally.errors} failed calls, first: {tally.first_error}")
-    return 1 if any(tally.errors for tally in concurrent.values()) else 0
+    return 1 if any(tally.errors for _, tally in tallies) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -607,7 +727,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = QUICK if args.quick else FULL
     if args.client_processes:
         settings = replace(settings, processes=args.client_processes)
-    return run(settings, args.json)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return run(settings, args.json)
+    except etcdlib.EtcdUnavailable as problem:
+        progress(f"bench_grpc: {problem}")
+        return 2
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class ClientOps(Flavoured[F], Generic[F, C]):
         self._retry = Retry.from_config(self.config)
         #: Per session, the highest position any answer to this client showed.
         self._seen = SeenPositions()
+        #: The source recorded with the client's own writes (``config["source"]``).
+        self._source = str(self.config.get("source", DEFAULT_SOURCE))
 
     def _context(self, session_id: str, config: Mapping[str, Any]) -> C:
         """A context of this client's flavour on its channel."""
@@ -100,7 +102,7 @@ class ClientOps(Flavoured[F], Generic[F, C]):
             AlreadyExists: a live session has that id.
             ValidationError: the id or TTL is not acceptable.
         """
-        request = session_request(session_id, metadata, ttl_seconds)
+        request = session_request(session_id, metadata, ttl_seconds, self._source)
         call = self._call("CreateSession", request)
         response = yield from retried(call, self._retry, seen=self._seen)
         return self._opened(
@@ -125,8 +127,8 @@ class ClientOps(Flavoured[F], Generic[F, C]):
 
     @operation
     def delete_session(self, session_id: str) -> Flow[None]:
-        """Delete a session. Raises SessionNotFound."""
-        request = pb.DeleteSessionRequest(session_id=session_id)
+        """Delete a session (recorded with the client's source). Raises SessionNotFound."""
+        request = pb.DeleteSessionRequest(session_id=session_id, source=self._source)
         yield from retried(self._call("DeleteSession", request), self._retry, seen=self._seen)
 
     # -- copies of logs (see varstore.client.transfer) ------------------------------------
@@ -149,9 +151,8 @@ class ClientOps(Flavoured[F], Generic[F, C]):
             OutOfRange: the position is beyond its log.
             AlreadyExists: ``new_session_id`` was used before.
         """
-        source = str(self.config.get("source", DEFAULT_SOURCE))
         options = {
-            "source": source,
+            "source": self._source,
             "metadata": metadata,
             "timeout": self._timeout,
             "request_id": new_request_id(),  # the same on every retry

@@ -98,18 +98,19 @@ def moment(us: int) -> datetime:
 
 def encode(new: NewEvent, session_id: str) -> Fields:
     """``new``'s columns after its positions, or RecorderError if it cannot be stored."""
-    where = f"event {new.type!r} for session {session_id!r}"
     if new.recorded_at.utcoffset() is None:
-        raise RecorderError(f"{where}: recorded_at must be timezone-aware")
+        raise RecorderError(f"{_where(new, session_id)}: recorded_at must be timezone-aware")
     if not INT64_MIN <= new.schema_version <= INT64_MAX:
-        raise RecorderError(f"{where}: schema_version {new.schema_version} is out of range")
+        raise RecorderError(
+            f"{_where(new, session_id)}: schema_version {new.schema_version} is out of range"
+        )
     try:
         _check_text(session_id, new.type, new.source, new.request_id, new.request_digest)
         recorded_at_us = micros(new.recorded_at)
         metadata = _json(new.metadata)
         payload = _json(new.payload)
     except (TypeError, ValueError, OverflowError) as e:
-        raise RecorderError(f"{where} cannot be stored: {e}") from e
+        raise RecorderError(f"{_where(new, session_id)} cannot be stored: {e}") from e
     return (
         str(new.type),
         new.schema_version,
@@ -120,6 +121,11 @@ def encode(new: NewEvent, session_id: str) -> Fields:
         str(new.request_id),
         str(new.request_digest),
     )
+
+
+def _where(new: NewEvent, session_id: str) -> str:
+    # Only built for an error: an enum's repr costs more than the rest of encode.
+    return f"event {new.type!r} for session {session_id!r}"
 
 
 def decode(row: Any) -> RecordedEvent:
@@ -175,7 +181,9 @@ def _check_text(*texts: str) -> None:
 
 def _json(value: object) -> str:
     # JSON escapes NUL and control characters, so any string fits in a TEXT column.
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_json_default)
+    if not value and isinstance(value, dict):  # most events carry no metadata
+        return "{}"
+    return _ENCODER.encode(value)
 
 
 def _json_default(value: object) -> object:
@@ -183,3 +191,8 @@ def _json_default(value: object) -> object:
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+#: Built once: ``json.dumps`` with options builds an encoder per call (every event's
+#: payload and metadata go through here on the write path).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)

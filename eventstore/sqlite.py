@@ -170,9 +170,11 @@ class SQLiteRecorder(Recorder):
         """Each append's rows, or its Conflict; runs inside the write transaction, so the
         positions it reads cannot move before the rows are inserted."""
         planned: list[list[_Row] | Conflict] = []
-        last: dict[str, int] = {}  # chains the appends of one session within the call
+        # The log's head and the first session's last position in one query (each query
+        # hands the GIL to another thread and back, on the commit path).
+        global_position, first_last = _heads(self._writer, appends[0].session_id)
+        last: dict[str, int] = {appends[0].session_id: first_last}  # chains a session's appends
         conflicted: set[str] = set()  # once an append conflicts, its session's later ones do
-        global_position = _last_global(self._writer)
         for append, events in zip(appends, encoded, strict=True):
             sid = append.session_id
             actual = last.get(sid)
@@ -420,6 +422,16 @@ def _lock_exclusively(db_path: str) -> int:
 def _last_global(conn: sqlite3.Connection) -> int:
     (value,) = conn.execute("SELECT COALESCE(MAX(global_position), 0) FROM events").fetchone()
     return int(value)
+
+
+def _heads(conn: sqlite3.Connection, session_id: str) -> tuple[int, int]:
+    """The highest global position and ``session_id``'s last position (0 when none)."""
+    global_position, position = conn.execute(
+        "SELECT (SELECT COALESCE(MAX(global_position), 0) FROM events), "
+        "(SELECT COALESCE(MAX(position), 0) FROM events WHERE session_id = ?)",
+        (session_id,),
+    ).fetchone()
+    return int(global_position), int(position)
 
 
 def _last_position(conn: sqlite3.Connection, session_id: str) -> int:

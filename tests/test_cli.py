@@ -286,10 +286,12 @@ def test_a_bad_value_for_the_type_is_an_error(served: ServerProcess, session: st
 def test_usage_errors_exit_2(served: ServerProcess, session: str) -> None:
     unknown_type = varstore("register", session, "x", "decimal", "1", server=served.address)
     assert unknown_type.returncode == 2
-    assert "invalid choice" in unknown_type.stderr
+    assert "'decimal' is not one of" in unknown_type.stderr
+    assert len(unknown_type.stderr.splitlines()) == 1
     bad_meta = varstore("set", session, "x", "1", "--meta", "novalue", server=served.address)
     assert bad_meta.returncode == 2
     assert "KEY=VALUE" in bad_meta.stderr
+    assert bad_meta.stderr.startswith("varstore: ")
     missing = varstore("get", session)
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr
