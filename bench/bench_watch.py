@@ -1,5 +1,6 @@
-"""Watch fan-out: write throughput, delivery lag and deliveries per second with 0, 1, 10
-and 100 watchers.
+"""Watch fan-out: write throughput, delivery lag and deliveries per second with 0, 1, 10,
+100 and 1,000 watchers, varstore beside etcd's Watch with the same watcher processes and
+writer.
 
 What it measures
 ----------------
@@ -21,13 +22,18 @@ fresh session ``watch-N`` with one integer variable ``x`` and runs:
    ``--pace R``, one every 1/R s (a late write goes at once). Write latency is per call
    (``perf_counter_ns``); writes/s = calls / elapsed.
 4. **drain**: each watcher reads until it has seen the writer's last position (or a
-   deadline passes, then its call is cancelled). For every event (of a ``WatchEvent``,
-   or each of a ``WatchEvents`` message) it records receipt time (``time.time_ns()``)
-   minus the event's ``recorded_at``: the delivery lag. Both clocks are this machine's
-   wall clock. ``recorded_at`` is stamped by the server when it handles the write,
-   before the commit's fsync, so the lag includes the commit (about a write's latency)
-   plus fan-out and the stream. Deliveries/s = events received by all watchers / (the
-   last receipt - the first write).
+   deadline passes, then its call is cancelled). Every written value is the writer's
+   ``time.time_ns()`` just before the call; for every event (of a ``WatchEvent``, or
+   each of a ``WatchEvents`` message) the watcher records its receipt time minus that
+   value: the delivery lag, from the write's start (so it includes the write itself,
+   fsync and all) to the watcher holding the event. Deliveries/s = events received by
+   all watchers / (the last receipt - the first write).
+
+**etcd** (``--systems``, default both): the same phases against a one-member etcd 3.4
+(``bench/etcdlib.py``: Debian's etcd-server on free loopback ports, fsync on), in the
+same run and with the same watcher processes: the writer Puts the key ``watch-N``, each
+watcher holds a native ``Watch`` of that key from the revision after the warm-up (one
+stream per channel, as varstore's watchers), and the lag is measured the same way.
 
 "delivered/expected" sums, over all watchers, the events they received against writes x
 watchers; a shortfall (or a watcher error, or an out-of-order or repeated position) is
@@ -41,7 +47,7 @@ writer and the watcher processes, so with many watchers part of any slowdown is 
 watchers' own client CPU, not the server's.
 
 Usage: ``.venv/bin/python bench/bench_watch.py [--quick] [--json] [--watchers 0,1,10,100]
-[--pace R] [--max-events M]`` from the repository root (``bench/`` must be on
+[--pace R] [--max-events M] [--systems varstore,etcd]`` from the repository root (``bench/`` must be on
 ``sys.path`` for ``benchlib``, which running the file does). The default run takes about
 30 s, ``--quick`` about 6 s. Progress goes to stderr. Exit status 1 if a watcher failed or
 missed events, or a write failed.
@@ -58,6 +64,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from benchlib import (  # bench/ is sys.path[0] when this file runs
@@ -75,14 +82,16 @@ from benchlib import (  # bench/ is sys.path[0] when this file runs
     receive_all,
     varstore_server,
 )
+from etcdlib import EtcdClient, EtcdServer
 
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc
 
 WATCHERS: tuple[int, ...] = (0, 1, 10, 100)
+SYSTEMS: tuple[str, ...] = ("varstore", "etcd")
 MAX_PROCESSES = 4
 WARMUP_WRITES = 50
-READY_TIMEOUT = 30.0  # seconds for every watcher to connect and catch up
+READY_TIMEOUT = 90.0  # seconds for every watcher to connect and catch up
 DRAIN_TIMEOUT = 20.0  # seconds after the window for watchers to see the last write
 VARIABLE = "x"
 PROGRESS_MS = 100
@@ -100,6 +109,7 @@ class WatchJob:
     threads: int
     deadline: float  # time.monotonic(): every watch call is cancelled by then
     max_events: int = MAX_EVENTS
+    system: str = "varstore"  # or "etcd": session_id is then the key, positions revisions
 
 
 @dataclass
@@ -110,6 +120,8 @@ class WatcherResult:
     lags_ns: array.array[int] = field(default_factory=lambda: array.array("q"))
     error: str = ""
     last_ns: int = 0  # time.time_ns() of the last event's receipt
+    seen: int = 0  # the last position (revision) received
+    call: Any = None  # an etcd watch, ended once it has seen the last write
 
 
 @dataclass(frozen=True)
@@ -128,10 +140,13 @@ def watch(
     last: list[int],
     done: threading.Event,
     result: WatcherResult,
-    calls: list[grpc.RpcContext],
+    calls: list[Any],
     lock: threading.Lock,
 ) -> None:
     """One watcher: stream events after ``job.from_position`` until ``last[0]`` is seen."""
+    if job.system == "etcd":
+        watch_etcd(job, ready, last, done, result, calls, lock)
+        return
     channel = open_channel(job.address)
     announced = False
     try:
@@ -154,8 +169,8 @@ def watch(
             if kind == "event" or kind == "events":
                 events = [message.event] if kind == "event" else message.events.events
                 for event in events:
-                    stamp = event.event.recorded_at
-                    lags.append(received_ns - (stamp.seconds * 1_000_000_000 + stamp.nanos))
+                    sent_ns = event.changes[0].value.integer_value if event.changes else 0
+                    lags.append(received_ns - sent_ns)
                     position = event.event.position
                     if position != seen + 1:
                         result.error = result.error or f"position {position} after {seen}"
@@ -177,6 +192,51 @@ def watch(
         channel.close()
 
 
+def watch_etcd(
+    job: WatchJob,
+    ready: threading.Semaphore,
+    last: list[int],
+    done: threading.Event,
+    result: WatcherResult,
+    calls: list[Any],
+    lock: threading.Lock,
+) -> None:
+    """One etcd watcher of key ``job.session_id`` from revision ``from_position + 1``."""
+    client = EtcdClient(job.address)
+    announced = False
+    try:
+        client.wait_ready(10)
+        stream = client.watch(job.session_id, job.from_position + 1)  # created on return
+        with lock:
+            calls.append(stream)
+            result.call = stream
+        announced = True
+        ready.release()
+        clock = time.time_ns
+        lags = result.lags_ns
+        seen = job.from_position
+        for batch in stream.batches():
+            received_ns = clock()
+            for revision, value in batch:
+                lags.append(received_ns - int(value))
+                if revision != seen + 1:
+                    result.error = result.error or f"revision {revision} after {seen}"
+                seen = revision
+            result.seen = seen
+            result.received += len(batch)
+            result.last_ns = received_ns
+            if done.is_set() and seen >= last[0]:
+                break
+        stream.cancel()
+    except (grpc.RpcError, RuntimeError) as failure:
+        if not done.is_set():
+            result.error = result.error or f"etcd watch: {failure}"
+    finally:
+        if not announced:
+            ready.release()
+        client.close()
+
+
 def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) -> None:
     """In a client process: start ``job``'s watchers, say "ready" once they have caught up,
     take the last position to wait for, then report."""
@@ -184,7 +244,7 @@ def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) 
     last = [0]  # 0 until the writer is done
     done = threading.Event()
     lock = threading.Lock()
-    calls: list[grpc.RpcContext] = []
+    calls: list[Any] = []
     results = [WatcherResult() for _ in range(job.threads)]
     threads = [
         threading.Thread(
@@ -199,6 +259,16 @@ def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) 
     connection.send("ready")
     last[0] = connection.recv()
     done.set()
+    while job.system == "etcd" and time.monotonic() < job.deadline:
+        # An etcd watch only wakes for events: end the ones that have seen the last write.
+        with lock:
+            for result in results:
+                if result.call is not None and result.seen >= last[0]:
+                    result.call.cancel()
+                    result.call = None
+        if not any(thread.is_alive() for thread in threads):
+            break
+        time.sleep(0.05)
     for thread in threads:
         thread.join(timeout=max(0.0, job.deadline - time.monotonic()))
     with lock:
@@ -226,6 +296,7 @@ def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) 
 class Phase:
     """One row: the writer's figures and what the watchers received."""
 
+    system: str
     watchers: int
     writes: int
     write_errors: int
@@ -250,31 +321,79 @@ class Settings:
     max_events: int  # the watchers' max_events_per_message
 
 
-def run_phase(
-    watchers: int,
-    stub: varstore_pb2_grpc.VariableStoreStub,
-    address: str,
-    pool: ProcessPool,
-    settings: Settings,
-) -> Phase:
-    """Warm up, start ``watchers`` watchers, write for the window, collect."""
-    session_id = f"watch-{watchers}"
-    create_session(stub, session_id, [VARIABLE])
-    requests = [
-        pb.SetVariableRequest(
-            session_id=session_id, variable_identifier=VARIABLE, value=pb.Value(integer_value=i)
+class Target:
+    """What the writer writes to and the watchers watch: varstore, or etcd."""
+
+    system = "varstore"
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = open_channel(address)
+        self.stub = varstore_pb2_grpc.VariableStoreStub(self.channel)
+        self.name = ""
+
+    def prepare(self, name: str) -> int:
+        """A fresh session ``name`` with the warm-up writes; the position after them."""
+        self.name = name
+        create_session(self.stub, name, [VARIABLE])
+        position = 0
+        for _ in range(WARMUP_WRITES):
+            position = self.write()
+        return position
+
+    def write(self) -> int:
+        """One write of the writer's clock; its position."""
+        request = pb.SetVariableRequest(
+            session_id=self.name,
+            variable_identifier=VARIABLE,
+            value=pb.Value(integer_value=time.time_ns()),
         )
-        for i in range(1, 17)
-    ]
-    position = 0
-    for i in range(WARMUP_WRITES):
-        position = stub.SetVariable(requests[i % 16], timeout=CALL_TIMEOUT).header.position
+        return int(self.stub.SetVariable(request, timeout=CALL_TIMEOUT).header.position)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class EtcdTarget(Target):
+    """etcd: one key per phase; positions are revisions."""
+
+    system = "etcd"
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.client = EtcdClient(address)
+        self.client.wait_ready(10)
+        self.name = ""
+
+    def prepare(self, name: str) -> int:
+        self.name = name
+        position = 0
+        for _ in range(WARMUP_WRITES):
+            position = self.write()
+        return position
+
+    def write(self) -> int:
+        return self.client.put(self.name, str(time.time_ns()))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def run_phase(watchers: int, target: Target, pool: ProcessPool, settings: Settings) -> Phase:
+    """Warm up, start ``watchers`` watchers, write for the window, collect."""
+    session_id = f"watch-{watchers}-{settings.pace:g}"
+    position = target.prepare(session_id)
+    address = target.address
 
     links = pool.links[: min(MAX_PROCESSES, watchers)]
     deadline = time.monotonic() + READY_TIMEOUT + settings.window + DRAIN_TIMEOUT
     for index, link in enumerate(links):
         share = watchers // len(links) + (index < watchers % len(links))
-        link.send(WatchJob(address, session_id, position, share, deadline, settings.max_events))
+        link.send(
+            WatchJob(
+                address, session_id, position, share, deadline, settings.max_events, target.system
+            )
+        )
     receive_all(links, time.monotonic() + READY_TIMEOUT + 5, "a watcher process did not get ready")
 
     latencies: list[int] = []
@@ -293,7 +412,7 @@ def run_phase(
             time.sleep((began + i * period - start) / 1e9)
             start = clock()
         try:
-            last = stub.SetVariable(requests[i % 16], timeout=CALL_TIMEOUT).header.position
+            last = target.write()
         except grpc.RpcError:
             errors += 1
         end = clock()
@@ -324,6 +443,7 @@ def run_phase(
         return ns / 1e6 if ns is not None else None
 
     return Phase(
+        system=target.system,
         watchers=watchers,
         writes=len(latencies) - errors,
         write_errors=errors,
@@ -344,7 +464,7 @@ def run_phase(
 
 def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> str:
     """The machine, the table and how it was measured."""
-    reference = next((p.writes_per_s for p in phases if p.watchers == 0), None)
+    references = {p.system: p.writes_per_s for p in phases if p.watchers == 0}
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
@@ -359,8 +479,10 @@ def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> s
                 "" if short == 0 and not p.watcher_errors else f" **short {short:,}**"
             )
         errors = f" ({p.write_errors} errors)" if p.write_errors else ""
+        reference = references.get(p.system)
         cells.append(
             (
+                p.system,
                 str(p.watchers),
                 f"{p.writes_per_s:,.0f}{errors}",
                 f"{p.writes_per_s / reference:.2f}x" if reference else "-",
@@ -374,6 +496,7 @@ def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> s
             )
         )
     header = (
+        "system",
         "watchers",
         "writes/s",
         "vs 0",
@@ -385,7 +508,7 @@ def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> s
         "deliveries/s",
         "delivered/expected",
     )
-    lines = [machine_line(info), "", markdown_table(header, "rrrrrrrrrl", cells)]
+    lines = [machine_line(info), "", markdown_table(header, "lrrrrrrrrrl", cells)]
     lines += [
         "",
         (
@@ -394,41 +517,52 @@ def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> s
             f"client processes, max_events_per_message {settings.max_events}) caught up before "
             f"one writer thread does sequential SetVariable for {settings.window:g} s, "
             + (f"paced at {settings.pace:g}/s" if settings.pace else "as fast as it can")
-            + "; lag = watcher receipt (time.time_ns) - event recorded_at, pooled over all "
-            "events of all watchers; deliveries/s = events received / (last receipt - first "
-            "write). Server: varstore serve --sync full, own process, 127.0.0.1."
+            + "; lag = watcher receipt (time.time_ns) - the writer's clock just before the "
+            "write (the value written), pooled over all events of all watchers; deliveries/s "
+            "= events received / (last receipt - first write). Servers: varstore serve --sync "
+            "full and etcd 3.4 (fsync on), each its own process, 127.0.0.1; etcd rows: Put of "
+            "one key, one native Watch stream per watcher channel."
         ),
     ]
     for p in phases:
         for problem in p.watcher_errors[:5]:
-            lines.append(f"- {p.watchers} watchers: {problem}")
+            lines.append(f"- {p.system}, {p.watchers} watchers: {problem}")
     return "\n".join(lines)
 
 
-def run(settings: Settings, watcher_counts: Sequence[int], as_json: bool) -> int:
-    """Start the server and the watcher processes, run every phase, print the report."""
+def run(
+    settings: Settings, watcher_counts: Sequence[int], systems: Sequence[str], as_json: bool
+) -> int:
+    """Start the servers and the watcher processes, run every phase, print the report."""
     info = machine()
     phases: list[Phase] = []
     with (
         ProcessPool(watch_job, MAX_PROCESSES, "bench-watch") as pool,
         tempfile.TemporaryDirectory(prefix="varstore-watch-") as tmp,
         varstore_server(Path(tmp) / "w.db") as server,
+        EtcdServer() as etcd,
     ):
-        progress(f"varstore on {server.address}")
-        channel = open_channel(server.address)
+        progress(f"varstore on {server.address}, etcd on {etcd.address}")
+        targets = [
+            Target(server.address) if system == "varstore" else EtcdTarget(etcd.address)
+            for system in systems
+        ]
         try:
-            stub = varstore_pb2_grpc.VariableStoreStub(channel)
             for watchers in watcher_counts:
-                phase = run_phase(watchers, stub, server.address, pool, settings)
-                phases.append(phase)
-                progress(
-                    f"{watchers} watchers: {phase.writes_per_s:,.0f} writes/s, "
-                    f"lag p99 {phase.lag_p99_ms or 0:.2f} ms, "
-                    f"{phase.deliveries_per_s or 0:,.0f} deliveries/s, "
-                    f"{phase.delivered}/{phase.expected} delivered"
-                )
+                for target in targets:
+                    phase = run_phase(watchers, target, pool, settings)
+                    phases.append(phase)
+                    progress(
+                        f"{target.system}, {watchers} watchers: "
+                        f"{phase.writes_per_s:,.0f} writes/s, "
+                        f"lag p99 {phase.lag_p99_ms or 0:.2f} ms, "
+                        f"{phase.deliveries_per_s or 0:,.0f} deliveries/s, "
+                        f"{phase.delivered}/{phase.expected} delivered"
+                    )
         finally:
-            channel.close()
+            for target in targets:
+                target.close()
+    phases.sort(key=lambda p: (p.system != "varstore", p.watchers))
     document = {
         "machine": info,
         "settings": asdict(settings),
@@ -457,9 +591,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=MAX_EVENTS,
         help=f"the watchers' max_events_per_message (default {MAX_EVENTS}; 1: one a message)",
     )
+    parser.add_argument(
+        "--systems",
+        type=lambda text: text.split(","),
+        default=list(SYSTEMS),
+        help="comma-separated: varstore, etcd (default both, each row beside the other)",
+    )
     args = parser.parse_args(argv)
     settings = Settings(0.5 if args.quick else 3.0, args.pace, args.max_events)
-    return run(settings, args.watchers, args.json)
+    return run(settings, args.watchers, args.systems, args.json)
 
 
 if __name__ == "__main__":
