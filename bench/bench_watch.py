@@ -10,7 +10,7 @@ fresh session ``watch-N`` with one integer variable ``x`` and runs:
 
 1. **warm-up**: the writer (one thread, one channel, in this process) does a few
    ``SetVariable`` calls on ``x``; the log then stands at position ``P``.
-2. **watchers**: ``N`` watchers, each its own thread with its own channel, spread over
+2. **watchers**: ``N`` watchers, each a stream on an asyncio channel (up to 16 share one), spread over
    up to 4 spawned client processes, each call the generated stub's
    ``VariableStoreStub.WatchSession(session_id, from_position=P,
    max_events_per_message=M)`` (``--max-events``, default 256 as the Python client
@@ -56,17 +56,19 @@ missed events, or a write failed.
 from __future__ import annotations
 
 import array
+import asyncio
+import contextlib
 import multiprocessing.connection
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
 from benchlib import (  # bench/ is sys.path[0] when this file runs
     CALL_TIMEOUT,
     ProcessPool,
@@ -82,7 +84,8 @@ from benchlib import (  # bench/ is sys.path[0] when this file runs
     receive_all,
     varstore_server,
 )
-from etcdlib import EtcdClient, EtcdServer
+from etcdlib import WATCH_METHOD as ETCD_WATCH
+from etcdlib import EtcdClient, EtcdServer, WatchCreateRequest, WatchRequest, WatchResponse
 
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc
@@ -94,7 +97,9 @@ WARMUP_WRITES = 50
 READY_TIMEOUT = 90.0  # seconds for every watcher to connect and catch up
 DRAIN_TIMEOUT = 20.0  # seconds after the window for watchers to see the last write
 VARIABLE = "x"
-PROGRESS_MS = 100
+PROGRESS_MS = 1000  # the server's default; the stream is ended once it saw the last write
+#: Watchers sharing one channel (one connection, one stream each) in a client process.
+CHANNEL_WATCHERS = 16
 #: Events a watcher lets the server put in one message (what the Python client asks).
 MAX_EVENTS = 256
 
@@ -121,7 +126,7 @@ class WatcherResult:
     error: str = ""
     last_ns: int = 0  # time.time_ns() of the last event's receipt
     seen: int = 0  # the last position (revision) received
-    call: Any = None  # an etcd watch, ended once it has seen the last write
+    call: Any = None  # the watch, ended once it has seen the last write
 
 
 @dataclass(frozen=True)
@@ -134,36 +139,85 @@ class ProcessReport:
     last_ns: int
 
 
-def watch(
-    job: WatchJob,
-    ready: threading.Semaphore,
-    last: list[int],
-    done: threading.Event,
-    result: WatcherResult,
-    calls: list[Any],
-    lock: threading.Lock,
-) -> None:
-    """One watcher: stream events after ``job.from_position`` until ``last[0]`` is seen."""
-    if job.system == "etcd":
-        watch_etcd(job, ready, last, done, result, calls, lock)
-        return
-    channel = open_channel(job.address)
-    announced = False
-    try:
-        stub = varstore_pb2_grpc.VariableStoreStub(channel)
-        request = pb.WatchSessionRequest(
-            session_id=job.session_id,
-            from_position=job.from_position,
-            progress_interval_ms=PROGRESS_MS,  # wakes an idle watcher when the writer stops
-            max_events_per_message=job.max_events,
+def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) -> None:
+    """In a client process: start ``job``'s watchers, say "ready" once they have caught up,
+    take the last position to wait for, then report."""
+    connection.send(asyncio.run(watch_all(job, connection)))
+
+
+async def watch_all(
+    job: WatchJob, connection: multiprocessing.connection.Connection
+) -> ProcessReport:
+    """``job.threads`` watchers as coroutines on this process's event loop."""
+    loop = asyncio.get_running_loop()
+    results = [WatcherResult() for _ in range(job.threads)]
+    readies = [asyncio.Event() for _ in results]
+    last = [0]  # 0 until the writer is done
+    done = asyncio.Event()
+    channels = [
+        grpc.aio.insecure_channel(job.address)
+        for _ in range((job.threads + CHANNEL_WATCHERS - 1) // CHANNEL_WATCHERS)
+    ]
+    follow = watch_etcd if job.system == "etcd" else watch_varstore
+    tasks = [
+        asyncio.create_task(follow(job, channels[i // CHANNEL_WATCHERS], r, readies[i], done))
+        for i, r in enumerate(results)
+    ]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(ready.wait() for ready in readies)),
+            max(0.1, job.deadline - time.monotonic()),
         )
-        stream = stub.WatchSession(request, timeout=max(1.0, job.deadline - time.monotonic()))
-        with lock:
-            calls.append(stream)
-        clock = time.time_ns
-        lags = result.lags_ns
-        seen = job.from_position
-        for message in stream:
+    connection.send("ready")
+    last[0] = await loop.run_in_executor(None, connection.recv)
+    done.set()
+    while time.monotonic() < job.deadline and not all(task.done() for task in tasks):
+        # A watch only wakes for events (and progress): end those that saw the last write.
+        for result in results:
+            if result.call is not None and result.seen >= last[0]:
+                result.call.cancel()
+                result.call = None
+        await asyncio.sleep(0.05)
+    for result, task in zip(results, tasks, strict=True):
+        if not task.done():
+            result.error = result.error or "did not finish"
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    lags = array.array("q")
+    for result in results:
+        lags.extend(result.lags_ns)
+    return ProcessReport(
+        [r.received for r in results],
+        lags.tobytes(),
+        [r.error for r in results],
+        max((r.last_ns for r in results), default=0),
+    )
+
+
+async def watch_varstore(
+    job: WatchJob,
+    channel: grpc.aio.Channel,
+    result: WatcherResult,
+    ready: asyncio.Event,
+    done: asyncio.Event,
+) -> None:
+    """One varstore watcher: stream events after ``job.from_position``."""
+    request = pb.WatchSessionRequest(
+        session_id=job.session_id,
+        from_position=job.from_position,
+        progress_interval_ms=PROGRESS_MS,
+        max_events_per_message=job.max_events,
+    )
+    stub = varstore_pb2_grpc.VariableStoreStub(channel)
+    call = stub.WatchSession(request, timeout=max(1.0, job.deadline - time.monotonic()))
+    result.call = call
+    clock = time.time_ns
+    lags = result.lags_ns
+    seen = job.from_position
+    try:
+        async for message in call:
             received_ns = clock()
             kind = message.WhichOneof("kind")
             if kind == "event" or kind == "events":
@@ -175,121 +229,74 @@ def watch(
                     if position != seen + 1:
                         result.error = result.error or f"position {position} after {seen}"
                     seen = position
+                result.seen = seen
                 result.received += len(events)
                 result.last_ns = received_ns
-            elif kind == "progress" and not announced:
-                announced = True
-                ready.release()
-            if done.is_set() and seen >= last[0]:
-                break
-        stream.cancel()
-    except grpc.RpcError as failure:
+            elif kind == "progress":
+                ready.set()
+    except grpc.aio.AioRpcError as failure:
         if failure.code() != grpc.StatusCode.CANCELLED or not done.is_set():
             result.error = result.error or f"{failure.code()}: {failure.details()}"
+    except asyncio.CancelledError:
+        pass
     finally:
-        if not announced:
-            ready.release()  # do not hold the start up; the error is reported
-        channel.close()
+        ready.set()  # do not hold the start up; an error is reported
 
 
-def watch_etcd(
+async def watch_etcd(
     job: WatchJob,
-    ready: threading.Semaphore,
-    last: list[int],
-    done: threading.Event,
+    channel: grpc.aio.Channel,
     result: WatcherResult,
-    calls: list[Any],
-    lock: threading.Lock,
+    ready: asyncio.Event,
+    done: asyncio.Event,
 ) -> None:
     """One etcd watcher of key ``job.session_id`` from revision ``from_position + 1``."""
-    client = EtcdClient(job.address)
-    announced = False
+    ended = asyncio.Event()
+    create = WatchRequest(
+        create_request=WatchCreateRequest(
+            key=job.session_id.encode(), start_revision=job.from_position + 1
+        )
+    )
+
+    async def requests() -> AsyncIterator[Any]:
+        yield create
+        await ended.wait()
+
+    call: Any = channel.stream_stream(
+        ETCD_WATCH,
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=WatchResponse.FromString,
+    )(requests(), timeout=max(1.0, job.deadline - time.monotonic()))
+    result.call = call
+    clock = time.time_ns
+    lags = result.lags_ns
+    seen = job.from_position
     try:
-        client.wait_ready(10)
-        stream = client.watch(job.session_id, job.from_position + 1)  # created on return
-        with lock:
-            calls.append(stream)
-            result.call = stream
-        announced = True
-        ready.release()
-        clock = time.time_ns
-        lags = result.lags_ns
-        seen = job.from_position
-        for batch in stream.batches():
+        async for response in call:
             received_ns = clock()
-            for revision, value in batch:
-                lags.append(received_ns - int(value))
+            if response.created:
+                ready.set()
+            if response.canceled:
+                break
+            if not response.events:
+                continue
+            for event in response.events:
+                lags.append(received_ns - int(event.kv.value))
+                revision = int(event.kv.mod_revision)
                 if revision != seen + 1:
                     result.error = result.error or f"revision {revision} after {seen}"
                 seen = revision
             result.seen = seen
-            result.received += len(batch)
+            result.received += len(response.events)
             result.last_ns = received_ns
-            if done.is_set() and seen >= last[0]:
-                break
-        stream.cancel()
-    except (grpc.RpcError, RuntimeError) as failure:
-        if not done.is_set():
-            result.error = result.error or f"etcd watch: {failure}"
+    except grpc.aio.AioRpcError as failure:
+        if failure.code() != grpc.StatusCode.CANCELLED or not done.is_set():
+            result.error = result.error or f"etcd watch: {failure.code()}"
+    except asyncio.CancelledError:
+        pass
     finally:
-        if not announced:
-            ready.release()
-        client.close()
-
-
-def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) -> None:
-    """In a client process: start ``job``'s watchers, say "ready" once they have caught up,
-    take the last position to wait for, then report."""
-    ready = threading.Semaphore(0)
-    last = [0]  # 0 until the writer is done
-    done = threading.Event()
-    lock = threading.Lock()
-    calls: list[Any] = []
-    results = [WatcherResult() for _ in range(job.threads)]
-    threads = [
-        threading.Thread(
-            target=watch, args=(job, ready, last, done, result, calls, lock), daemon=True
-        )
-        for result in results
-    ]
-    for thread in threads:
-        thread.start()
-    for _ in threads:
-        ready.acquire(timeout=max(0.0, job.deadline - time.monotonic()))
-    connection.send("ready")
-    last[0] = connection.recv()
-    done.set()
-    while job.system == "etcd" and time.monotonic() < job.deadline:
-        # An etcd watch only wakes for events: end the ones that have seen the last write.
-        with lock:
-            for result in results:
-                if result.call is not None and result.seen >= last[0]:
-                    result.call.cancel()
-                    result.call = None
-        if not any(thread.is_alive() for thread in threads):
-            break
-        time.sleep(0.05)
-    for thread in threads:
-        thread.join(timeout=max(0.0, job.deadline - time.monotonic()))
-    with lock:
-        for call in calls:
-            call.cancel()  # stragglers past the deadline
-    for thread in threads:
-        thread.join(timeout=5)
-    lags = array.array("q")
-    for result in results:
-        lags.extend(result.lags_ns)
-    connection.send(
-        ProcessReport(
-            [r.received for r in results],
-            lags.tobytes(),
-            [
-                r.error or ("did not finish" if t.is_alive() else "")
-                for r, t in zip(results, threads, strict=True)
-            ],
-            max((r.last_ns for r in results), default=0),
-        )
-    )
+        ended.set()
+        ready.set()
 
 
 @dataclass(frozen=True)
@@ -513,7 +520,8 @@ def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> s
         "",
         (
             f"Measured: per row a fresh session, {WARMUP_WRITES} warm-up writes, then N watchers "
-            f"(WatchSession stubs, one thread and channel each, over up to {MAX_PROCESSES} "
+            f"(grpc.aio WatchSession streams, {CHANNEL_WATCHERS} to a channel, "
+            f"over up to {MAX_PROCESSES} "
             f"client processes, max_events_per_message {settings.max_events}) caught up before "
             f"one writer thread does sequential SetVariable for {settings.window:g} s, "
             + (f"paced at {settings.pace:g}/s" if settings.pace else "as fast as it can")
