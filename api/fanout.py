@@ -31,6 +31,10 @@ the server's event loop: none holds a thread, however many there are.
   by a janitor on the loop, which calls the watcher's ``cancel`` with that text and
   forgets it. Writers never wait for any of this, and nothing is buffered past the ring
   and the transport's window.
+* **Writers first.** At most ``send_slots`` watchers write at once, in turns (see
+  :class:`SendGate`); a turn also sends what reached the ring while the watcher waited
+  for it (:meth:`FanOut.more`), so the messages per second stay within what the loop can
+  write beside the writers' calls, and the events per message grow with the load.
 
 Threads: the listener and :meth:`FanOut.close` may run on any thread; everything else
 runs on the event loop. The fan-out's lock guards the rings and their watcher sets.
@@ -42,6 +46,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -54,9 +59,11 @@ from varstore.types import LimitExceeded, Unavailable, describe
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "DEFAULT_MAX_WATCHERS",
+    "DEFAULT_SEND_SLOTS",
     "PAGE_SIZE",
     "FanOut",
     "Ring",
+    "SendGate",
     "Watcher",
 ]
 
@@ -68,6 +75,8 @@ DEFAULT_BUFFER_SIZE: Final = 10_000
 DEFAULT_MAX_WATCHERS: Final = Limits().max_watchers
 #: Events read from the recorder, or taken from the ring, at a time.
 PAGE_SIZE: Final = 256
+#: Watchers writing at once (see SendGate).
+DEFAULT_SEND_SLOTS: Final = 4
 
 M = TypeVar("M")
 
@@ -190,6 +199,59 @@ class Watcher:
             self.waiting.set_result(None)
 
 
+class SendGate:
+    """Lets at most ``slots`` watchers write at once, first come, first served (on the loop).
+
+    Every message costs the event loop, which also carries the writers' calls: capping the
+    writes in flight keeps the writers' share of the loop however many watchers there are,
+    and a watcher that waited for its turn sends everything that arrived meanwhile in as
+    few messages as it may (see :meth:`FanOut.more`). A holder whose send has hung for
+    ``lease`` seconds (a client that stopped reading) loses its slot to the next in line.
+    """
+
+    def __init__(self, slots: int, lease: float) -> None:
+        self._slots = slots
+        self._lease = lease
+        self._holders: set[Watcher] = set()
+        self._queue: deque[tuple[Watcher, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, watcher: Watcher) -> None:
+        """Wait for a slot."""
+        if len(self._holders) < self._slots and not self._queue:
+            self._holders.add(watcher)
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((watcher, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if (watcher, turn) in self._queue:
+                self._queue.remove((watcher, turn))
+            self.release(watcher)
+            raise
+
+    def release(self, watcher: Watcher) -> None:
+        """Give the slot back (a no-op if it was taken back from a hung send)."""
+        if watcher in self._holders:
+            self._holders.discard(watcher)
+            self._hand_over()
+
+    def take_back_hung(self, now: float) -> None:
+        """Free the slots of holders whose send has hung for the lease."""
+        for holder in list(self._holders):
+            started = holder.send_started
+            if started is not None and now - started >= self._lease:
+                self._holders.discard(holder)  # it keeps going without one
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._queue and len(self._holders) < self._slots:
+            watcher, turn = self._queue.popleft()
+            if not turn.done():
+                self._holders.add(watcher)
+                turn.set_result(None)
+
+
 class FanOut:
     """Every commit's events to the watchers of their sessions, each at its own pace.
 
@@ -202,6 +264,8 @@ class FanOut:
             refused with LimitExceeded (so one session cannot take every slot).
         stuck_after: Seconds a send may hang, once its watcher fell off the ring, before
             the janitor cancels it.
+        send_slots: Watchers that may write at once (see :class:`SendGate`).
+        send_lease: Seconds a hung send keeps its slot.
         prepare: Called in the thread pool with a ring's new events, once, before its
             watchers wake (None: nothing to prepare).
         monotonic: Clock for waits and stuck sends (injectable for tests).
@@ -215,6 +279,8 @@ class FanOut:
         max_watchers: int = DEFAULT_MAX_WATCHERS,
         max_watchers_per_session: int | None = None,
         stuck_after: float = 1.0,
+        send_slots: int = DEFAULT_SEND_SLOTS,
+        send_lease: float = 0.2,
         prepare: Callable[[Sequence[RecordedEvent]], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -238,6 +304,7 @@ class FanOut:
         self._count = 0
         self._closed = False
         self._janitor: asyncio.TimerHandle | None = None
+        self.gate = SendGate(send_slots, send_lease)
         self._unsubscribe = store.subscribe(self._on_commit)
 
     # -- the writer's side --------------------------------------------------------------------
@@ -425,6 +492,15 @@ class FanOut:
             watcher.sent = position
         return sent_at
 
+    def more(self, watcher: Watcher, after: int) -> list[RecordedEvent]:
+        """The live events after position ``after`` the ring holds prepared right now (up
+        to PAGE_SIZE): what a watcher that waited for its send slot adds to its turn. Never
+        waits and never reads the recorder."""
+        ring = watcher.ring
+        if after < watcher.until or ring.closed or watcher.done:
+            return []
+        return ring.take(after + 1, PAGE_SIZE, ring.ready)[0]
+
     async def _wait(self, watcher: Watcher, deadline: float) -> None:
         """Wait until the ring has news (or closes, or the watcher ends), or ``deadline``."""
         ring = watcher.ring
@@ -466,6 +542,7 @@ class FanOut:
                 return
             watchers = [w for ring in self._rings.values() for w in ring.watchers]
         now = self.monotonic()
+        self.gate.take_back_hung(now)
         for watcher in watchers:
             started, oldest = watcher.send_started, watcher.ring.oldest()
             if (

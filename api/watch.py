@@ -22,9 +22,11 @@ handles the gRPC call. How a watch works:
   more than N events behind; reconnect from position P". A stream stuck in a send (a
   client that stopped reading) is found by the fan-out's janitor, which ends the call
   with that status and forgets the watcher. Writers never wait for any of this.
-* **Catching up in bulk.** A watcher sends what it takes at once: one that was busy
-  writing (the loop was busy, or its client is slower) takes every event that arrived
-  meanwhile, in as few messages as its ``max_events_per_message`` allows.
+* **Writers first.** The event loop writes every watch's messages and also carries the
+  writers' calls, so at most ``send_slots`` watchers write at once, in turns (see
+  :class:`~varstore.api.fanout.SendGate`); a turn also sends what reached the ring while
+  the watcher waited for it, in as few messages as its ``max_events_per_message``
+  allows. Writers keep their share of the loop however many watchers there are.
 * **Changes.** Each WatchEvent carries the event and, for every variable it touched (all
   the items of a batch, every live variable for a SessionDeleted), the change with its new
   and previous value, read from the session's history. Each event is encoded once and
@@ -57,7 +59,13 @@ from typing import Any, Final
 import grpc
 
 from varstore.api.convert import variable_to_proto
-from varstore.api.fanout import DEFAULT_BUFFER_SIZE, DEFAULT_MAX_WATCHERS, FanOut, Watcher
+from varstore.api.fanout import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_MAX_WATCHERS,
+    DEFAULT_SEND_SLOTS,
+    FanOut,
+    Watcher,
+)
 from varstore.api.limits import exceeded
 from varstore.api.store import Store
 from varstore.api.watch_messages import (
@@ -104,6 +112,8 @@ class WatchHub:
             ``limits.max_watchers_per_session``).
         stuck_after: Seconds a send may hang, once its watcher fell off the ring, before
             the janitor ends the call.
+        send_slots: Watch streams that may write at once (see ``fanout.SendGate``).
+        send_lease: Seconds a hung send keeps its slot.
         monotonic: Clock for progress and stuck sends (injectable for tests).
     """
 
@@ -115,6 +125,8 @@ class WatchHub:
         max_watchers: int | None = None,
         max_watchers_per_session: int | None = None,
         stuck_after: float = 1.0,
+        send_slots: int = DEFAULT_SEND_SLOTS,
+        send_lease: float = 0.2,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -130,6 +142,8 @@ class WatchHub:
                 else max_watchers_per_session
             ),
             stuck_after=stuck_after,
+            send_slots=send_slots,
+            send_lease=send_lease,
             prepare=self._messages.prepare,
             monotonic=monotonic,
         )
@@ -260,8 +274,13 @@ class WatchHub:
             if watcher.done:
                 return
             if events:
-                outgoing = await self._pack(events, view)
-                sent_at = await fanout.send(watcher, outgoing, context.write)
+                await fanout.gate.acquire(watcher)
+                try:
+                    events = [*events, *fanout.more(watcher, events[-1].position)]
+                    outgoing = await self._pack(events, view)
+                    sent_at = await fanout.send(watcher, outgoing, context.write)
+                finally:
+                    fanout.gate.release(watcher)
                 last_message = sent_at or last_message
                 if self._monotonic() < last_message + interval:
                     continue
