@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from varstore.api import commands
-from varstore.api.fanout import PAGE_SIZE, FanOut, Ring, Watcher
+from varstore.api.fanout import PAGE_SIZE, FanOut, Ring, SendGate, Watcher
 from varstore.api.store import Store
 from varstore.eventstore.events import RecordedEvent
 from varstore.eventstore.memory import MemoryRecorder
@@ -262,3 +262,29 @@ def test_a_ring_holds_exactly_the_newest_events(
     ready = held[len(held) // 2] if held else 0  # watchers take only what was prepared
     events, _ = ring.take(asked, PAGE_SIZE, ready)
     assert all(e.position <= ready for e in events)
+
+
+async def test_the_send_gate_lets_only_so_many_write_at_once_and_takes_back_a_hung_slot(
+    store: Store,
+) -> None:
+    create_with(store, "s")
+    fanout = FanOut(store)
+    gate = SendGate(2, lease=0.05)
+    first, second, third = (fanout.register("s", never_cancelled) for _ in range(3))
+    await gate.acquire(first)
+    await gate.acquire(second)
+    waiting = asyncio.create_task(gate.acquire(third))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # both slots are held
+    gate.release(second)
+    await asyncio.wait_for(waiting, 5)  # handed over, first come first served
+    gate.release(third)
+    gate.release(third)  # a no-op once given back
+    second.send_started = time.monotonic() - 1  # hung in a send for a second
+    await gate.acquire(second)
+    blocked = asyncio.create_task(gate.acquire(third))
+    await asyncio.sleep(0.02)
+    assert not blocked.done()
+    gate.take_back_hung(time.monotonic())  # what the janitor does
+    await asyncio.wait_for(blocked, 5)
+    fanout.close()
