@@ -10,7 +10,9 @@ coroutine function that returns the response, or writes a stream's responses its
   (so what an interceptor set, such as the caller's identity, is seen by the handler).
   A streamed response is taken from the generator a message at a time, each in the pool,
   then written by the loop; a request stream reaches it as a blocking iterator over the
-  call's async one. An ``abort`` in the pool ends the call from the loop.
+  call's async one. An ``abort`` in the pool ends the call from the loop. The unary
+  calls ``inline`` picks (reads of the current state, which never wait) run on the loop
+  itself: the hop to the pool and back would cost more than they do.
 * An **async** behaviour (the watch, health, reflection) runs on the loop; an async
   generator is written out message by message.
 
@@ -117,9 +119,10 @@ class SyncBridge(HandlerCache):
     """The innermost interceptor: every handler as a coroutine function (see the module
     docstring); sync behaviours run in ``pool``."""
 
-    def __init__(self, pool: Executor) -> None:
+    def __init__(self, pool: Executor, inline: Callable[[str, Any], bool] | None = None) -> None:
         super().__init__()
         self._pool = pool
+        self._inline = inline
 
     def wrap(self, handler: Handler, method: str) -> Handler:
         """``handler`` as a coroutine function."""
@@ -131,15 +134,23 @@ class SyncBridge(HandlerCache):
                 return behaviour
             if inspect.isasyncgenfunction(behaviour):
                 return _written(behaviour)
-            return self._pooled(behaviour, streams, requests)
+            return self._pooled(behaviour, streams, requests, method)
 
         return rebuild(handler, make)
 
-    def _pooled(self, behaviour: Callable[..., Any], streams: bool, requests: bool) -> Behaviour:
+    def _pooled(
+        self, behaviour: Callable[..., Any], streams: bool, requests: bool, method: str
+    ) -> Behaviour:
         pool = self._pool
+        inline = self._inline if not (streams or requests) else None
 
         @functools.wraps(behaviour)
         async def pooled(request: Any, context: Any) -> Any:
+            if inline is not None and inline(method, request):
+                try:  # a read of memory that never waits: no hop to the pool and back
+                    return behaviour(request, SyncContext(context, None))
+                except _Aborted as aborted:
+                    await context.abort(aborted.code, aborted.details, aborted.trailing)
             loop = asyncio.get_running_loop()
             sync = SyncContext(context, asyncio.current_task())
             call = contextvars.copy_context()  # one per call: steps run one after another

@@ -177,7 +177,7 @@ def start_server(
         AuthInterceptor(security.tokens(), lambda sid: _creation_of(store, sid)),
         RateLimitInterceptor(limits.max_requests_per_second, identity=_rate_identity),
         encoded_watches(),  # WatchSession streams send their cached encodings as they are
-        SyncBridge(pool),  # innermost: the sync servicers run in the pool
+        SyncBridge(pool, _reads_now),  # innermost: the sync servicers run in the pool
     ]
     front = LoopThread("varstore-grpc", pool)
     try:
@@ -275,6 +275,22 @@ def _rate_identity(context: Any) -> str:
     """The rate limit's caller: the authenticated identity, else the peer's address."""
     identity = current_identity()
     return identity.name if identity is not None else caller_identity(context)
+
+
+#: Reads answered from the state in memory, on the loop (unless they wait or look back).
+_NOW_READS = frozenset(
+    f"/{SERVICE_NAME}/{name}"
+    for name in ("GetServerInfo", "GetSession", "GetVariable", "GetVariables")
+)
+
+
+def _reads_now(method: str, request: Any) -> bool:
+    """Whether a call only reads the current state in memory (never waits, never reads the
+    log): no ``min_position``, ``at_position`` or ``as_of``."""
+    if method not in _NOW_READS or getattr(request, "min_position", False):
+        return False
+    fields = request.DESCRIPTOR.fields_by_name
+    return not any(name in fields and request.HasField(name) for name in ("at_position", "as_of"))
 
 
 def _limit_options(limits: Limits) -> list[tuple[str, int]]:
