@@ -3,8 +3,9 @@ behind chained interceptors (errors, metrics, request log, auth, rate limit).
 
 The front is :mod:`grpc.aio`'s server on one event loop thread (:mod:`varstore.api.eventloop`);
 the store stays synchronous. Unary and short streaming calls run in a thread pool of
-``max_workers`` threads (:mod:`varstore.api.bridge`); WatchSession streams are coroutines
-on the loop and hold no thread, so open watches are bounded by ``max_watchers`` alone.
+``max_workers`` threads (:mod:`varstore.api.bridge`), but for the reads of the current
+state, which never wait and run on the loop; WatchSession streams are coroutines on the
+loop and hold no thread, so open watches are bounded by ``max_watchers`` alone.
 
 Health follows the log: SERVING while it can be written, NOT_SERVING while it cannot (the
 store reports it; reads still work), NOT_SERVING for good once stopping. Stopping ends
