@@ -41,7 +41,7 @@ reported. Lag percentiles pool every event of every watcher of the phase (neares
 
 How to read it
 --------------
-The 0-watcher row is the reference: ``vs 0`` is the phase's writes/s over it (1.00x =
+Each system's 0-watcher row is its reference: ``vs 0`` is the phase's writes/s over it (1.00x =
 watchers cost the writer nothing). The machine's cores are shared by the server, the
 writer and the watcher processes, so with many watchers part of any slowdown is the
 watchers' own client CPU, not the server's.
