@@ -48,8 +48,8 @@ watchers' own client CPU, not the server's.
 
 Usage: ``.venv/bin/python bench/bench_watch.py [--quick] [--json] [--watchers 0,1,10,100]
 [--pace R] [--max-events M] [--systems varstore,etcd]`` from the repository root (``bench/`` must be on
-``sys.path`` for ``benchlib``, which running the file does). The default run takes about
-30 s, ``--quick`` about 6 s. Progress goes to stderr. Exit status 1 if a watcher failed or
+``sys.path`` for ``benchlib``, which running the file does). The default run takes about a
+minute, ``--quick`` about 12 s. Progress goes to stderr. Exit status 1 if a watcher failed or
 missed events, or a write failed.
 """
 
