@@ -1,20 +1,24 @@
 """The watch fan-out: each watched session's recent events in one ring that all its
-watchers read, each watcher's cursor, the send gate, and dropping whoever falls behind.
+watchers read, each watcher's cursor, and dropping whoever falls behind.
 
 No gRPC and no messages here: :mod:`varstore.api.watch` turns what a watcher takes into
-stream messages and sends them through :meth:`FanOut.send`.
+stream messages and sends them through :meth:`FanOut.send`. Watchers are coroutines on
+the server's event loop: none holds a thread, however many there are.
 
 * **One listener, shared rings.** The fan-out subscribes ONE listener to the store
   (``store.subscribe``). For every watched session it keeps a *ring*: the newest
   ``buffer_size`` recorded events of that session in a fixed-size circular buffer shared
   by all its watchers. The listener, which runs on the committing thread, only puts the
-  commit's events into the rings and wakes the waiting watchers: no conversion, no I/O,
-  nothing that waits on a watcher, and the same work whether a session has one watcher
-  or two hundred.
+  commit's events into the rings and tells the loop (one ``call_soon_threadsafe`` per
+  ring, however many watchers it has): no conversion, no I/O, nothing that waits on a
+  watcher.
+* **Prepared once, then woken.** On the loop, a ring's new events are first handed to
+  ``prepare`` in the thread pool, once (the watch encodes them there, so that no watcher
+  reads the store on the loop), and only then do its waiting watchers wake.
 * **One cursor per watcher.** A watcher's cursor is the last position it has covered.
   :meth:`FanOut.take` gives the events after it: from the ring while the ring still holds
   them; else, up to the position the session had when the watcher registered
-  (``until``), from the recorder a page at a time (catch-up); else it waits.
+  (``until``), from the recorder a page at a time, in the pool (catch-up); else it waits.
 * **No gap, no repeat.** A watcher registers its ring *before* it reads where the log
   stands (``until``). The store publishes a commit before calling listeners, so every
   event above ``until`` reaches the ring after the registration; events up to it come
@@ -23,23 +27,27 @@ stream messages and sends them through :meth:`FanOut.send`.
 * **Slow watchers are dropped.** A watcher whose next event has left the ring fell more
   than ``buffer_size`` events behind: :meth:`FanOut.take` raises LimitExceeded "watcher
   fell more than N events behind; reconnect from position P". A watcher stuck in a send
-  (a client that stopped reading) is found by a janitor thread, which calls the watcher's
-  ``cancel`` with that text so its thread is freed. Writers never wait for any of this.
-* **Writers first.** At most ``send_slots`` watchers send at once, in turns of up to
-  SLOT_MESSAGES messages (see :class:`SendGate`). A turn may grow, up to that many
-  messages, with the events that reached the ring while the watcher waited for its slot
-  (:meth:`FanOut.ready`), so a watcher that waited sends them now, not after another wait.
+  (a client that stopped reading: the transport's flow control holds the write) is found
+  by a janitor on the loop, which calls the watcher's ``cancel`` with that text and
+  forgets it. Writers never wait for any of this, and nothing is buffered past the ring
+  and the transport's window.
+* **Writers first.** At most ``send_slots`` watchers write at once, in turns (see
+  :class:`SendGate`); a turn also sends what reached the ring while the watcher waited
+  for it (:meth:`FanOut.more`), so the messages per second stay within what the loop can
+  write beside the writers' calls, and the events per message grow with the load.
 
-Lock order: the fan-out's lock, then a ring's ``cond``; never the other way round.
+Threads: the listener and :meth:`FanOut.close` may run on any thread; everything else
+runs on the event loop. The fan-out's lock guards the rings and their watcher sets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -53,7 +61,6 @@ __all__ = [
     "DEFAULT_MAX_WATCHERS",
     "DEFAULT_SEND_SLOTS",
     "PAGE_SIZE",
-    "SLOT_MESSAGES",
     "FanOut",
     "Ring",
     "SendGate",
@@ -64,14 +71,12 @@ log = logging.getLogger(__name__)
 
 #: Events a watched session's ring holds: how far a watcher may fall behind the writers.
 DEFAULT_BUFFER_SIZE: Final = 10_000
-#: Most watchers registered at once (each holds one server thread).
+#: Most watchers registered at once.
 DEFAULT_MAX_WATCHERS: Final = Limits().max_watchers
 #: Events read from the recorder, or taken from the ring, at a time.
 PAGE_SIZE: Final = 256
-#: Watchers sending at once (see SendGate).
-DEFAULT_SEND_SLOTS: Final = 2
-#: Most messages a watcher sends per turn of a send slot.
-SLOT_MESSAGES: Final = 16
+#: Watchers writing at once (see SendGate).
+DEFAULT_SEND_SLOTS: Final = 4
 
 M = TypeVar("M")
 
@@ -79,8 +84,9 @@ M = TypeVar("M")
 class Ring:
     """The newest ``capacity`` events of one session, in a circular buffer.
 
-    Only the listener writes (under ``cond``); watchers read without the lock and check
-    that each slot still holds the position they asked for (a lapped slot means evicted).
+    The listener writes (under ``lock``); watchers read without it and check that each
+    slot still holds the position they asked for (a lapped slot means evicted). ``ready``
+    (the newest position prepared), ``waiters`` and ``loop`` belong to the event loop.
     """
 
     def __init__(self, session_id: str, capacity: int) -> None:
@@ -89,14 +95,23 @@ class Ring:
         self.slots: list[RecordedEvent | None] = [None] * capacity
         #: (position of the newest event held, how many are held); replaced whole.
         self.span: tuple[int, int] = (0, 0)
-        self.cond = threading.Condition(threading.Lock())
+        self.lock = threading.Lock()
         #: Changed under the fan-out's lock only.
         self.watchers: set[Watcher] = set()
         self.closed = False
+        #: The newest position whose events were prepared: watchers take up to it.
+        self.ready = 0
+        #: Futures of the watchers waiting for an event (resolved by :meth:`wake`).
+        self.waiters: set[asyncio.Future[None]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Called on the loop after events were added (or the ring closed).
+        self.on_change: Callable[[Ring], None] = Ring.wake
+        self._told = False
+        self.preparing = False
 
     def add(self, events: Sequence[RecordedEvent]) -> None:
-        """Append one commit's events of this session and wake the watchers."""
-        with self.cond:
+        """Append one commit's events of this session and tell the loop (any thread)."""
+        with self.lock:
             newest, count = self.span
             for event in events:
                 if count and event.position <= newest:
@@ -106,20 +121,38 @@ class Ring:
                 self.slots[event.position % self.capacity] = event
                 newest, count = event.position, min(count + 1, self.capacity)
             self.span = (newest, count)
-            self.cond.notify_all()
+        self.tell()
+
+    def tell(self) -> None:
+        """Have the loop run ``on_change`` soon (any thread; one call however many times
+        this is told before it runs)."""
+        loop = self.loop
+        if loop is not None and not self._told:
+            self._told = True
+            try:
+                loop.call_soon_threadsafe(self._changed)
+            except RuntimeError:  # the loop is closed (the server has stopped)
+                self._told = False
+
+    def _changed(self) -> None:
+        self._told = False  # before reading the span: a later add tells again
+        self.on_change(self)
 
     def oldest(self) -> int | None:
         """Position of the oldest event held; None while empty."""
         newest, count = self.span
         return newest - count + 1 if count else None
 
-    def take(self, position: int, limit: int) -> tuple[list[RecordedEvent], bool]:
-        """Up to ``limit`` events from ``position`` on, and whether ``position`` has already
-        left the ring (evicted). Lock-free."""
-        newest, count = self.span
+    def take(
+        self, position: int, limit: int, upto: int | None = None
+    ) -> tuple[list[RecordedEvent], bool]:
+        """Up to ``limit`` events from ``position`` on (none above ``upto``), and whether
+        ``position`` has already left the ring (evicted). Lock-free."""
+        top, count = self.span
+        newest = top if upto is None else min(top, upto)
         if not count or position > newest:
             return [], False
-        if position < newest - count + 1:
+        if position < top - count + 1:
             return [], True
         found: list[RecordedEvent] = []
         for wanted in range(position, min(newest, position + limit - 1) + 1):
@@ -130,9 +163,11 @@ class Ring:
         return found, False
 
     def wake(self) -> None:
-        """Wake every watcher (to notice a cancellation or the fan-out closing)."""
-        with self.cond:
-            self.cond.notify_all()
+        """Wake every waiting watcher (on the loop)."""
+        waiters, self.waiters = self.waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 @dataclass(eq=False)
@@ -150,71 +185,71 @@ class Watcher:
     until: int = 0
     #: Monotonic time a send began; None when not sending.
     send_started: float | None = None
-    #: The call ended (cancelled, deadline, finished).
+    #: The call ended (cancelled, dropped, finished).
     done: bool = False
     #: Cancelled by the janitor for falling behind.
     dropped: bool = False
+    #: What the watcher waits on while it waits for an event.
+    waiting: asyncio.Future[None] | None = None
 
     def end(self) -> None:
-        """The call terminated (a transport callback): stop waiting and sending."""
+        """The call ended: stop waiting and sending (on the loop)."""
         self.done = True
-        self.ring.wake()
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(None)
 
 
 class SendGate:
-    """Lets at most ``slots`` watchers send at once, first come, first served.
+    """Lets at most ``slots`` watchers write at once, first come, first served (on the loop).
 
-    Every streamed message costs the gRPC server's one completion-queue thread an event,
-    and writers' calls queue behind whatever is in flight. Capping the sends in flight
-    keeps writers' latency flat however many watchers there are: the watchers share the
-    rest, in turns of up to SLOT_MESSAGES messages, and one that falls too far behind is
-    dropped. A holder whose send has hung for ``lease`` seconds (a client that stopped
-    reading) loses its slot to the next in line.
+    Every message costs the event loop, which also carries the writers' calls: capping the
+    writes in flight keeps the writers' share of the loop however many watchers there are,
+    and a watcher that waited for its turn sends everything that arrived meanwhile in as
+    few messages as it may (see :meth:`FanOut.more`). A holder whose send has hung for
+    ``lease`` seconds (a client that stopped reading) loses its slot to the next in line.
     """
 
-    def __init__(self, slots: int, lease: float, monotonic: Callable[[], float]) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, slots: int, lease: float) -> None:
         self._slots = slots
         self._lease = lease
-        self._monotonic = monotonic
         self._holders: set[Watcher] = set()
-        self._queue: deque[tuple[Watcher, threading.Event]] = deque()
+        self._queue: deque[tuple[Watcher, asyncio.Future[None]]] = deque()
 
-    def acquire(self, watcher: Watcher) -> bool:
-        """Wait for a slot; False if the watcher ended (or the fan-out closed) meanwhile."""
-        with self._lock:
-            if len(self._holders) < self._slots and not self._queue:
-                self._holders.add(watcher)
-                return True
-            entry = (watcher, threading.Event())
-            self._queue.append(entry)
-        while not entry[1].wait(self._lease):
-            with self._lock:
-                if entry[1].is_set():
-                    break  # handed a slot just now
-                if watcher.done or watcher.ring.closed:
-                    self._queue.remove(entry)
-                    return False
-                now = self._monotonic()
-                for holder in list(self._holders):
-                    started = holder.send_started
-                    if started is not None and now - started >= self._lease:
-                        self._holders.discard(holder)  # hung: it keeps going without one
-                self._hand_over()
-        return True
+    async def acquire(self, watcher: Watcher) -> None:
+        """Wait for a slot."""
+        if len(self._holders) < self._slots and not self._queue:
+            self._holders.add(watcher)
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((watcher, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if (watcher, turn) in self._queue:
+                self._queue.remove((watcher, turn))
+            self.release(watcher)
+            raise
 
     def release(self, watcher: Watcher) -> None:
         """Give the slot back (a no-op if it was taken back from a hung send)."""
-        with self._lock:
-            if watcher in self._holders:
-                self._holders.discard(watcher)
-                self._hand_over()
+        if watcher in self._holders:
+            self._holders.discard(watcher)
+            self._hand_over()
+
+    def take_back_hung(self, now: float) -> None:
+        """Free the slots of holders whose send has hung for the lease."""
+        for holder in list(self._holders):
+            started = holder.send_started
+            if started is not None and now - started >= self._lease:
+                self._holders.discard(holder)  # it keeps going without one
+        self._hand_over()
 
     def _hand_over(self) -> None:
         while self._queue and len(self._holders) < self._slots:
             watcher, turn = self._queue.popleft()
-            self._holders.add(watcher)
-            turn.set()
+            if not turn.done():
+                self._holders.add(watcher)
+                turn.set_result(None)
 
 
 class FanOut:
@@ -229,8 +264,10 @@ class FanOut:
             refused with LimitExceeded (so one session cannot take every slot).
         stuck_after: Seconds a send may hang, once its watcher fell off the ring, before
             the janitor cancels it.
-        send_slots: Watchers that may send at once (see :class:`SendGate`).
+        send_slots: Watchers that may write at once (see :class:`SendGate`).
         send_lease: Seconds a hung send keeps its slot.
+        prepare: Called in the thread pool with a ring's new events, once, before its
+            watchers wake (None: nothing to prepare).
         monotonic: Clock for waits and stuck sends (injectable for tests).
     """
 
@@ -244,21 +281,21 @@ class FanOut:
         stuck_after: float = 1.0,
         send_slots: int = DEFAULT_SEND_SLOTS,
         send_lease: float = 0.2,
+        prepare: Callable[[Sequence[RecordedEvent]], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         per_session = max_watchers if max_watchers_per_session is None else max_watchers_per_session
-        if buffer_size < 1 or max_watchers < 1 or send_slots < 1 or per_session < 1:
+        if buffer_size < 1 or max_watchers < 1 or per_session < 1:
             raise ValueError(
-                "buffer_size, max_watchers, max_watchers_per_session and send_slots must be "
-                "at least 1"
+                "buffer_size, max_watchers and max_watchers_per_session must be at least 1"
             )
         self._store = store
         self.buffer_size = buffer_size
         self.max_watchers = max_watchers
         self.max_watchers_per_session = per_session
         self._stuck_after = stuck_after
+        self._prepare = prepare
         self.monotonic = monotonic
-        # Lock order: _lock, then a ring's cond; never the other way round.
         self._lock = threading.Lock()
         # Read by the listener without the lock (one dict lookup per event).
         self._rings: dict[str, Ring] = {}
@@ -266,9 +303,8 @@ class FanOut:
         self.dropped_watchers = 0
         self._count = 0
         self._closed = False
-        self._janitor: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._gate = SendGate(send_slots, send_lease, monotonic)
+        self._janitor: asyncio.TimerHandle | None = None
+        self.gate = SendGate(send_slots, send_lease)
         self._unsubscribe = store.subscribe(self._on_commit)
 
     # -- the writer's side --------------------------------------------------------------------
@@ -286,6 +322,41 @@ class FanOut:
         for ring, its_events in grouped.items():
             ring.add(its_events)
 
+    def _on_change(self, ring: Ring) -> None:
+        """On the loop, after events reached ``ring``: prepare them, then wake."""
+        newest = ring.span[0]
+        if ring.preparing:
+            return  # the running preparation looks again when it is done
+        if ring.closed or self._prepare is None or newest <= ring.ready:
+            ring.ready = max(ring.ready, newest)
+            ring.wake()
+            return
+        ring.preparing = True
+        asyncio.get_running_loop().create_task(self._prepared(ring))
+
+    async def _prepared(self, ring: Ring) -> None:
+        """Prepare the ring's new events in the pool (until none is left), waking its
+        watchers after each batch."""
+        assert self._prepare is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while not ring.closed:
+                newest, count = ring.span
+                if newest <= ring.ready:
+                    break
+                first = max(ring.ready + 1, newest - count + 1)
+                events, _ = ring.take(first, newest - first + 1)
+                if events:
+                    try:
+                        await loop.run_in_executor(None, self._prepare, events)
+                    except Exception:  # the watchers prepare their own (and say why)
+                        log.exception("preparing the events of a watched session failed")
+                ring.ready = max(ring.ready, events[-1].position if events else newest)
+                ring.wake()
+        finally:
+            ring.preparing = False
+            ring.wake()
+
     # -- watchers -------------------------------------------------------------------------------
 
     @property
@@ -294,13 +365,15 @@ class FanOut:
         return self._count
 
     def register(self, session_id: str, cancel: Callable[[str], None]) -> Watcher:
-        """A new watcher of ``session_id``, its cursor not yet placed (see :meth:`start`).
+        """A new watcher of ``session_id``, its cursor not yet placed (see :meth:`start`);
+        on the event loop.
 
         Raises:
             Unavailable: the fan-out is closed (server shutdown).
             LimitExceeded: ``max_watchers`` are already registered, or
                 ``max_watchers_per_session`` of this session.
         """
+        loop = asyncio.get_running_loop()
         with self._lock:
             if self._closed:
                 raise Unavailable("the server is shutting down")
@@ -320,15 +393,16 @@ class FanOut:
                     session_id=session_id[:200],
                 )
             if ring is None:
-                ring = self._rings[session_id] = Ring(session_id, self.buffer_size)
+                ring = Ring(session_id, self.buffer_size)
+                ring.loop = loop
+                ring.on_change = self._on_change
+                self._rings[session_id] = ring
             watcher = Watcher(ring, cancel)
             ring.watchers.add(watcher)
             self._count += 1
-            if self._janitor is None:
-                self._janitor = threading.Thread(
-                    target=self._sweep, name="varstore-watch-janitor", daemon=True
-                )
-                self._janitor.start()
+        if self._janitor is None:
+            period = max(0.05, self._stuck_after / 2)
+            self._janitor = loop.call_later(period, self._sweep, loop, period)
         return watcher
 
     def start(self, watcher: Watcher) -> int:
@@ -340,6 +414,7 @@ class FanOut:
 
     def unregister(self, watcher: Watcher) -> None:
         """Forget ``watcher`` (idempotent); a ring nobody watches is dropped."""
+        watcher.end()
         ring = watcher.ring
         with self._lock:
             if watcher not in ring.watchers:
@@ -351,7 +426,7 @@ class FanOut:
 
     # -- a watcher's side -----------------------------------------------------------------------
 
-    def take(self, watcher: Watcher, wait_until: float | None = None) -> list[RecordedEvent]:
+    async def take(self, watcher: Watcher, wait_until: float | None = None) -> list[RecordedEvent]:
         """The next events after the watcher's cursor, in order and consecutive (up to
         PAGE_SIZE); empty when there are none yet. With ``wait_until`` (a ``monotonic``
         time), waits for a live event until then; a watcher that ends meanwhile gets none.
@@ -362,11 +437,12 @@ class FanOut:
         """
         ring = watcher.ring
         position = watcher.cursor + 1
-        events, evicted = ring.take(position, PAGE_SIZE)
+        events, evicted = ring.take(position, PAGE_SIZE, ring.ready)
         if not events and not evicted and position > watcher.until and wait_until is not None:
-            events, evicted = self._wait(watcher, position, wait_until)
+            await self._wait(watcher, wait_until)
             if watcher.done:
                 return []
+            events, evicted = ring.take(position, PAGE_SIZE, ring.ready)
         if ring.closed:
             raise Unavailable(
                 f"the server is shutting down; reconnect from position {watcher.sent}",
@@ -374,7 +450,9 @@ class FanOut:
             )
         if not events and position <= watcher.until:
             last = min(watcher.until, position + PAGE_SIZE - 1)
-            events = self._store.recorder.read_session(ring.session_id, position, last)
+            events = await asyncio.get_running_loop().run_in_executor(
+                None, self._store.recorder.read_session, ring.session_id, position, last
+            )
         elif not events and evicted:
             if not watcher.dropped:
                 watcher.dropped = True
@@ -388,61 +466,58 @@ class FanOut:
                 )
         return events
 
-    def send(
-        self, watcher: Watcher, outgoing: Iterable[tuple[int, M | None]]
-    ) -> Generator[M, None, float | None]:
-        """Yield the messages of ``outgoing`` in order, each with the last position it
+    async def send(
+        self,
+        watcher: Watcher,
+        outgoing: Iterable[tuple[int, M | None]],
+        write: Callable[[M], Awaitable[None]],
+    ) -> float | None:
+        """``write`` the messages of ``outgoing`` in order, each with the last position it
         covers (None: positions left out, nothing to send), moving the cursor as each
-        goes; a send slot is taken at the first message and held to the end (``outgoing``
-        may be a generator that finds more to send meanwhile, see :meth:`ready`). Returns
-        when the last message was sent (None if none was)."""
-        holding = False
+        goes. Returns when the last message was sent (None if none was)."""
         sent_at: float | None = None
-        try:
-            for position, message in outgoing:
-                if message is None:
-                    watcher.cursor = watcher.sent = position
-                    continue
-                if not holding:
-                    if not self._gate.acquire(watcher):
-                        return sent_at  # the watcher ended, or the fan-out closed, meanwhile
-                    holding = True
-                watcher.cursor = position
-                watcher.send_started = self.monotonic()
-                yield message
+        for position, message in outgoing:
+            if watcher.done:
+                break
+            if message is None:
+                watcher.cursor = watcher.sent = position
+                continue
+            watcher.cursor = position
+            watcher.send_started = self.monotonic()
+            try:
+                await write(message)
+            finally:
                 watcher.send_started = None
-                sent_at = self.monotonic()
-                watcher.sent = position
-        finally:
-            watcher.send_started = None
-            if holding:
-                self._gate.release(watcher)
+            sent_at = self.monotonic()
+            watcher.sent = position
         return sent_at
 
-    def ready(self, watcher: Watcher, position: int, limit: int) -> list[RecordedEvent]:
-        """Up to ``limit`` live events from ``position`` on that the ring holds right now:
-        what a watcher holding a send slot may add to its turn. Never waits and never
-        reads the recorder; empty during the catch-up, once ``position`` has left the
-        ring (the next :meth:`take` says so), or once the fan-out closed."""
+    def more(self, watcher: Watcher, after: int) -> list[RecordedEvent]:
+        """The live events after position ``after`` the ring holds prepared right now (up
+        to PAGE_SIZE): what a watcher that waited for its send slot adds to its turn. Never
+        waits and never reads the recorder."""
         ring = watcher.ring
-        if position <= watcher.until or ring.closed or watcher.done:
+        if after < watcher.until or ring.closed or watcher.done:
             return []
-        return ring.take(position, min(limit, PAGE_SIZE))[0]
+        return ring.take(after + 1, PAGE_SIZE, ring.ready)[0]
 
-    def _wait(
-        self, watcher: Watcher, position: int, deadline: float
-    ) -> tuple[list[RecordedEvent], bool]:
-        """Wait (up to ``deadline``) for the event at ``position``; what the ring then has."""
+    async def _wait(self, watcher: Watcher, deadline: float) -> None:
+        """Wait until the ring has news (or closes, or the watcher ends), or ``deadline``."""
         ring = watcher.ring
-        with ring.cond:
-            while True:
-                events, evicted = ring.take(position, PAGE_SIZE)
-                if events or evicted or ring.closed or watcher.done:
-                    return events, evicted
-                left = deadline - self.monotonic()
-                if left <= 0:
-                    return [], False
-                ring.cond.wait(left)
+        left = deadline - self.monotonic()
+        if left <= 0 or ring.closed or watcher.done:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        ring.waiters.add(waiter)
+        watcher.waiting = waiter
+        timer = loop.call_later(left, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            ring.waiters.discard(waiter)
+            watcher.waiting = None
 
     def fell_behind(self, watcher: Watcher) -> LimitExceeded:
         """The error that ends a watcher the writers left behind."""
@@ -458,42 +533,48 @@ class FanOut:
 
     # -- upkeep -------------------------------------------------------------------------------
 
-    def _sweep(self) -> None:
-        """Janitor: cancel watchers that fell off their ring while stuck in a send (a
-        client that stopped reading); runs while any watcher is registered."""
-        period = max(0.05, self._stuck_after / 2)
-        while not self._stop.wait(period):
-            with self._lock:
-                if self._count == 0:
-                    self._janitor = None
-                    return
-                watchers = [w for ring in self._rings.values() for w in ring.watchers]
-            now = self.monotonic()
-            for watcher in watchers:
-                started, oldest = watcher.send_started, watcher.ring.oldest()
-                if (
-                    started is not None
-                    and not watcher.dropped
-                    and now - started >= self._stuck_after
-                    and oldest is not None
-                    and watcher.until < watcher.cursor + 1 < oldest
-                ):
-                    watcher.dropped = True
-                    self.dropped_watchers += 1
-                    log.info(
-                        "dropping a watcher of session %r stuck at position %d",
-                        watcher.ring.session_id,
-                        watcher.sent,
-                    )
-                    watcher.cancel(self.fell_behind(watcher).message)
+    def _sweep(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        """Janitor (on the loop): cancel watchers that fell off their ring while stuck in a
+        send (a client that stopped reading); runs while any watcher is registered."""
+        with self._lock:
+            if self._count == 0 or self._closed:
+                self._janitor = None
+                return
+            watchers = [w for ring in self._rings.values() for w in ring.watchers]
+        now = self.monotonic()
+        self.gate.take_back_hung(now)
+        for watcher in watchers:
+            started, oldest = watcher.send_started, watcher.ring.oldest()
+            if (
+                started is not None
+                and not watcher.dropped
+                and now - started >= self._stuck_after
+                and oldest is not None
+                and watcher.until < watcher.cursor + 1 < oldest
+            ):
+                watcher.dropped = True
+                self.dropped_watchers += 1
+                log.info(
+                    "dropping a watcher of session %r stuck at position %d",
+                    watcher.ring.session_id,
+                    watcher.sent,
+                )
+                watcher.cancel(self.fell_behind(watcher).message)
+                self.unregister(watcher)
+        self._janitor = loop.call_later(period, self._sweep, loop, period)
 
     def close(self) -> None:
-        """Stop every watcher (their ``take`` raises Unavailable) and refuse new ones."""
+        """Stop every watcher (their ``take`` raises Unavailable) and refuse new ones (any
+        thread)."""
         with self._lock:
             self._closed = True
             rings = list(self._rings.values())
-        self._stop.set()
         self._unsubscribe()
         for ring in rings:
             ring.closed = True
-            ring.wake()
+            ring.tell()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

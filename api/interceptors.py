@@ -20,12 +20,12 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
-from varstore.api.calls import HandlerCache
+from varstore.api.calls import Behaviour, HandlerCache, rebuild
 from varstore.eventstore import RecorderError
 from varstore.types import InternalError, Unavailable, ValidationError, VarstoreError
 from varstore.types.status import status_for
@@ -50,31 +50,26 @@ class ErrorInterceptor(HandlerCache):
 
 
 def guard(handler: Handler, method: str) -> Handler:
-    """``handler`` with its behaviour wrapped so that errors become statuses. The wrapper
-    keeps the original as ``__wrapped__``."""
-    if any(
-        getattr(behaviour, "experimental_non_blocking", False)
-        for behaviour in (handler.unary_stream, handler.stream_stream)
-    ):
-        return handler  # grpc's health Watch: it ends its calls from other threads itself
-    request, response = _tolerant(handler.request_deserializer), handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _answer(handler.unary_unary, method, False), request, response
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _answer(handler.stream_unary, method, True), request, response
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _stream(handler.unary_stream, method, False), request, response
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            _stream(handler.stream_stream, method, True), request, response
-        )
-    return handler  # pragma: no cover - grpc always sets one behaviour
+    """``handler`` with its behaviour wrapped so that errors become statuses (and its
+    request deserializer so that it never raises). The wrapper keeps the original as
+    ``__wrapped__``."""
+    streamed = handler.stream_unary is not None or handler.stream_stream is not None
+
+    def make(behaviour: Behaviour) -> Behaviour:
+        @functools.wraps(behaviour)
+        async def guarded(request: Any, context: Any) -> Any:
+            try:
+                if streamed:
+                    request = _decoded_stream(request, method)
+                else:
+                    request = _decoded(request, method)
+                return await behaviour(request, context)
+            except Exception as error:  # noqa: BLE001 - _end_call aborts or re-raises
+                await _end_call(error, context, method)
+
+        return guarded
+
+    return rebuild(handler, make, request=_tolerant(handler.request_deserializer))
 
 
 class _Undecodable:
@@ -111,47 +106,15 @@ def _decoded(request: Any, method: str) -> Any:
     return request
 
 
-def _decoded_stream(requests: Iterator[Any], method: str) -> Iterator[Any]:
-    for request in requests:
+async def _decoded_stream(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    async for request in requests:
         yield _decoded(request, method)
 
 
-def _answer(
-    behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str, streamed: bool
-) -> Callable[[Any, grpc.ServicerContext], Any]:
-    """A behaviour that returns one response (unary or client-streaming requests)."""
-
-    @functools.wraps(behaviour)
-    def answered(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            request = _decoded_stream(request, method) if streamed else _decoded(request, method)
-            return behaviour(request, context)
-        except Exception as error:  # noqa: BLE001 - _end_call aborts or re-raises
-            _end_call(error, context, method)
-
-    return answered
-
-
-def _stream(
-    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str, streamed: bool
-) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
-    """A behaviour that streams its responses; an error mid-stream ends it the same way."""
-
-    @functools.wraps(behaviour)
-    def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            request = _decoded_stream(request, method) if streamed else _decoded(request, method)
-            yield from behaviour(request, context)
-        except Exception as error:  # noqa: BLE001 - _end_call aborts or re-raises
-            _end_call(error, context, method)
-
-    return streaming
-
-
-def _end_call(error: Exception, context: grpc.ServicerContext, method: str) -> NoReturn:
+async def _end_call(error: Exception, context: Any, method: str) -> NoReturn:
     """End the call with the status ``error`` stands for (always raises)."""
     if isinstance(error, grpc.RpcError) or _status_chosen(context):
-        raise error  # grpc's own: it ends the call with the status already chosen
+        raise error  # grpc's own (an abort): it ends the call with the status chosen
     if isinstance(error, RecorderError):  # the storage failed, not the code; the log has
         # the details (paths included), the caller a message that names no file
         log.error("%s: the event log failed: %s", method, error)
@@ -167,13 +130,13 @@ def _end_call(error: Exception, context: grpc.ServicerContext, method: str) -> N
             f"(logged as incident {incident}); please report it",
             info={"method": method, "incident": incident},
         )
-    context.abort_with_status(status_for(error))
+    status = status_for(error)
+    await context.abort(status.code, status.details, tuple(status.trailing_metadata))
+    raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
 
-def _status_chosen(context: grpc.ServicerContext) -> bool:
+def _status_chosen(context: Any) -> bool:
     """True once the handler aborted the call (or set its code) itself."""
-    # ServicerContext.code() is part of grpc's API (experimental) but missing from its
-    # type stubs; a context without it has chosen nothing.
     code = getattr(context, "code", None)
     chosen = code() if callable(code) else None
     return chosen is not None and chosen != grpc.StatusCode.OK

@@ -72,11 +72,11 @@ class Limits:
     #: Most items on one page (ListSessions, GetVariableHistory, ReadEvents); a larger
     #: page_size is served as this many (AIP-158), so no answer is unbounded.
     max_page_size: int = _limit(1000, "most items on one page of a listing")
-    #: Most WatchSession streams open on the server (each holds a server thread).
-    max_watchers: int = _limit(256, "most open WatchSession streams on the server")
+    #: Most WatchSession streams open on the server (each a coroutine: no thread of its own).
+    max_watchers: int = _limit(4096, "most open WatchSession streams on the server")
     #: Most WatchSession streams open on one session (by default as many as the server
     #: allows; lower it so that no one session can take every watch).
-    max_watchers_per_session: int = _limit(256, "most open WatchSession streams on one session")
+    max_watchers_per_session: int = _limit(4096, "most open WatchSession streams on one session")
     #: Seconds a connection may have no call in flight before the server closes it
     #: (gRPC's max_connection_idle; an open watch is a call in flight). 0: never.
     idle_connection_seconds: int = _limit(

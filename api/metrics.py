@@ -23,6 +23,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -72,7 +73,7 @@ class Metrics:
         store.observe_commits(self._commit)
         self._http: WSGIServer | None = None
 
-    def interceptor(self) -> grpc.ServerInterceptor:
+    def interceptor(self) -> grpc.aio.ServerInterceptor:
         """The server interceptor that counts and times every call."""
         return WrappingInterceptor(self._around)
 

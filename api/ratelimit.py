@@ -16,17 +16,16 @@ once its bucket refilled (2 s), so forgetting only ever gives a burst back early
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final, TypeAlias
 
 import grpc
 from cachetools import LRUCache
 
+from varstore.api.calls import HandlerCache, wrap
 from varstore.api.limits import exceeded
-from varstore.types.status import status_for
 from varstore.v1 import varstore_pb2 as pb
 
 __all__ = ["MAX_CALLERS", "RateLimitInterceptor", "TokenBucket", "caller_identity"]
@@ -36,12 +35,11 @@ MAX_CALLERS: Final = 65_536
 #: The service whose calls are counted.
 _COUNTED = "/" + pb.DESCRIPTOR.services_by_name["VariableStore"].full_name + "/"
 
-# Strings: grpc's classes are generic only in its type stubs.
+# A string: grpc's classes are generic only in its type stubs.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Handler | None]"
 
 
-def caller_identity(context: grpc.ServicerContext) -> str:
+def caller_identity(context: Any) -> str:
     """Who is calling, for the rate limit: the peer's address without its port (a client
     opening one connection per call is still one client). The one place to change when
     calls carry an authenticated identity."""
@@ -75,7 +73,7 @@ class TokenBucket:
         return (1 - self.tokens) / self.rate
 
 
-class RateLimitInterceptor(grpc.ServerInterceptor):
+class RateLimitInterceptor(HandlerCache):
     """Refuses a caller's calls beyond ``per_second`` (bursts up to twice that); 0 turns it
     off. Wrapped handlers are kept per method, as the error interceptor keeps them."""
 
@@ -83,86 +81,40 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
         self,
         per_second: int,
         *,
-        identity: Callable[[grpc.ServicerContext], str] = caller_identity,
+        identity: Callable[[Any], str] = caller_identity,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self.per_second = per_second
         self._identity = identity
         self._monotonic = monotonic
         # Lock: guards _buckets (an LRU reorders on every read) and the buckets' tokens.
-        self._lock = threading.Lock()
+        self._bucket_lock = threading.Lock()
         self._buckets: LRUCache[str, TokenBucket] = LRUCache(MAX_CALLERS)
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not self.per_second or not method.startswith(_COUNTED):
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """``handler`` admitted first (methods of the VariableStore service only)."""
+        if not self.per_second or not method.startswith(_COUNTED):
             return handler
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = _wrap(handler, self._admit)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return wrap(handler, method, self._admit)
 
     def wait_for(self, caller: str) -> float:
         """Take a token for ``caller``: 0 if one was there, else the seconds to wait."""
         now = self._monotonic()
-        with self._lock:
+        with self._bucket_lock:
             bucket = self._buckets.get(caller)
             if bucket is None:
                 bucket = TokenBucket(self.per_second, 2 * self.per_second, now)
                 self._buckets[caller] = bucket
             return bucket.take(now)
 
-    def _admit(self, context: grpc.ServicerContext) -> None:
-        """Return if the caller may make this call; else end it with RESOURCE_EXHAUSTED."""
+    def _admit(self, method: str, request: Any, context: Any) -> None:
+        """Return if the caller may make this call; else raise RESOURCE_EXHAUSTED."""
         wait = self.wait_for(self._identity(context))
         if wait:
-            refusal = exceeded(
+            raise exceeded(
                 "max_requests_per_second",
                 self.per_second,
                 f"too many requests from this client; retry in {wait:.3f} s",
                 retry_after_seconds=f"{wait:.3f}",
             )
-            context.abort_with_status(status_for(refusal))
-
-
-def _wrap(handler: Handler, admit: Callable[[grpc.ServicerContext], None]) -> Handler:
-    """``handler`` whose behaviour first calls ``admit`` (which aborts a refused call)."""
-    request, response = handler.request_deserializer, handler.response_serializer
-
-    def unary(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
-        @functools.wraps(behaviour)
-        def admitted(request: Any, context: grpc.ServicerContext) -> Any:
-            admit(context)
-            return behaviour(request, context)
-
-        return admitted
-
-    def streaming(behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Any:
-        @functools.wraps(behaviour)
-        def admitted(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            admit(context)
-            yield from behaviour(request, context)
-
-        return admitted
-
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), request, response)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            unary(handler.stream_unary), request, response
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            streaming(handler.unary_stream), request, response
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            streaming(handler.stream_stream), request, response
-        )
-    return handler  # pragma: no cover - grpc always sets one behaviour

@@ -1,6 +1,12 @@
 """Assemble and run the gRPC server: the VariableStore service, health and reflection,
 behind chained interceptors (errors, metrics, request log, auth, rate limit).
 
+The front is :mod:`grpc.aio`'s server on one event loop thread (:mod:`varstore.api.eventloop`);
+the store stays synchronous. Unary and short streaming calls run in a thread pool of
+``max_workers`` threads (:mod:`varstore.api.bridge`), but for the reads of the current
+state, which never wait and run on the loop; WatchSession streams are coroutines on the
+loop and hold no thread, so open watches are bounded by ``max_watchers`` alone.
+
 Health follows the log: SERVING while it can be written, NOT_SERVING while it cannot (the
 store reports it; reads still work), NOT_SERVING for good once stopping. Stopping ends
 open health Watch streams at once, so a load balancer's watch does not hold it up.
@@ -8,23 +14,26 @@ open health Watch streams at once, so a load balancer's watch does not hold it u
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import signal
 import socket
+import sys
 import threading
-from collections.abc import Callable
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from varstore.api.auth import AuthInterceptor, current_identity
+from varstore.api.bridge import SyncBridge
 from varstore.api.config import (
     ConfigError,
     Security,
@@ -32,6 +41,8 @@ from varstore.api.config import (
     check_exposure,
     split_address,
 )
+from varstore.api.eventloop import LoopThread
+from varstore.api.health import Health
 from varstore.api.interceptors import ErrorInterceptor
 from varstore.api.limits import Limits
 from varstore.api.logs import RequestLogInterceptor
@@ -55,6 +66,8 @@ log = logging.getLogger(__name__)
 #: The ``--db`` value that keeps the log in memory (tests, throwaway servers).
 MEMORY = ":memory:"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VariableStore"].full_name
+#: Seconds a thread holds the GIL before another may take it (``sys.setswitchinterval``).
+GIL_SWITCH_INTERVAL = 0.0005
 #: Seconds between sweeps for sessions idle past their TTL.
 SWEEP_INTERVAL = 1.0
 
@@ -86,28 +99,13 @@ def _where(db: str, sync: str) -> str:
     return describe_dsn(db) if is_postgres_dsn(db) else f"{db} (sync {sync})"
 
 
-class _Health(health.HealthServicer):
-    """grpc's health service, able to end its open Watch streams (on shutdown)."""
-
-    def end_watches(self) -> None:
-        """End every open Watch stream with OK (each has just been sent NOT_SERVING)."""
-        # The base class keeps them private (and untyped): one callback set per service.
-        private = vars(self)
-        lock: threading.RLock = private["_lock"]
-        watching: dict[str, set[Callable[[object], None]]] = private["_send_response_callbacks"]
-        with lock:
-            callbacks = [send for each in watching.values() for send in each]
-        for send in callbacks:
-            send(None)  # grpc's non-blocking streams: None ends the call
-
-
 @dataclass
 class RunningServer:
     """A started server: its address, store and the means to stop it."""
 
-    server: grpc.Server
+    server: grpc.aio.Server
     store: Store
-    health: _Health
+    health: Health
     host: str
     port: int
     _sweeper_stop: threading.Event
@@ -117,6 +115,9 @@ class RunningServer:
     metrics: Metrics | None = None
     #: The port ``/metrics`` is served on (0 when not served).
     metrics_port: int = 0
+    #: The event loop the gRPC front runs on, and the pool its sync handlers run in.
+    front: LoopThread | None = None
+    pool: ThreadPoolExecutor | None = None
     #: The audit page, if it is served (``--http``).
     web: WebServer | None = None
 
@@ -132,14 +133,22 @@ class RunningServer:
         self._sweeper_stop.set()
         if self.web is not None:
             self.web.stop()
-        self.health.enter_graceful_shutdown()
-        self.health.end_watches()
-        if self.hub is not None:
-            self.hub.close()
-        self.server.stop(grace).wait()
+        if self.front is not None and not self.front.loop.is_closed():
+            self.front.run(_on_loop(self.health.shut_down))
+            if self.hub is not None:
+                self.hub.close()
+            self.front.run(self.server.stop(grace))
         self.store.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.front is not None:
+            self.front.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
+
+
+async def _on_loop(function: Any) -> None:
+    function()
 
 
 def start_server(
@@ -160,9 +169,10 @@ def start_server(
     accepted unless ``insecure`` (ConfigError otherwise). ``metrics`` ("HOST:PORT") serves
     Prometheus metrics; ``request_log_level`` is the level of the one line per call.
 
-    Every open WatchSession stream holds a thread, so the pool has ``max_workers`` threads
-    for the other calls plus one per watch the hub admits (``max_watchers``, or the given
-    ``hub``'s own limit; by default the store's ``limits.max_watchers``).
+    Sync handlers run in a pool of ``max_workers`` threads; WatchSession streams hold no
+    thread (they are coroutines on the server's event loop), so as many as the hub admits
+    (``max_watchers``, or the given ``hub``'s own limit; by default the store's
+    ``limits.max_watchers``) cost no more threads than one.
 
     The store's limits also set the largest request (``max_message_bytes``: gRPC refuses a
     larger one with RESOURCE_EXHAUSTED), how long a connection may be idle
@@ -178,56 +188,72 @@ def start_server(
     # The error interceptor comes first, so that what the others raise is mapped too (and a
     # bug in any of them is INTERNAL); metrics and the request log see every call's code,
     # refusals of the auth and rate limit included.
-    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
     if observed is not None:
         interceptors.append(observed.interceptor())
+    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="varstore-rpc")
     interceptors += [
         RequestLogInterceptor(request_log_level),
         AuthInterceptor(security.tokens(), lambda sid: _creation_of(store, sid)),
         RateLimitInterceptor(limits.max_requests_per_second, identity=_rate_identity),
         encoded_watches(),  # WatchSession streams send their cached encodings as they are
+        SyncBridge(pool, _reads_now),  # innermost: the sync servicers run in the pool
     ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=max_workers + hub.max_watchers, thread_name_prefix="varstore-rpc"
-        ),
-        interceptors=interceptors,
-        options=[("grpc.so_reuseport", 0), *_limit_options(limits)],
-    )
-    pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)
-    health_servicer = _Health()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    bind_host = f"[{host}]" if ":" in host else host
-    _check_port_free(host, port, listen)
+    front = LoopThread("varstore-grpc", pool)
     try:
-        if security.tls is not None:
-            bound = server.add_secure_port(f"{bind_host}:{port}", security.tls.credentials())
-        else:
-            bound = server.add_insecure_port(f"{bind_host}:{port}")
-    except RuntimeError:  # grpc's way of saying it could not bind
-        bound = 0
-    if bound == 0:
-        raise OSError(f"cannot listen on {listen} (is the port taken?)")
-    metrics_port = 0
-    if observed is not None and metrics is not None:
+        server, health_servicer = front.run(_assemble(store, hub, interceptors, limits))
+        bind_host = f"[{host}]" if ":" in host else host
+        _check_port_free(host, port, listen)
         try:
-            metrics_port = observed.serve(*split_address(metrics, "--metrics"))
-        except OSError as problem:
-            server.stop(None)
-            reason = problem.strerror or str(problem)
-            raise OSError(f"cannot serve --metrics on {metrics}: {reason}") from None
-    server.start()
+            if security.tls is not None:
+                bound = server.add_secure_port(f"{bind_host}:{port}", security.tls.credentials())
+            else:
+                bound = server.add_insecure_port(f"{bind_host}:{port}")
+        except RuntimeError:  # grpc's way of saying it could not bind
+            bound = 0
+        if bound == 0:
+            raise OSError(f"cannot listen on {listen} (is the port taken?)")
+        metrics_port = 0
+        if observed is not None and metrics is not None:
+            try:
+                metrics_port = observed.serve(*split_address(metrics, "--metrics"))
+            except OSError as problem:
+                reason = problem.strerror or str(problem)
+                raise OSError(f"cannot serve --metrics on {metrics}: {reason}") from None
+        front.run(server.start())
+    except BaseException:
+        front.close()
+        pool.shutdown(wait=False)
+        hub.close()
+        raise
     _follow_the_log(store, health_servicer)
     stop = threading.Event()
     threading.Thread(
         target=_sweep, args=(store, stop), name="varstore-ttl-sweeper", daemon=True
     ).start()
     return RunningServer(
-        server, store, health_servicer, host, bound, stop, hub, observed, metrics_port
+        server, store, health_servicer, host, bound, stop, hub, observed, metrics_port, front, pool
     )
+
+
+async def _assemble(
+    store: Store,
+    hub: WatchHub,
+    interceptors: list[grpc.aio.ServerInterceptor],
+    limits: Limits,
+) -> tuple[grpc.aio.Server, Health]:
+    """The aio server with its services (on the loop it will run on)."""
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[("grpc.so_reuseport", 0), *_limit_options(limits)],
+    )
+    pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)
+    health_servicer = Health(asyncio.get_running_loop())
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server, health_servicer
 
 
 def _check_port_free(host: str, port: int, listen: str) -> None:
@@ -257,7 +283,7 @@ _BIND_PROBLEMS = {
 }
 
 
-def _follow_the_log(store: Store, health_servicer: _Health) -> None:
+def _follow_the_log(store: Store, health_servicer: Health) -> None:
     """Health SERVING while the log can be written, NOT_SERVING while it cannot."""
 
     def report(writable: bool) -> None:
@@ -278,10 +304,26 @@ def _creation_of(store: Store, session_id: str) -> int | None:
     return state.created_position if state is not None else None
 
 
-def _rate_identity(context: grpc.ServicerContext) -> str:
+def _rate_identity(context: Any) -> str:
     """The rate limit's caller: the authenticated identity, else the peer's address."""
     identity = current_identity()
     return identity.name if identity is not None else caller_identity(context)
+
+
+#: Reads answered from the state in memory, on the loop (unless they wait or look back).
+_NOW_READS = frozenset(
+    f"/{SERVICE_NAME}/{name}"
+    for name in ("GetServerInfo", "GetSession", "GetVariable", "GetVariables")
+)
+
+
+def _reads_now(method: str, request: Any) -> bool:
+    """Whether a call only reads the current state in memory (never waits, never reads the
+    log): no ``min_position``, ``at_position`` or ``as_of``."""
+    if method not in _NOW_READS or getattr(request, "min_position", False):
+        return False
+    fields = request.DESCRIPTOR.fields_by_name
+    return not any(name in fields and request.HasField(name) for name in ("at_position", "as_of"))
 
 
 def _limit_options(limits: Limits) -> list[tuple[str, int]]:
@@ -303,6 +345,9 @@ def _sweep(store: Store, stop: threading.Event) -> None:
 def serve(config: ServerConfig) -> int:
     """Run the server ``config`` describes until SIGTERM or SIGINT, then drain and close.
     Returns an exit code; a refusal to start raises (the CLI prints it as one line)."""
+    # The event loop thread is busy whenever watches stream; a handler thread waiting for
+    # the GIL behind it would wait up to the default 5 ms at every hand-over.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     store = Store(
         open_recorder(config.db, config.sync),
         limits=config.limits,

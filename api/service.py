@@ -5,6 +5,7 @@ on the server, turns every exception into its status in one place."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import threading
 import typing
@@ -368,11 +369,14 @@ class VariableStoreService(pb_grpc.VariableStoreServicer):
             variable=variable_to_proto(written.result),
         )
 
-    def WatchSession(
-        self, request: pb.WatchSessionRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.WatchSessionResponse]:
-        _caught_up(self._store, request, context)
-        yield from self._hub.watch(request, context)
+    async def WatchSession(  # type: ignore[override]  # an async handler: it holds no thread
+        self, request: pb.WatchSessionRequest, context: typing.Any
+    ) -> None:
+        if request.min_position:  # its wait blocks: in the thread pool
+            await asyncio.get_running_loop().run_in_executor(
+                None, _caught_up, self._store, request, context
+            )
+        await self._hub.watch(request, context)
 
     # -- copies of logs -----------------------------------------------------------------------
 

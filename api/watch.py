@@ -7,10 +7,11 @@ handles the gRPC call. How a watch works:
 
 * **One listener, shared rings.** The fan-out subscribes ONE listener to the store; the
   committing thread only drops each commit's events into the watched sessions' rings.
-* **One thread per watch.** Each stream runs on its own server thread with a cursor: the
-  last position it has covered. Its next event comes from the ring when the ring still
-  holds it; else, up to the position the session had when the watch registered, from the
-  recorder a page at a time (catch-up); else it waits.
+* **No thread per watch.** Each stream is a coroutine on the server's event loop with a
+  cursor: the last position it has covered. Its next event comes from the ring when the
+  ring still holds it; else, up to the position the session had when the watch
+  registered, from the recorder a page at a time, read in the thread pool (catch-up);
+  else it waits. A thousand watches cost a thousand coroutines, not a thousand threads.
 * **No gap, no repeat.** The watch registers its ring *before* it reads where the log
   stands (P). The store publishes a commit before calling listeners, so every event above
   P reaches the ring after the registration; events below P come from the recorder. The
@@ -19,16 +20,13 @@ handles the gRPC call. How a watch works:
 * **Slow watchers are dropped.** A watcher whose next event has left the ring fell more
   than ``buffer_size`` events behind: its stream ends with RESOURCE_EXHAUSTED "watcher fell
   more than N events behind; reconnect from position P". A stream stuck in a send (a
-  client that stopped reading) is found by the fan-out's janitor, which cancels the call
-  with that status so its thread is freed. Writers never wait for any of this.
-* **Writers first.** Every streamed message costs the gRPC server's one completion-queue
-  thread an event, and writers' calls queue behind them; so at most ``send_slots``
-  watchers send at once, in turns (see :class:`~varstore.api.fanout.SendGate`); a turn
-  also sends what reached the ring while the watcher waited for it. Writers' latency then
-  stays flat however many watchers there are; watchers share the remaining capacity and,
-  if the writes outrun it for long, fall behind and are dropped as above. Several events a
-  message (below) is what makes that capacity go far: a watcher that waited sends all it
-  has in one message, not one message per event.
+  client that stopped reading) is found by the fan-out's janitor, which ends the call
+  with that status and forgets the watcher. Writers never wait for any of this.
+* **Writers first.** The event loop writes every watch's messages and also carries the
+  writers' calls, so at most ``send_slots`` watchers write at once, in turns (see
+  :class:`~varstore.api.fanout.SendGate`); a turn also sends what reached the ring while
+  the watcher waited for it, in as few messages as its ``max_events_per_message``
+  allows. Writers keep their share of the loop however many watchers there are.
 * **Changes.** Each WatchEvent carries the event and, for every variable it touched (all
   the items of a batch, every live variable for a SessionDeleted), the change with its new
   and previous value, read from the session's history. Each event is encoded once and
@@ -37,8 +35,8 @@ handles the gRPC call. How a watch works:
   the events a watcher takes at once (it is catching up, or a burst was written) go in
   WatchEvents messages of up to N (at most MAX_EVENTS_PER_MESSAGE), in order, each event
   whole; 0 or 1 sends one event a message, as before the field existed. Served through
-  :func:`~varstore.api.watch_messages.encoded_watches`, the streams send the cached
-  encodings themselves; otherwise they yield messages, as before.
+  :func:`~varstore.api.watch_messages.encoded_watches`, the streams write the cached
+  encodings themselves; otherwise they write messages.
 * **Filters.** With ``variables`` set, a change is kept when its variable id or name is
   listed, and an event is sent only when it keeps a change or is a session event
   (SessionCreated, SessionDeleted, SessionForked); the positions of the events left out
@@ -52,8 +50,10 @@ handles the gRPC call. How a watch works:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import grpc
@@ -63,7 +63,6 @@ from varstore.api.fanout import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_MAX_WATCHERS,
     DEFAULT_SEND_SLOTS,
-    SLOT_MESSAGES,
     FanOut,
     Watcher,
 )
@@ -77,6 +76,7 @@ from varstore.api.watch_messages import (
     encoded_watches,
     encoding,
 )
+from varstore.eventstore.events import RecordedEvent
 from varstore.types import (
     OutOfRange,
     SessionNotFound,
@@ -111,8 +111,8 @@ class WatchHub:
         max_watchers_per_session: Most open watches of one session (None: the store's
             ``limits.max_watchers_per_session``).
         stuck_after: Seconds a send may hang, once its watcher fell off the ring, before
-            the janitor cancels the call.
-        send_slots: Watch streams that may send at once (see ``fanout.SendGate``).
+            the janitor ends the call.
+        send_slots: Watch streams that may write at once (see ``fanout.SendGate``).
         send_lease: Seconds a hung send keeps its slot.
         monotonic: Clock for progress and stuck sends (injectable for tests).
     """
@@ -131,6 +131,7 @@ class WatchHub:
     ) -> None:
         self._store = store
         self._monotonic = monotonic
+        self._messages = Messages(store)
         self._fanout = FanOut(
             store,
             buffer_size=buffer_size,
@@ -143,9 +144,9 @@ class WatchHub:
             stuck_after=stuck_after,
             send_slots=send_slots,
             send_lease=send_lease,
+            prepare=self._messages.prepare,
             monotonic=monotonic,
         )
-        self._messages = Messages(store)
 
     @property
     def buffer_size(self) -> int:
@@ -174,11 +175,10 @@ class WatchHub:
 
     # -- the stream -----------------------------------------------------------------------------
 
-    def watch(
-        self, request: pb.WatchSessionRequest, context: grpc.ServicerContext
-    ) -> Iterator[Outgoing]:
-        """The messages of one watch stream (see the module docstring): WatchSessionResponse
-        messages, or their encodings when the call is served through
+    async def watch(self, request: pb.WatchSessionRequest, context: Any) -> None:
+        """Write the messages of one watch stream (see the module docstring) to
+        ``context`` (a ``grpc.aio.ServicerContext``): WatchSessionResponse messages, or
+        their encodings when the call is served through
         :func:`~varstore.api.watch_messages.encoded_watches`.
 
         Raises:
@@ -206,10 +206,8 @@ class WatchHub:
         view = View(wanted, per_message, encoding())
         if self._store.published(session_id) is None:
             raise SessionNotFound(f"session {describe(session_id)} not found")
-        watcher = self._fanout.register(session_id, lambda details: _cancel(context, details))
+        watcher = self._fanout.register(session_id, lambda details: _drop(context, details))
         try:
-            if not context.add_callback(watcher.end):
-                return  # the call already ended
             until = self._fanout.start(watcher)  # every event above it will reach the ring
             if request.from_position > until:
                 raise OutOfRange(
@@ -223,10 +221,14 @@ class WatchHub:
             watcher.cursor = watcher.sent = request.from_position
             last_message = self._monotonic()
             if request.include_initial:
-                initial = view.wire(self._initial(session_id, request.from_position, wanted))
-                sent_at = yield from self._fanout.send(watcher, [(request.from_position, initial)])
+                initial = await asyncio.get_running_loop().run_in_executor(
+                    None, self._initial, session_id, request.from_position, wanted
+                )
+                sent_at = await self._fanout.send(
+                    watcher, [(request.from_position, view.wire(initial))], context.write
+                )
                 last_message = sent_at or last_message
-            yield from self._follow(watcher, context, view, interval, last_message)
+            await self._follow(watcher, context, view, interval, last_message)
         finally:
             self._fanout.unregister(watcher)
 
@@ -253,79 +255,81 @@ class WatchHub:
             initial=pb.WatchInitial(position=position, variables=variables)
         )
 
-    def _follow(
+    async def _follow(
         self,
         watcher: Watcher,
-        context: grpc.ServicerContext,
+        context: Any,
         view: View,
         interval: float,
         last_message: float,
-    ) -> Iterator[Outgoing]:
+    ) -> None:
         """Catch up, then stream live events and progress until the call ends."""
         fanout = self._fanout
         caught_up_sent = False
         while True:
-            if watcher.done or not context.is_active():
+            if watcher.done:
                 return
             # Once caught up, wait for a live event until the next progress is due.
-            events = fanout.take(watcher, last_message + interval if caught_up_sent else None)
+            events = await fanout.take(watcher, last_message + interval if caught_up_sent else None)
             if watcher.done:
                 return
             if events:
-                outgoing = self._messages.pack(events, view)
-                for start in range(0, len(outgoing), SLOT_MESSAGES):  # one turn each
-                    turn: Iterable[tuple[int, Outgoing | None]]
-                    turn = outgoing[start : start + SLOT_MESSAGES]
-                    if start + SLOT_MESSAGES >= len(outgoing):
-                        turn = self._topped_up(watcher, turn, view)
-                    sent_at = yield from fanout.send(watcher, turn)
-                    last_message = sent_at or last_message
-                    if watcher.done or watcher.ring.closed:
-                        break  # the loop's top ends the stream
+                await fanout.gate.acquire(watcher)
+                try:
+                    events = [*events, *fanout.more(watcher, events[-1].position)]
+                    outgoing = await self._pack(events, view)
+                    sent_at = await fanout.send(watcher, outgoing, context.write)
+                finally:
+                    fanout.gate.release(watcher)
+                last_message = sent_at or last_message
                 if self._monotonic() < last_message + interval:
                     continue
             elif caught_up_sent and self._monotonic() < last_message + interval:
-                continue  # woken for nothing (a cancellation check, or too early)
+                continue  # woken for nothing (or too early)
             # Caught up for the first time, or nothing sent for a whole interval.
             progress = view.wire(
                 pb.WatchSessionResponse(progress=pb.WatchProgress(position=watcher.cursor))
             )
-            last_message = (yield from fanout.send(watcher, [(watcher.cursor, progress)])) or (
-                self._monotonic()
-            )
+            sent_at = await fanout.send(watcher, [(watcher.cursor, progress)], context.write)
+            last_message = sent_at or self._monotonic()
             caught_up_sent = True
 
-    def _topped_up(
-        self, watcher: Watcher, turn: Sequence[tuple[int, Outgoing | None]], view: View
-    ) -> Iterator[tuple[int, Outgoing | None]]:
-        """A send turn's messages, then (while the turn holds fewer than SLOT_MESSAGES)
-        those of the live events that reached the ring meanwhile: a watcher that waited
-        for its slot sends them in this turn rather than after another wait."""
-        yield from turn
-        room = SLOT_MESSAGES - len(turn)
-        position = turn[-1][0]
-        while room > 0:
-            more = self._fanout.ready(watcher, position + 1, room * view.per_message)
-            if not more:
-                return
-            outgoing = self._messages.pack(more, view)
-            yield from outgoing
-            room -= len(outgoing)
-            position = outgoing[-1][0]
+    async def _pack(
+        self, events: Sequence[RecordedEvent], view: View
+    ) -> list[tuple[int, Outgoing | None]]:
+        """The messages of ``events``: from the encodings at hand on the loop, else built
+        in the thread pool (they read the session's history)."""
+        packed = self._messages.pack(events, view, cached_only=True)
+        if packed is not None:
+            return packed
+        return await asyncio.get_running_loop().run_in_executor(None, self._pack_now, events, view)
+
+    def _pack_now(
+        self, events: Sequence[RecordedEvent], view: View
+    ) -> list[tuple[int, Outgoing | None]]:
+        packed = self._messages.pack(events, view)
+        assert packed is not None  # only cached_only answers None
+        return packed
 
     def close(self) -> None:
-        """End every watch with UNAVAILABLE and refuse new ones (server shutdown)."""
+        """End every watch with UNAVAILABLE and refuse new ones (server shutdown; any
+        thread)."""
         self._fanout.close()
 
 
-def _cancel(context: grpc.ServicerContext, details: str) -> None:
-    """End a call whose handler is stuck in a send with RESOURCE_EXHAUSTED and ``details``.
+def _drop(context: Any, details: str) -> None:
+    """End a call whose handler is stuck in a send with RESOURCE_EXHAUSTED and ``details``
+    (on the loop). The status goes out after what the transport already holds, so a
+    client that reads again learns why, and where to resume."""
 
-    gRPC's public ``cancel()`` would only say CANCELLED; the core call it wraps can carry a
-    status, so that is used when present (falling back to the public one).
-    """
-    call: Any = getattr(getattr(context, "_rpc_event", None), "call", None)
-    try:
-        call.cancel(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], details)
-    except (AttributeError, TypeError, ValueError):  # not the core call this was written for
-        context.cancel()
+    async def abort() -> None:
+        # abort raises by design (and a call that already finished refuses it)
+        with contextlib.suppress(Exception):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+
+    _pending.add(task := asyncio.get_running_loop().create_task(abort()))
+    task.add_done_callback(_pending.discard)
+
+
+#: Aborts under way (the loop keeps only weak references to tasks).
+_pending: set[asyncio.Task[None]] = set()

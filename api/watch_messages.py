@@ -14,25 +14,26 @@ watcher, and several events packed into one message for the watches that allow i
 * **Bytes, not messages.** Protobuf encodes a repeated message field as the
   concatenation of each element's key, length and bytes, so a WatchEvents message is
   the join of its events' cached encodings, wrapped once more as field ``events`` of the
-  response: no watcher re-serializes an event. gRPC's sync server serializes what a
-  handler yields with the method's response serializer, so the bytes reach the wire
-  only where WatchSession is served through :func:`encoded_watches` (a server
-  interceptor whose serializer passes bytes through); elsewhere the streams yield
-  messages, parsed from the same bytes, as before.
+  response: no watcher re-serializes an event. gRPC serializes what a handler writes
+  with the method's response serializer, so the bytes reach the wire only where
+  WatchSession is served through :func:`encoded_watches` (a server interceptor whose
+  serializer passes bytes through, as ``start_server`` installs it); elsewhere the
+  streams write messages, parsed from the same bytes.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 import grpc
+import grpc.aio
 from cachetools import LRUCache
 
-from varstore.api.calls import HandlerCache
+from varstore.api.calls import Behaviour, HandlerCache, rebuild
 from varstore.api.event_codec import change_to_proto, event_to_proto
 from varstore.api.store import Store
 from varstore.eventstore.events import RecordedEvent
@@ -117,6 +118,8 @@ class Encoded:
 
 #: The cache's value for an event a filter leaves out.
 _LEFT_OUT: Final = "left out"
+#: What ``Messages.encoded(cached_only=True)`` answers for an encoding not at hand.
+_MISSING: Final = "missing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,17 +156,22 @@ class Messages:
         self._lock = threading.Lock()
 
     def pack(
-        self, events: Sequence[RecordedEvent], view: View
-    ) -> list[tuple[int, Outgoing | None]]:
+        self, events: Sequence[RecordedEvent], view: View, *, cached_only: bool = False
+    ) -> list[tuple[int, Outgoing | None]] | None:
         """The messages for consecutive ``events``, each with the last position it covers
         (the events a filter leaves out are covered by the next message, or by a last
-        ``(position, None)``)."""
+        ``(position, None)``). With
+        ``cached_only``, None unless every event's encoding is at hand (nothing then reads
+        the store: safe on the event loop)."""
         out: list[tuple[int, Outgoing | None]] = []
         group: list[Encoded] = []
         for event in events:
-            encoded = self.encoded(event, view.wanted)
+            encoded = self.encoded(event, view.wanted, cached_only=cached_only)
+            if encoded is _MISSING:
+                return None
             if encoded is None:
                 continue
+            assert isinstance(encoded, Encoded)
             group.append(encoded)
             if len(group) == view.per_message:
                 out.append((encoded.position, view.message(group)))
@@ -174,13 +182,27 @@ class Messages:
             out.append((events[-1].position, None))
         return out
 
-    def encoded(self, event: RecordedEvent, wanted: frozenset[str]) -> Encoded | None:
+    def prepare(self, events: Sequence[RecordedEvent]) -> None:
+        """Encode ``events`` for unfiltered watches (kept for every watcher)."""
+        for event in events:
+            self.encoded(event, frozenset())
+
+    def encoded(
+        self, event: RecordedEvent, wanted: frozenset[str], *, cached_only: bool = False
+    ) -> Encoded | str | None:
         """``event`` as watchers of ``wanted`` (empty: every variable) see it; None when
-        the filter leaves it out."""
+        the filter leaves it out; with ``cached_only``, ``_MISSING`` if building it would
+        read the store."""
         key = (event.session_id, event.position, event.global_position, wanted)
         with self._lock:
             found = self._cache.get(key)
         if found is None:
+            if cached_only:
+                if not wanted:
+                    return _MISSING
+                every = self.encoded(event, frozenset(), cached_only=True)
+                if every is _MISSING:
+                    return _MISSING
             found = self._build(event, wanted)
             if not isinstance(found, Encoded) or found.size <= self._cache_bytes // 8:
                 with self._lock:  # a huge one would evict all the rest
@@ -190,7 +212,7 @@ class Messages:
     def _build(self, event: RecordedEvent, wanted: frozenset[str]) -> Encoded | str:
         if wanted:
             every = self.encoded(event, frozenset())
-            assert every is not None  # an unfiltered watch leaves nothing out
+            assert isinstance(every, Encoded)  # an unfiltered watch leaves nothing out
             changes = [c for c in every.changes if c.variable_id in wanted or c.name in wanted]
             if not changes and not is_session_event(event.type):
                 return _LEFT_OUT
@@ -222,10 +244,10 @@ def encoding() -> bool:
     return _ENCODING.get()
 
 
-def encoded_watches() -> grpc.ServerInterceptor:
+def encoded_watches() -> grpc.aio.ServerInterceptor:
     """A server interceptor that serves WatchSession with a response serializer that passes
     bytes through, and tells the watch it serves so (:func:`encoding`): the streams then
-    yield their messages' cached encodings. Every other method is left as it is."""
+    write their messages' cached encodings. Every other method is left as it is."""
     return _EncodedWatches()
 
 
@@ -235,35 +257,24 @@ def _pass_through(message: pb.WatchSessionResponse | bytes) -> bytes:
 
 # A string: grpc's classes are generic only in its type stubs.
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-_Behaviour: TypeAlias = Callable[[Any, grpc.ServicerContext], Iterator[Any]]
 
 
 class _EncodedWatches(HandlerCache):
     def wrap(self, handler: _Handler, method: str) -> _Handler:
         if method != WATCH_METHOD or handler.unary_stream is None:
             return handler
-        return grpc.unary_stream_rpc_method_handler(
-            _encoding_call(handler.unary_stream), handler.request_deserializer, _pass_through
-        )
+        return rebuild(handler, _encoding_call, response=_pass_through)
 
 
-def _encoding_call(behaviour: _Behaviour) -> _Behaviour:
-    """``behaviour`` run with :func:`encoding` true up to its first message: a watch
-    decides how it sends before it sends anything (the flag is set and reset within one
-    step, so it never leaks into another call's context)."""
+def _encoding_call(behaviour: Behaviour) -> Behaviour:
+    """``behaviour`` run with :func:`encoding` true (the call's own context: the flag never
+    leaks into another call)."""
 
-    def encoded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    async def encoded(request: Any, context: Any) -> Any:
         token = _ENCODING.set(True)
         try:
-            stream = behaviour(request, context)
-            first = next(stream, _NOTHING)
+            return await behaviour(request, context)
         finally:
             _ENCODING.reset(token)
-        if first is not _NOTHING:
-            yield first
-            yield from stream
 
     return encoded
-
-
-_NOTHING: Final = object()

@@ -1,5 +1,6 @@
-"""Watch fan-out: write throughput, delivery lag and deliveries per second with 0, 1, 10
-and 100 watchers.
+"""Watch fan-out: write throughput, delivery lag and deliveries per second with 0, 1, 10,
+100 and 1,000 watchers, varstore beside etcd's Watch with the same watcher processes and
+writer.
 
 What it measures
 ----------------
@@ -9,7 +10,7 @@ fresh session ``watch-N`` with one integer variable ``x`` and runs:
 
 1. **warm-up**: the writer (one thread, one channel, in this process) does a few
    ``SetVariable`` calls on ``x``; the log then stands at position ``P``.
-2. **watchers**: ``N`` watchers, each its own thread with its own channel, spread over
+2. **watchers**: ``N`` watchers, each a stream on an asyncio channel (up to 16 share one), spread over
    up to 4 spawned client processes, each call the generated stub's
    ``VariableStoreStub.WatchSession(session_id, from_position=P,
    max_events_per_message=M)`` (``--max-events``, default 256 as the Python client
@@ -21,13 +22,18 @@ fresh session ``watch-N`` with one integer variable ``x`` and runs:
    ``--pace R``, one every 1/R s (a late write goes at once). Write latency is per call
    (``perf_counter_ns``); writes/s = calls / elapsed.
 4. **drain**: each watcher reads until it has seen the writer's last position (or a
-   deadline passes, then its call is cancelled). For every event (of a ``WatchEvent``,
-   or each of a ``WatchEvents`` message) it records receipt time (``time.time_ns()``)
-   minus the event's ``recorded_at``: the delivery lag. Both clocks are this machine's
-   wall clock. ``recorded_at`` is stamped by the server when it handles the write,
-   before the commit's fsync, so the lag includes the commit (about a write's latency)
-   plus fan-out and the stream. Deliveries/s = events received by all watchers / (the
-   last receipt - the first write).
+   deadline passes, then its call is cancelled). Every written value is the writer's
+   ``time.time_ns()`` just before the call; for every event (of a ``WatchEvent``, or
+   each of a ``WatchEvents`` message) the watcher records its receipt time minus that
+   value: the delivery lag, from the write's start (so it includes the write itself,
+   fsync and all) to the watcher holding the event. Deliveries/s = events received by
+   all watchers / (the last receipt - the first write).
+
+**etcd** (``--systems``, default both): the same phases against a one-member etcd 3.4
+(``bench/etcdlib.py``: Debian's etcd-server on free loopback ports, fsync on), in the
+same run and with the same watcher processes: the writer Puts the key ``watch-N``, each
+watcher holds a native ``Watch`` of that key from the revision after the warm-up (one
+stream per channel, as varstore's watchers), and the lag is measured the same way.
 
 "delivered/expected" sums, over all watchers, the events they received against writes x
 watchers; a shortfall (or a watcher error, or an out-of-order or repeated position) is
@@ -35,31 +41,34 @@ reported. Lag percentiles pool every event of every watcher of the phase (neares
 
 How to read it
 --------------
-The 0-watcher row is the reference: ``vs 0`` is the phase's writes/s over it (1.00x =
+Each system's 0-watcher row is its reference: ``vs 0`` is the phase's writes/s over it (1.00x =
 watchers cost the writer nothing). The machine's cores are shared by the server, the
 writer and the watcher processes, so with many watchers part of any slowdown is the
 watchers' own client CPU, not the server's.
 
 Usage: ``.venv/bin/python bench/bench_watch.py [--quick] [--json] [--watchers 0,1,10,100]
-[--pace R] [--max-events M]`` from the repository root (``bench/`` must be on
-``sys.path`` for ``benchlib``, which running the file does). The default run takes about
-30 s, ``--quick`` about 6 s. Progress goes to stderr. Exit status 1 if a watcher failed or
+[--pace R] [--max-events M] [--systems varstore,etcd]`` from the repository root (``bench/`` must be on
+``sys.path`` for ``benchlib``, which running the file does). The default run takes about a
+minute, ``--quick`` about 12 s. Progress goes to stderr. Exit status 1 if a watcher failed or
 missed events, or a write failed.
 """
 
 from __future__ import annotations
 
 import array
+import asyncio
+import contextlib
 import multiprocessing.connection
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+import grpc.aio
 from benchlib import (  # bench/ is sys.path[0] when this file runs
     CALL_TIMEOUT,
     ProcessPool,
@@ -75,17 +84,22 @@ from benchlib import (  # bench/ is sys.path[0] when this file runs
     receive_all,
     varstore_server,
 )
+from etcdlib import WATCH_METHOD as ETCD_WATCH
+from etcdlib import EtcdClient, EtcdServer, WatchCreateRequest, WatchRequest, WatchResponse
 
 from varstore.v1 import varstore_pb2 as pb
 from varstore.v1 import varstore_pb2_grpc
 
 WATCHERS: tuple[int, ...] = (0, 1, 10, 100)
+SYSTEMS: tuple[str, ...] = ("varstore", "etcd")
 MAX_PROCESSES = 4
 WARMUP_WRITES = 50
-READY_TIMEOUT = 30.0  # seconds for every watcher to connect and catch up
+READY_TIMEOUT = 90.0  # seconds for every watcher to connect and catch up
 DRAIN_TIMEOUT = 20.0  # seconds after the window for watchers to see the last write
 VARIABLE = "x"
-PROGRESS_MS = 100
+PROGRESS_MS = 1000  # the server's default; the stream is ended once it saw the last write
+#: Watchers sharing one channel (one connection, one stream each) in a client process.
+CHANNEL_WATCHERS = 16
 #: Events a watcher lets the server put in one message (what the Python client asks).
 MAX_EVENTS = 256
 
@@ -100,6 +114,7 @@ class WatchJob:
     threads: int
     deadline: float  # time.monotonic(): every watch call is cancelled by then
     max_events: int = MAX_EVENTS
+    system: str = "varstore"  # or "etcd": session_id is then the key, positions revisions
 
 
 @dataclass
@@ -110,6 +125,8 @@ class WatcherResult:
     lags_ns: array.array[int] = field(default_factory=lambda: array.array("q"))
     error: str = ""
     last_ns: int = 0  # time.time_ns() of the last event's receipt
+    seen: int = 0  # the last position (revision) received
+    call: Any = None  # the watch, ended once it has seen the last write
 
 
 @dataclass(frozen=True)
@@ -122,110 +139,171 @@ class ProcessReport:
     last_ns: int
 
 
-def watch(
-    job: WatchJob,
-    ready: threading.Semaphore,
-    last: list[int],
-    done: threading.Event,
-    result: WatcherResult,
-    calls: list[grpc.RpcContext],
-    lock: threading.Lock,
-) -> None:
-    """One watcher: stream events after ``job.from_position`` until ``last[0]`` is seen."""
-    channel = open_channel(job.address)
-    announced = False
-    try:
-        stub = varstore_pb2_grpc.VariableStoreStub(channel)
-        request = pb.WatchSessionRequest(
-            session_id=job.session_id,
-            from_position=job.from_position,
-            progress_interval_ms=PROGRESS_MS,  # wakes an idle watcher when the writer stops
-            max_events_per_message=job.max_events,
+def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) -> None:
+    """In a client process: start ``job``'s watchers, say "ready" once they have caught up,
+    take the last position to wait for, then report."""
+    connection.send(asyncio.run(watch_all(job, connection)))
+
+
+async def watch_all(
+    job: WatchJob, connection: multiprocessing.connection.Connection
+) -> ProcessReport:
+    """``job.threads`` watchers as coroutines on this process's event loop."""
+    loop = asyncio.get_running_loop()
+    results = [WatcherResult() for _ in range(job.threads)]
+    readies = [asyncio.Event() for _ in results]
+    last = [0]  # 0 until the writer is done
+    done = asyncio.Event()
+    channels = [
+        grpc.aio.insecure_channel(job.address)
+        for _ in range((job.threads + CHANNEL_WATCHERS - 1) // CHANNEL_WATCHERS)
+    ]
+    follow = watch_etcd if job.system == "etcd" else watch_varstore
+    tasks = [
+        asyncio.create_task(follow(job, channels[i // CHANNEL_WATCHERS], r, readies[i], done))
+        for i, r in enumerate(results)
+    ]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(ready.wait() for ready in readies)),
+            max(0.1, job.deadline - time.monotonic()),
         )
-        stream = stub.WatchSession(request, timeout=max(1.0, job.deadline - time.monotonic()))
-        with lock:
-            calls.append(stream)
-        clock = time.time_ns
-        lags = result.lags_ns
-        seen = job.from_position
-        for message in stream:
+    connection.send("ready")
+    last[0] = await loop.run_in_executor(None, connection.recv)
+    done.set()
+    while time.monotonic() < job.deadline and not all(task.done() for task in tasks):
+        # A watch only wakes for events (and progress): end those that saw the last write.
+        for result in results:
+            if result.call is not None and result.seen >= last[0]:
+                result.call.cancel()
+                result.call = None
+        await asyncio.sleep(0.05)
+    for result, task in zip(results, tasks, strict=True):
+        if not task.done():
+            result.error = result.error or "did not finish"
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    lags = array.array("q")
+    for result in results:
+        lags.extend(result.lags_ns)
+    return ProcessReport(
+        [r.received for r in results],
+        lags.tobytes(),
+        [r.error for r in results],
+        max((r.last_ns for r in results), default=0),
+    )
+
+
+async def watch_varstore(
+    job: WatchJob,
+    channel: grpc.aio.Channel,
+    result: WatcherResult,
+    ready: asyncio.Event,
+    done: asyncio.Event,
+) -> None:
+    """One varstore watcher: stream events after ``job.from_position``."""
+    request = pb.WatchSessionRequest(
+        session_id=job.session_id,
+        from_position=job.from_position,
+        progress_interval_ms=PROGRESS_MS,
+        max_events_per_message=job.max_events,
+    )
+    stub = varstore_pb2_grpc.VariableStoreStub(channel)
+    call = stub.WatchSession(request, timeout=max(1.0, job.deadline - time.monotonic()))
+    result.call = call
+    clock = time.time_ns
+    lags = result.lags_ns
+    seen = job.from_position
+    try:
+        async for message in call:
             received_ns = clock()
             kind = message.WhichOneof("kind")
             if kind == "event" or kind == "events":
                 events = [message.event] if kind == "event" else message.events.events
                 for event in events:
-                    stamp = event.event.recorded_at
-                    lags.append(received_ns - (stamp.seconds * 1_000_000_000 + stamp.nanos))
+                    sent_ns = event.changes[0].value.integer_value if event.changes else 0
+                    lags.append(received_ns - sent_ns)
                     position = event.event.position
                     if position != seen + 1:
                         result.error = result.error or f"position {position} after {seen}"
                     seen = position
+                result.seen = seen
                 result.received += len(events)
                 result.last_ns = received_ns
-            elif kind == "progress" and not announced:
-                announced = True
-                ready.release()
-            if done.is_set() and seen >= last[0]:
-                break
-        stream.cancel()
-    except grpc.RpcError as failure:
+            elif kind == "progress":
+                ready.set()
+    except grpc.aio.AioRpcError as failure:
         if failure.code() != grpc.StatusCode.CANCELLED or not done.is_set():
             result.error = result.error or f"{failure.code()}: {failure.details()}"
+    except asyncio.CancelledError:
+        pass
     finally:
-        if not announced:
-            ready.release()  # do not hold the start up; the error is reported
-        channel.close()
+        ready.set()  # do not hold the start up; an error is reported
 
 
-def watch_job(job: WatchJob, connection: multiprocessing.connection.Connection) -> None:
-    """In a client process: start ``job``'s watchers, say "ready" once they have caught up,
-    take the last position to wait for, then report."""
-    ready = threading.Semaphore(0)
-    last = [0]  # 0 until the writer is done
-    done = threading.Event()
-    lock = threading.Lock()
-    calls: list[grpc.RpcContext] = []
-    results = [WatcherResult() for _ in range(job.threads)]
-    threads = [
-        threading.Thread(
-            target=watch, args=(job, ready, last, done, result, calls, lock), daemon=True
-        )
-        for result in results
-    ]
-    for thread in threads:
-        thread.start()
-    for _ in threads:
-        ready.acquire(timeout=max(0.0, job.deadline - time.monotonic()))
-    connection.send("ready")
-    last[0] = connection.recv()
-    done.set()
-    for thread in threads:
-        thread.join(timeout=max(0.0, job.deadline - time.monotonic()))
-    with lock:
-        for call in calls:
-            call.cancel()  # stragglers past the deadline
-    for thread in threads:
-        thread.join(timeout=5)
-    lags = array.array("q")
-    for result in results:
-        lags.extend(result.lags_ns)
-    connection.send(
-        ProcessReport(
-            [r.received for r in results],
-            lags.tobytes(),
-            [
-                r.error or ("did not finish" if t.is_alive() else "")
-                for r, t in zip(results, threads, strict=True)
-            ],
-            max((r.last_ns for r in results), default=0),
+async def watch_etcd(
+    job: WatchJob,
+    channel: grpc.aio.Channel,
+    result: WatcherResult,
+    ready: asyncio.Event,
+    done: asyncio.Event,
+) -> None:
+    """One etcd watcher of key ``job.session_id`` from revision ``from_position + 1``."""
+    ended = asyncio.Event()
+    create = WatchRequest(
+        create_request=WatchCreateRequest(
+            key=job.session_id.encode(), start_revision=job.from_position + 1
         )
     )
+
+    async def requests() -> AsyncIterator[Any]:
+        yield create
+        await ended.wait()
+
+    call: Any = channel.stream_stream(
+        ETCD_WATCH,
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=WatchResponse.FromString,
+    )(requests(), timeout=max(1.0, job.deadline - time.monotonic()))
+    result.call = call
+    clock = time.time_ns
+    lags = result.lags_ns
+    seen = job.from_position
+    try:
+        async for response in call:
+            received_ns = clock()
+            if response.created:
+                ready.set()
+            if response.canceled:
+                break
+            if not response.events:
+                continue
+            for event in response.events:
+                lags.append(received_ns - int(event.kv.value))
+                revision = int(event.kv.mod_revision)
+                if revision != seen + 1:
+                    result.error = result.error or f"revision {revision} after {seen}"
+                seen = revision
+            result.seen = seen
+            result.received += len(response.events)
+            result.last_ns = received_ns
+    except grpc.aio.AioRpcError as failure:
+        if failure.code() != grpc.StatusCode.CANCELLED or not done.is_set():
+            result.error = result.error or f"etcd watch: {failure.code()}"
+    except asyncio.CancelledError:
+        pass
+    finally:
+        ended.set()
+        ready.set()
 
 
 @dataclass(frozen=True)
 class Phase:
     """One row: the writer's figures and what the watchers received."""
 
+    system: str
     watchers: int
     writes: int
     write_errors: int
@@ -250,31 +328,79 @@ class Settings:
     max_events: int  # the watchers' max_events_per_message
 
 
-def run_phase(
-    watchers: int,
-    stub: varstore_pb2_grpc.VariableStoreStub,
-    address: str,
-    pool: ProcessPool,
-    settings: Settings,
-) -> Phase:
-    """Warm up, start ``watchers`` watchers, write for the window, collect."""
-    session_id = f"watch-{watchers}"
-    create_session(stub, session_id, [VARIABLE])
-    requests = [
-        pb.SetVariableRequest(
-            session_id=session_id, variable_identifier=VARIABLE, value=pb.Value(integer_value=i)
+class Target:
+    """What the writer writes to and the watchers watch: varstore, or etcd."""
+
+    system = "varstore"
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = open_channel(address)
+        self.stub = varstore_pb2_grpc.VariableStoreStub(self.channel)
+        self.name = ""
+
+    def prepare(self, name: str) -> int:
+        """A fresh session ``name`` with the warm-up writes; the position after them."""
+        self.name = name
+        create_session(self.stub, name, [VARIABLE])
+        position = 0
+        for _ in range(WARMUP_WRITES):
+            position = self.write()
+        return position
+
+    def write(self) -> int:
+        """One write of the writer's clock; its position."""
+        request = pb.SetVariableRequest(
+            session_id=self.name,
+            variable_identifier=VARIABLE,
+            value=pb.Value(integer_value=time.time_ns()),
         )
-        for i in range(1, 17)
-    ]
-    position = 0
-    for i in range(WARMUP_WRITES):
-        position = stub.SetVariable(requests[i % 16], timeout=CALL_TIMEOUT).header.position
+        return int(self.stub.SetVariable(request, timeout=CALL_TIMEOUT).header.position)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class EtcdTarget(Target):
+    """etcd: one key per phase; positions are revisions."""
+
+    system = "etcd"
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.client = EtcdClient(address)
+        self.client.wait_ready(10)
+        self.name = ""
+
+    def prepare(self, name: str) -> int:
+        self.name = name
+        position = 0
+        for _ in range(WARMUP_WRITES):
+            position = self.write()
+        return position
+
+    def write(self) -> int:
+        return self.client.put(self.name, str(time.time_ns()))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def run_phase(watchers: int, target: Target, pool: ProcessPool, settings: Settings) -> Phase:
+    """Warm up, start ``watchers`` watchers, write for the window, collect."""
+    session_id = f"watch-{watchers}-{settings.pace:g}"
+    position = target.prepare(session_id)
+    address = target.address
 
     links = pool.links[: min(MAX_PROCESSES, watchers)]
     deadline = time.monotonic() + READY_TIMEOUT + settings.window + DRAIN_TIMEOUT
     for index, link in enumerate(links):
         share = watchers // len(links) + (index < watchers % len(links))
-        link.send(WatchJob(address, session_id, position, share, deadline, settings.max_events))
+        link.send(
+            WatchJob(
+                address, session_id, position, share, deadline, settings.max_events, target.system
+            )
+        )
     receive_all(links, time.monotonic() + READY_TIMEOUT + 5, "a watcher process did not get ready")
 
     latencies: list[int] = []
@@ -293,7 +419,7 @@ def run_phase(
             time.sleep((began + i * period - start) / 1e9)
             start = clock()
         try:
-            last = stub.SetVariable(requests[i % 16], timeout=CALL_TIMEOUT).header.position
+            last = target.write()
         except grpc.RpcError:
             errors += 1
         end = clock()
@@ -324,6 +450,7 @@ def run_phase(
         return ns / 1e6 if ns is not None else None
 
     return Phase(
+        system=target.system,
         watchers=watchers,
         writes=len(latencies) - errors,
         write_errors=errors,
@@ -344,7 +471,7 @@ def run_phase(
 
 def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> str:
     """The machine, the table and how it was measured."""
-    reference = next((p.writes_per_s for p in phases if p.watchers == 0), None)
+    references = {p.system: p.writes_per_s for p in phases if p.watchers == 0}
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
@@ -359,8 +486,10 @@ def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> s
                 "" if short == 0 and not p.watcher_errors else f" **short {short:,}**"
             )
         errors = f" ({p.write_errors} errors)" if p.write_errors else ""
+        reference = references.get(p.system)
         cells.append(
             (
+                p.system,
                 str(p.watchers),
                 f"{p.writes_per_s:,.0f}{errors}",
                 f"{p.writes_per_s / reference:.2f}x" if reference else "-",
@@ -374,6 +503,7 @@ def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> s
             )
         )
     header = (
+        "system",
         "watchers",
         "writes/s",
         "vs 0",
@@ -385,50 +515,62 @@ def markdown(phases: list[Phase], settings: Settings, info: dict[str, str]) -> s
         "deliveries/s",
         "delivered/expected",
     )
-    lines = [machine_line(info), "", markdown_table(header, "rrrrrrrrrl", cells)]
+    lines = [machine_line(info), "", markdown_table(header, "lrrrrrrrrrl", cells)]
     lines += [
         "",
         (
             f"Measured: per row a fresh session, {WARMUP_WRITES} warm-up writes, then N watchers "
-            f"(WatchSession stubs, one thread and channel each, over up to {MAX_PROCESSES} "
+            f"(grpc.aio WatchSession streams, {CHANNEL_WATCHERS} to a channel, "
+            f"over up to {MAX_PROCESSES} "
             f"client processes, max_events_per_message {settings.max_events}) caught up before "
             f"one writer thread does sequential SetVariable for {settings.window:g} s, "
             + (f"paced at {settings.pace:g}/s" if settings.pace else "as fast as it can")
-            + "; lag = watcher receipt (time.time_ns) - event recorded_at, pooled over all "
-            "events of all watchers; deliveries/s = events received / (last receipt - first "
-            "write). Server: varstore serve --sync full, own process, 127.0.0.1."
+            + "; lag = watcher receipt (time.time_ns) - the writer's clock just before the "
+            "write (the value written), pooled over all events of all watchers; deliveries/s "
+            "= events received / (last receipt - first write). Servers: varstore serve --sync "
+            "full and etcd 3.4 (fsync on), each its own process, 127.0.0.1; etcd rows: Put of "
+            "one key, one native Watch stream per watcher channel."
         ),
     ]
     for p in phases:
         for problem in p.watcher_errors[:5]:
-            lines.append(f"- {p.watchers} watchers: {problem}")
+            lines.append(f"- {p.system}, {p.watchers} watchers: {problem}")
     return "\n".join(lines)
 
 
-def run(settings: Settings, watcher_counts: Sequence[int], as_json: bool) -> int:
-    """Start the server and the watcher processes, run every phase, print the report."""
+def run(
+    settings: Settings, watcher_counts: Sequence[int], systems: Sequence[str], as_json: bool
+) -> int:
+    """Start the servers and the watcher processes, run every phase, print the report."""
     info = machine()
     phases: list[Phase] = []
     with (
         ProcessPool(watch_job, MAX_PROCESSES, "bench-watch") as pool,
         tempfile.TemporaryDirectory(prefix="varstore-watch-") as tmp,
         varstore_server(Path(tmp) / "w.db") as server,
+        EtcdServer() as etcd,
     ):
-        progress(f"varstore on {server.address}")
-        channel = open_channel(server.address)
+        progress(f"varstore on {server.address}, etcd on {etcd.address}")
+        targets = [
+            Target(server.address) if system == "varstore" else EtcdTarget(etcd.address)
+            for system in systems
+        ]
         try:
-            stub = varstore_pb2_grpc.VariableStoreStub(channel)
             for watchers in watcher_counts:
-                phase = run_phase(watchers, stub, server.address, pool, settings)
-                phases.append(phase)
-                progress(
-                    f"{watchers} watchers: {phase.writes_per_s:,.0f} writes/s, "
-                    f"lag p99 {phase.lag_p99_ms or 0:.2f} ms, "
-                    f"{phase.deliveries_per_s or 0:,.0f} deliveries/s, "
-                    f"{phase.delivered}/{phase.expected} delivered"
-                )
+                for target in targets:
+                    phase = run_phase(watchers, target, pool, settings)
+                    phases.append(phase)
+                    progress(
+                        f"{target.system}, {watchers} watchers: "
+                        f"{phase.writes_per_s:,.0f} writes/s, "
+                        f"lag p99 {phase.lag_p99_ms or 0:.2f} ms, "
+                        f"{phase.deliveries_per_s or 0:,.0f} deliveries/s, "
+                        f"{phase.delivered}/{phase.expected} delivered"
+                    )
         finally:
-            channel.close()
+            for target in targets:
+                target.close()
+    phases.sort(key=lambda p: (p.system != "varstore", p.watchers))
     document = {
         "machine": info,
         "settings": asdict(settings),
@@ -457,9 +599,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=MAX_EVENTS,
         help=f"the watchers' max_events_per_message (default {MAX_EVENTS}; 1: one a message)",
     )
+    parser.add_argument(
+        "--systems",
+        type=lambda text: text.split(","),
+        default=list(SYSTEMS),
+        help="comma-separated: varstore, etcd (default both, each row beside the other)",
+    )
     args = parser.parse_args(argv)
     settings = Settings(0.5 if args.quick else 3.0, args.pace, args.max_events)
-    return run(settings, args.watchers, args.json)
+    return run(settings, args.watchers, args.systems, args.json)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,17 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import grpc.aio
 
+from varstore.api.bridge import SyncBridge
+from varstore.api.eventloop import LoopThread
 from varstore.api.server import RunningServer, start_server
 from varstore.api.store import Store
 from varstore.eventstore.memory import MemoryRecorder
@@ -32,6 +36,33 @@ def in_process_server(store: Store | None = None) -> Iterator[RunningServer]:
         yield running
     finally:
         running.stop(grace=1.0)
+
+
+@contextmanager
+def aio_serving(
+    register: Callable[[grpc.aio.Server], None],
+    *interceptors: grpc.aio.ServerInterceptor,
+    workers: int = 4,
+) -> Iterator[str]:
+    """An asyncio gRPC server as ``start_server`` runs one (its own event loop thread, sync
+    handlers in a pool behind ``interceptors``), with what ``register`` adds; its address."""
+    pool = futures.ThreadPoolExecutor(max_workers=workers)
+    front = LoopThread("test-aio-server", pool)
+
+    async def assemble() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(interceptors=[*interceptors, SyncBridge(pool)])
+        register(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = front.run(assemble())
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        front.run(server.stop(1.0))
+        front.close()
+        pool.shutdown()
 
 
 @contextmanager

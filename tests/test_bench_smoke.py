@@ -117,10 +117,10 @@ CASES = [
     ),
     pytest.param(
         "bench_watch.py",
-        "| watchers | writes/s | vs 0 | write p50 ms | write p99 ms | lag p50 ms | lag p99 ms "
-        "| lag max ms | deliveries/s | delivered/expected |",
-        ["| 0 |", "| 100 |"],
-        4,
+        "| system | watchers | writes/s | vs 0 | write p50 ms | write p99 ms | lag p50 ms "
+        "| lag p99 ms | lag max ms | deliveries/s | delivered/expected |",
+        ["| varstore | 0 |", "| varstore | 100 |", "| etcd | 0 |", "| etcd | 100 |"],
+        8,
         id="watch",
     ),
     pytest.param(

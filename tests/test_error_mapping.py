@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
-from servers import in_process_server, stub_for
+from servers import aio_serving, in_process_server, stub_for
 
 from varstore.api import commands
 from varstore.api.interceptors import ErrorInterceptor
@@ -183,12 +182,6 @@ class _Collector:
             self.handlers[f"/{service}/{name}"] = handler
 
 
-class _Details:
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata: tuple[tuple[str, str], ...] = ()
-
-
 def test_every_method_of_the_servicer_goes_through_the_interceptor() -> None:
     store = Store(MemoryRecorder())
     try:
@@ -202,7 +195,7 @@ def test_every_method_of_the_servicer_goes_through_the_interceptor() -> None:
         assert set(collector.handlers) == {f"/{SERVICE.full_name}/{m}" for m in servicer_methods}
         interceptor = ErrorInterceptor()
         for method, handler in collector.handlers.items():
-            wrapped = interceptor.intercept_service(lambda _, h=handler: h, _Details(method))
+            wrapped = interceptor.wrapped(handler, method)
             assert wrapped is not None and wrapped is not handler, method
             original = _behaviour(handler)
             guarded = _behaviour(wrapped)
@@ -212,7 +205,7 @@ def test_every_method_of_the_servicer_goes_through_the_interceptor() -> None:
                 handler.request_streaming,
                 handler.response_streaming,
             )
-            again = interceptor.intercept_service(lambda _, h=handler: h, _Details(method))
+            again = interceptor.wrapped(handler, method)
             assert again is wrapped, f"{method} was wrapped twice"
     finally:
         store.close()
@@ -251,27 +244,26 @@ def _stream_then_fail(request: bytes, context: grpc.ServicerContext) -> Iterator
 
 @pytest.fixture(scope="module")
 def probe() -> Iterator[grpc.Channel]:
-    server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[ErrorInterceptor()])
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "test.Probe",
-                {
-                    "Abort": grpc.unary_unary_rpc_method_handler(_abort),
-                    "Refuse": grpc.unary_unary_rpc_method_handler(_refuse),
-                    "Stream": grpc.unary_stream_rpc_method_handler(_stream_then_fail),
-                },
-            ),
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "test.Probe",
+                    {
+                        "Abort": grpc.unary_unary_rpc_method_handler(_abort),
+                        "Refuse": grpc.unary_unary_rpc_method_handler(_refuse),
+                        "Stream": grpc.unary_stream_rpc_method_handler(_stream_then_fail),
+                    },
+                ),
+            )
         )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield channel
-    finally:
-        channel.close()
-        server.stop(None)
+
+    with aio_serving(register, ErrorInterceptor()) as address:
+        channel = grpc.insecure_channel(address)
+        try:
+            yield channel
+        finally:
+            channel.close()
 
 
 def test_a_status_the_handler_chose_itself_passes_through(probe: grpc.Channel) -> None:

@@ -1,11 +1,13 @@
-"""The watch fan-out without gRPC: rings, cursors, catch-up, waiting, the send gate,
-falling behind, the janitor and closing; driven by plain threads against a real Store."""
+"""The watch fan-out without gRPC: rings, cursors, catch-up, waiting, preparing once,
+falling behind, the janitor and closing; watchers are coroutines on the test's event loop,
+writers plain threads against a real Store."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -41,71 +43,74 @@ def write(store: Store, session_id: str, count: int) -> None:
         store.execute(session_id, commands.SetVariable(session_id, "v0", index))
 
 
-def follow(fanout: FanOut, watcher: Watcher, upto: int, timeout: float = 10) -> list[int]:
+async def in_thread(store: Store, session_id: str, count: int) -> None:
+    """:func:`write` on a thread of its own (as a gRPC handler writes)."""
+    await asyncio.to_thread(write, store, session_id, count)
+
+
+async def follow(fanout: FanOut, watcher: Watcher, upto: int, timeout: float = 10) -> list[int]:
     """Every position the watcher is given up to ``upto``, sending each as a message."""
     seen: list[int] = []
     deadline = time.monotonic() + timeout
     while watcher.cursor < upto:
         assert time.monotonic() < deadline, f"stuck at {watcher.cursor}"
-        events = fanout.take(watcher, fanout.monotonic() + 0.05)
-        list(fanout.send(watcher, [(e.position, e.position) for e in events]))
+        events = await fanout.take(watcher, fanout.monotonic() + 0.05)
+        await fanout.send(watcher, [(e.position, e.position) for e in events], discard)
         seen.extend(e.position for e in events)
     return seen
+
+
+async def discard(message: object) -> None:
+    return None
 
 
 def never_cancelled(details: str) -> None:
     raise AssertionError(f"cancelled: {details}")
 
 
-def test_a_watcher_gets_the_log_then_live_events_once_each_in_order(store: Store) -> None:
+async def test_a_watcher_gets_the_log_then_live_events_once_each_in_order(store: Store) -> None:
     create_with(store, "s", variables=1)
     write(store, "s", 600)  # more than a page of catch-up
     fanout = FanOut(store)
     watcher = fanout.register("s", never_cancelled)
     assert fanout.start(watcher) == 602
-    writer = threading.Thread(target=write, args=(store, "s", 300))
-    writer.start()
-    seen = follow(fanout, watcher, 902)
-    writer.join()
+    writer = asyncio.create_task(in_thread(store, "s", 300))
+    seen = await follow(fanout, watcher, 902)
+    await writer
     assert seen == list(range(1, 903))
     fanout.unregister(watcher)
     assert fanout.watcher_count == 0
     fanout.close()
 
 
-def test_many_watchers_of_one_session_share_one_ring_and_each_sees_everything(
+async def test_many_watchers_of_one_session_share_one_ring_and_each_sees_everything(
     store: Store,
 ) -> None:
     create_with(store, "s", variables=1)
-    fanout = FanOut(store, send_slots=1)
+    prepared: list[int] = []
+    fanout = FanOut(store, prepare=lambda events: prepared.extend(e.position for e in events))
     watchers = [fanout.register("s", never_cancelled) for _ in range(8)]
     for watcher in watchers:
         fanout.start(watcher)
     assert len({watcher.ring for watcher in watchers}) == 1
-    results: dict[int, list[int]] = {}
-
-    def run(index: int) -> None:
-        results[index] = follow(fanout, watchers[index], 202)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(watchers))]
-    for thread in threads:
-        thread.start()
-    write(store, "s", 200)
-    for thread in threads:
-        thread.join(timeout=30)
-    assert all(results[i] == list(range(1, 203)) for i in range(len(watchers)))
+    following = [asyncio.create_task(follow(fanout, watcher, 202)) for watcher in watchers]
+    await in_thread(store, "s", 200)
+    results = await asyncio.gather(*following)
+    assert all(result == list(range(1, 203)) for result in results)
+    assert prepared == list(range(3, 203))  # each event prepared once, before any watcher
     fanout.close()
 
 
-def test_a_watcher_that_falls_off_the_ring_is_told_where_to_reconnect(store: Store) -> None:
+async def test_a_watcher_that_falls_off_the_ring_is_told_where_to_reconnect(store: Store) -> None:
     create_with(store, "s", variables=1)
     fanout = FanOut(store, buffer_size=4)
     watcher = fanout.register("s", never_cancelled)
     fanout.start(watcher)
-    assert follow(fanout, watcher, 2) == [1, 2]
+    assert await follow(fanout, watcher, 2) == [1, 2]
     write(store, "s", 10)
+    await asyncio.sleep(0.05)  # the loop learns of the commits
     with pytest.raises(LimitExceeded) as failure:
-        fanout.take(watcher)
+        await fanout.take(watcher)
     assert str(failure.value) == (
         "watcher fell more than 4 events behind; reconnect from position 2"
     )
@@ -113,50 +118,50 @@ def test_a_watcher_that_falls_off_the_ring_is_told_where_to_reconnect(store: Sto
     fanout.close()
 
 
-def test_take_waits_for_a_live_event_until_its_deadline(store: Store) -> None:
+async def test_take_waits_for_a_live_event_until_its_deadline(store: Store) -> None:
     create_with(store, "s", variables=1)
     fanout = FanOut(store)
     watcher = fanout.register("s", never_cancelled)
     fanout.start(watcher)
-    follow(fanout, watcher, 2)
+    await follow(fanout, watcher, 2)
     started = time.monotonic()
-    assert fanout.take(watcher, fanout.monotonic() + 0.1) == []
+    assert await fanout.take(watcher, fanout.monotonic() + 0.1) == []
     assert time.monotonic() - started >= 0.09
     threading.Timer(0.1, write, args=(store, "s", 1)).start()
-    events = fanout.take(watcher, fanout.monotonic() + 10)
+    events = await fanout.take(watcher, fanout.monotonic() + 10)
     assert [event.position for event in events] == [3]
     fanout.close()
 
 
-def test_an_ended_watcher_stops_waiting_at_once(store: Store) -> None:
+async def test_an_ended_watcher_stops_waiting_at_once(store: Store) -> None:
     create_with(store, "s")
     fanout = FanOut(store)
     watcher = fanout.register("s", never_cancelled)
     fanout.start(watcher)
-    follow(fanout, watcher, 1)
-    threading.Timer(0.1, watcher.end).start()
+    await follow(fanout, watcher, 1)
+    asyncio.get_running_loop().call_later(0.1, watcher.end)
     started = time.monotonic()
-    assert fanout.take(watcher, fanout.monotonic() + 30) == []
+    assert await fanout.take(watcher, fanout.monotonic() + 30) == []
     assert time.monotonic() - started < 5
     fanout.close()
 
 
-def test_closing_wakes_waiting_watchers_with_unavailable_and_refuses_new_ones(
+async def test_closing_wakes_waiting_watchers_with_unavailable_and_refuses_new_ones(
     store: Store,
 ) -> None:
     create_with(store, "s")
     fanout = FanOut(store)
     watcher = fanout.register("s", never_cancelled)
     fanout.start(watcher)
-    follow(fanout, watcher, 1)
-    threading.Timer(0.1, fanout.close).start()
+    await follow(fanout, watcher, 1)
+    threading.Timer(0.1, fanout.close).start()  # from another thread, as the server stops
     with pytest.raises(Unavailable, match="reconnect from position 1"):
-        fanout.take(watcher, fanout.monotonic() + 30)
+        await fanout.take(watcher, fanout.monotonic() + 30)
     with pytest.raises(Unavailable, match="shutting down"):
         fanout.register("s", never_cancelled)
 
 
-def test_watchers_beyond_the_limit_are_refused_until_one_leaves(store: Store) -> None:
+async def test_watchers_beyond_the_limit_are_refused_until_one_leaves(store: Store) -> None:
     fanout = FanOut(store, max_watchers=2)
     first = fanout.register("a", never_cancelled)
     fanout.register("b", never_cancelled)
@@ -169,7 +174,7 @@ def test_watchers_beyond_the_limit_are_refused_until_one_leaves(store: Store) ->
     fanout.close()
 
 
-def test_a_send_stuck_after_falling_off_the_ring_is_cancelled_by_the_janitor(
+async def test_a_send_stuck_after_falling_off_the_ring_is_ended_by_the_janitor(
     store: Store,
 ) -> None:
     create_with(store, "s", variables=1)
@@ -177,54 +182,58 @@ def test_a_send_stuck_after_falling_off_the_ring_is_cancelled_by_the_janitor(
     cancelled: list[str] = []
     watcher = fanout.register("s", cancelled.append)
     fanout.start(watcher)
-    follow(fanout, watcher, 2)  # caught up: what follows comes from the ring
-    stream = fanout.send(watcher, [(3, "three"), (4, "four")])
-    assert next(stream) == "three"  # the transport holds it and never takes the next one
-    write(store, "s", 10)
+    await follow(fanout, watcher, 2)  # caught up: what follows comes from the ring
+    held = asyncio.Event()
+
+    async def hang(message: object) -> None:  # the transport never takes it
+        held.set()
+        await asyncio.sleep(60)
+
+    stuck = asyncio.create_task(fanout.send(watcher, [(3, "three"), (4, "four")], hang))
+    await held.wait()
+    await in_thread(store, "s", 10)
     deadline = time.monotonic() + 10
     while not cancelled and time.monotonic() < deadline:
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
     assert cancelled == ["watcher fell more than 4 events behind; reconnect from position 2"]
-    assert watcher.dropped
-    stream.close()
+    assert watcher.dropped and watcher.done
+    assert fanout.watcher_count == 0  # forgotten at once, while its send still hangs
+    stuck.cancel()
     fanout.close()
 
 
-def test_the_send_gate_lets_only_so_many_send_at_once() -> None:
-    clock = time.monotonic
-    gate = SendGate(2, lease=5.0, monotonic=clock)
-    ring = Ring("s", 4)
-    watchers = [Watcher(ring, never_cancelled) for _ in range(3)]
-    assert gate.acquire(watchers[0]) and gate.acquire(watchers[1])
-    got: list[bool] = []
-    third = threading.Thread(target=lambda: got.append(gate.acquire(watchers[2])))
-    third.start()
-    time.sleep(0.1)
-    assert got == []  # waiting its turn
-    gate.release(watchers[0])
-    third.join(timeout=5)
-    assert got == [True]
+async def test_send_moves_the_cursor_past_left_out_positions_without_writing(
+    store: Store,
+) -> None:
+    fanout = FanOut(store)
+    create_with(store, "s")
+    watcher = fanout.register("s", never_cancelled)
+    written: list[object] = []
+
+    async def keep(message: object) -> None:
+        written.append(message)
+
+    assert await fanout.send(watcher, [(1, None), (2, None)], keep) is None
+    assert (watcher.cursor, watcher.sent) == (2, 2) and written == []
+    assert await fanout.send(watcher, [(3, None), (4, "four")], keep) is not None
+    assert (watcher.cursor, watcher.sent) == (4, 4) and written == ["four"]
+    fanout.close()
 
 
-def test_the_send_gate_takes_a_slot_back_from_a_hung_send() -> None:
-    gate = SendGate(1, lease=0.05, monotonic=time.monotonic)
-    ring = Ring("s", 4)
-    hung, next_in_line = Watcher(ring, never_cancelled), Watcher(ring, never_cancelled)
-    assert gate.acquire(hung)
-    hung.send_started = time.monotonic()
-    started = time.monotonic()
-    assert gate.acquire(next_in_line)
-    assert time.monotonic() - started < 5
-    gate.release(hung)  # a no-op: its slot was taken back
+async def test_a_ring_that_cannot_be_prepared_still_wakes_its_watchers(store: Store) -> None:
+    create_with(store, "s", variables=1)
 
+    def broken(events: Sequence[RecordedEvent]) -> None:
+        raise RuntimeError("cannot prepare")
 
-def test_a_waiting_watcher_that_ends_gives_up_its_place_in_line() -> None:
-    gate = SendGate(1, lease=0.05, monotonic=time.monotonic)
-    ring = Ring("s", 4)
-    holder, waiting = Watcher(ring, never_cancelled), Watcher(ring, never_cancelled)
-    assert gate.acquire(holder)
-    threading.Timer(0.1, waiting.end).start()
-    assert gate.acquire(waiting) is False
+    fanout = FanOut(store, prepare=broken)
+    watcher = fanout.register("s", never_cancelled)
+    fanout.start(watcher)
+    await follow(fanout, watcher, 2)
+    threading.Timer(0.05, write, args=(store, "s", 1)).start()
+    events = await fanout.take(watcher, fanout.monotonic() + 10)
+    assert [event.position for event in events] == [3]
+    fanout.close()
 
 
 def event(position: int) -> RecordedEvent:
@@ -250,63 +259,32 @@ def test_a_ring_holds_exactly_the_newest_events(
     else:
         assert events == []
         assert evicted == (bool(held) and asked < held[0])
+    ready = held[len(held) // 2] if held else 0  # watchers take only what was prepared
+    events, _ = ring.take(asked, PAGE_SIZE, ready)
+    assert all(e.position <= ready for e in events)
 
 
-def test_send_moves_the_cursor_past_left_out_positions_without_a_slot(store: Store) -> None:
-    fanout = FanOut(store, send_slots=1)
+async def test_the_send_gate_lets_only_so_many_write_at_once_and_takes_back_a_hung_slot(
+    store: Store,
+) -> None:
     create_with(store, "s")
-    watcher = fanout.register("s", never_cancelled)
-    other = fanout.register("s", never_cancelled)
-    busy = fanout.send(other, [(1, "busy")])
-    assert next(busy) == "busy"  # `other` holds the only slot
-    assert list(fanout.send(watcher, [(1, None), (2, None)])) == []
-    assert (watcher.cursor, watcher.sent) == (2, 2)
-    busy.close()
-    fanout.close()
-
-
-def test_ready_gives_only_live_events_the_ring_holds_now(store: Store) -> None:
-    create_with(store, "s", variables=1)
-    write(store, "s", 3)  # the log stands at 5 when the watcher starts
-    fanout = FanOut(store, buffer_size=4)
-    watcher = fanout.register("s", never_cancelled)
-    assert fanout.start(watcher) == 5
-    assert fanout.ready(watcher, 1, 10) == []  # the catch-up is the recorder's: not here
-    write(store, "s", 3)  # 6, 7, 8
-    assert [e.position for e in fanout.ready(watcher, 6, 10)] == [6, 7, 8]
-    assert [e.position for e in fanout.ready(watcher, 7, 1)] == [7]
-    assert fanout.ready(watcher, 9, 10) == []  # nothing yet, and no waiting
-    write(store, "s", 4)  # 9..12: 6, 7 and 8 have left the ring
-    assert fanout.ready(watcher, 6, 10) == []  # the next take says the watcher fell behind
-    fanout.close()
-    assert fanout.ready(watcher, 9, 10) == []
-
-
-def test_send_takes_its_slot_at_the_first_message_and_holds_it_to_the_end(store: Store) -> None:
-    fanout = FanOut(store, send_slots=1)
-    create_with(store, "s")
-    watcher = fanout.register("s", never_cancelled)
-    other = fanout.register("s", never_cancelled)
-    found_more: list[int] = []
-
-    def outgoing() -> Iterator[tuple[int, str | None]]:
-        yield 1, None  # left out: no slot needed yet
-        yield 2, "two"
-        found_more.append(3)  # found while holding the slot (what `ready` is for)
-        yield 3, "three"
-
-    stream = fanout.send(watcher, outgoing())
-    assert next(stream) == "two"
-    assert (watcher.cursor, watcher.sent) == (2, 1)
-    busy = fanout.send(other, [(1, "busy")])
-    waiting = threading.Thread(target=lambda: next(busy))
-    waiting.start()  # waits: the only slot is held across the whole send
-    assert next(stream) == "three" and found_more == [3]
-    time.sleep(0.05)
-    assert waiting.is_alive()
-    assert list(stream) == []
-    assert (watcher.cursor, watcher.sent) == (3, 3)
-    waiting.join(timeout=5)  # released at the end
-    assert not waiting.is_alive()
-    busy.close()
+    fanout = FanOut(store)
+    gate = SendGate(2, lease=0.05)
+    first, second, third = (fanout.register("s", never_cancelled) for _ in range(3))
+    await gate.acquire(first)
+    await gate.acquire(second)
+    waiting = asyncio.create_task(gate.acquire(third))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # both slots are held
+    gate.release(second)
+    await asyncio.wait_for(waiting, 5)  # handed over, first come first served
+    gate.release(third)
+    gate.release(third)  # a no-op once given back
+    second.send_started = time.monotonic() - 1  # hung in a send for a second
+    await gate.acquire(second)
+    blocked = asyncio.create_task(gate.acquire(third))
+    await asyncio.sleep(0.02)
+    assert not blocked.done()
+    gate.take_back_hung(time.monotonic())  # what the janitor does
+    await asyncio.wait_for(blocked, 5)
     fanout.close()

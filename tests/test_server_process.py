@@ -250,7 +250,7 @@ def test_get_server_info_tells_the_version_and_the_limits(tmp_path: Path) -> Non
         assert info.limits.max_name_length == 128
         assert info.limits.max_batch_size == 1000
         assert info.limits.max_page_size == 1000
-        assert info.limits.max_watchers == 256
+        assert info.limits.max_watchers == 4096
         assert not info.requires_token
     finally:
         server.terminate()

@@ -11,7 +11,6 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent import futures
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,14 +18,14 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import stub_for
+from servers import aio_serving, stub_for
 
 from varstore.api import commands
 from varstore.api.interceptors import ErrorInterceptor
 from varstore.api.server import RunningServer, start_server
 from varstore.api.service import VariableStoreService
 from varstore.api.store import Store
-from varstore.api.watch import MAX_EVENTS_PER_MESSAGE, WatchHub, encoded_watches
+from varstore.api.watch import MAX_EVENTS_PER_MESSAGE, WatchHub
 from varstore.client import (
     LimitExceeded,
     OutOfRange,
@@ -147,35 +146,32 @@ def server_with(hub_factory: Callable[[Store], WatchHub]) -> Iterator[RunningSer
 
 
 @contextmanager
-def encoded_server() -> Iterator[str]:
-    """A server in this process whose WatchSession goes through ``encoded_watches()``, so
-    its streams send the cached encodings as they are (the service and the error mapping
-    as ``start_server`` has them); its address."""
+def message_server() -> Iterator[str]:
+    """A server in this process whose WatchSession streams write messages, not the cached
+    encodings (no ``encoded_watches()``; the service and the error mapping as
+    ``start_server`` has them); its address."""
     store = Store(MemoryRecorder())
     hub = WatchHub(store)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=8 + hub.max_watchers),
-        interceptors=[ErrorInterceptor(), encoded_watches()],
-    )
-    pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+
+    def register(server: grpc.aio.Server) -> None:
+        pb_grpc.add_VariableStoreServicer_to_server(VariableStoreService(store, hub), server)
+
     try:
-        yield f"127.0.0.1:{port}"
+        with aio_serving(register, ErrorInterceptor(), workers=8) as address:
+            yield address
+            hub.close()
     finally:
-        hub.close()
-        server.stop(1.0).wait()
         store.close()
 
 
 @pytest.fixture(scope="module", params=["messages", "bytes"])
 def either_address(request: pytest.FixtureRequest, server: RunningServer) -> Iterator[str]:
-    """The shared server (streams of messages), or one whose streams send bytes
-    (``encoded_watches()``)."""
-    if request.param == "messages":
+    """The shared server (its streams write the cached bytes, as ``start_server``'s do), or
+    one whose streams write messages."""
+    if request.param == "bytes":
         yield server.address
         return
-    with encoded_server() as address:
+    with message_server() as address:
         yield address
 
 
@@ -190,23 +186,18 @@ def either_stub(either_address: str, server: RunningServer, stub: Stub) -> Itera
 
 
 class FakeContext:
-    """Enough of a ServicerContext to drive WatchHub.watch directly."""
+    """Enough of a ``grpc.aio.ServicerContext`` to drive ``WatchHub.watch`` directly: what
+    it writes goes to ``written``; with ``busy`` set, a write waits until it is cleared."""
 
     def __init__(self) -> None:
-        self.callbacks: list[Callable[[], None]] = []
-        self.active = True
+        self.written: asyncio.Queue[Response] = asyncio.Queue()
+        self.busy = asyncio.Event()
+        self.free = asyncio.Event()
+        self.free.set()
 
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        self.callbacks.append(callback)
-        return True
-
-    def is_active(self) -> bool:
-        return self.active
-
-    def cancel(self) -> None:
-        self.active = False
-        for callback in self.callbacks:
-            callback()
+    async def write(self, message: Response) -> None:
+        await self.free.wait()
+        await self.written.put(message)
 
 
 # -- initial state and events ----------------------------------------------------------------
@@ -679,8 +670,7 @@ def test_bad_watch_requests_fail_with_their_status(
 
 def test_a_watcher_that_stops_reading_is_dropped_while_writers_and_others_keep_going() -> None:
     def hub(store: Store) -> WatchHub:
-        # One send slot: the stuck stream holds it until its lease runs out.
-        return WatchHub(store, buffer_size=600, stuck_after=0.2, send_slots=1, send_lease=0.05)
+        return WatchHub(store, buffer_size=600, stuck_after=0.2)
 
     with server_with(hub) as running, stub_for(running.address) as stub:
         assert running.hub is not None
@@ -728,7 +718,7 @@ def test_a_watcher_that_stops_reading_is_dropped_while_writers_and_others_keep_g
         healthy.join(timeout=60)
         assert healthy_errors == []
         assert healthy_positions == list(range(1, 2 + total + 1))
-        # The stuck stream was cancelled and its thread freed, without the client reading.
+        # The stuck stream was ended and forgotten, without the client reading.
         wait_for(lambda: watch_hub.watcher_count == 0)
 
         received = 1
@@ -751,37 +741,45 @@ def test_a_watcher_that_stops_reading_is_dropped_while_writers_and_others_keep_g
         assert caught_up == 2 + total
 
 
-def test_a_watcher_that_falls_off_the_ring_while_busy_is_dropped_with_a_clear_error() -> None:
-    # Drive the hub directly: its generator only moves when asked, like a busy stream.
+async def test_a_watcher_that_falls_off_the_ring_while_busy_is_dropped_with_a_clear_error() -> None:
+    # Drive the hub directly: its writes only go through when the context lets them.
     store = Store(MemoryRecorder())
     hub = WatchHub(store, buffer_size=4)
     store.execute("s", commands.CreateSession(session_id="s"))
-    stream = hub.watch(pb.WatchSessionRequest(session_id="s"), FakeContext())  # type: ignore[arg-type]
-    assert next(stream).event.event.position == 1
-    assert next(stream).progress.position == 1  # caught up, waiting on the ring
+    context = FakeContext()
+    watch = asyncio.create_task(hub.watch(pb.WatchSessionRequest(session_id="s"), context))
+    assert (await context.written.get()).event.event.position == 1
+    assert (await context.written.get()).progress.position == 1  # caught up, waiting
+    context.free.clear()  # busy: the next write waits
+    store.execute("s", commands.RegisterVariable("s", "v", "integer", 0))
+    await asyncio.sleep(0.2)  # the watcher took event 2 and is stuck writing it
     started = time.monotonic()
     for index in range(10):  # the writer never waits for the watcher
         store.execute("s", commands.RegisterVariable("s", f"v{index}", "integer", index))
     assert time.monotonic() - started < 5
+    context.free.set()
+    assert (await context.written.get()).event.event.position == 2
     with pytest.raises(LimitExceeded, match="fell more than 4 events behind") as failure:
-        next(stream)
-    assert str(failure.value).endswith("reconnect from position 1")
-    assert failure.value.info["position"] == "1"
+        await asyncio.wait_for(watch, 10)
+    assert str(failure.value).endswith("reconnect from position 2")
+    assert failure.value.info["position"] == "2"
     assert hub.watcher_count == 0
 
 
-def test_a_watch_of_a_cancelled_call_ends_without_waiting() -> None:
+async def test_a_watch_of_a_cancelled_call_ends_without_waiting() -> None:
     store = Store(MemoryRecorder())
     hub = WatchHub(store)
     store.execute("s", commands.CreateSession(session_id="s"))
     context = FakeContext()
     request = pb.WatchSessionRequest(session_id="s", progress_interval_ms=60_000)
-    stream = hub.watch(request, context)  # type: ignore[arg-type]
-    assert next(stream).HasField("event")
-    assert next(stream).HasField("progress")
-    threading.Timer(0.2, context.cancel).start()
+    watch = asyncio.create_task(hub.watch(request, context))
+    assert (await context.written.get()).HasField("event")
+    assert (await context.written.get()).HasField("progress")
+    assert hub.watcher_count == 1
     started = time.monotonic()
-    assert list(stream) == []
+    watch.cancel()  # what grpc does when the client cancels or the deadline passes
+    with pytest.raises(asyncio.CancelledError):
+        await watch
     assert time.monotonic() - started < 5
     assert hub.watcher_count == 0
 

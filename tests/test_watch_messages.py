@@ -162,14 +162,17 @@ def test_per_message_is_served_up_to_the_maximum() -> None:
     assert View().per_message == 1 and not View().encoded
 
 
-def test_the_pass_through_interceptor_serves_only_watch_session_and_says_so_per_call() -> None:
+async def test_the_pass_through_interceptor_serves_only_watch_session_and_says_so_per_call() -> (
+    None
+):
     interceptor = encoded_watches()
     seen: list[bool] = []
+    written: list[Any] = []
 
-    def watch(request: Any, context: Any) -> Iterator[Any]:
+    async def watch(request: Any, context: Any) -> None:
         seen.append(encoding())
-        yield b"bytes as they are"
-        yield pb.WatchSessionResponse(progress=pb.WatchProgress(position=3))
+        await context.write(b"bytes as they are")
+        await context.write(pb.WatchSessionResponse(progress=pb.WatchProgress(position=3)))
 
     original = grpc.unary_stream_rpc_method_handler(
         watch,
@@ -177,18 +180,17 @@ def test_the_pass_through_interceptor_serves_only_watch_session_and_says_so_per_
         response_serializer=pb.WatchSessionResponse.SerializeToString,
     )
 
-    class Details(grpc.HandlerCallDetails):
-        def __init__(self, method: str) -> None:
-            self.method = method
-            self.invocation_metadata = ()
+    class Context:
+        async def write(self, message: Any) -> None:
+            written.append(message)
 
-    other = interceptor.intercept_service(lambda _: original, Details("/x.Y/Other"))
-    assert other is original
-    handler = interceptor.intercept_service(lambda _: original, Details(WATCH_METHOD))
+    assert interceptor.wrapped(original, "/x.Y/Other") is original
+    handler = interceptor.wrapped(original, WATCH_METHOD)
     assert handler is not None and handler.unary_stream is not None
     assert handler.response_serializer is not None
     serialize = handler.response_serializer
-    wire = [serialize(m) for m in handler.unary_stream(pb.WatchSessionRequest(), None)]
-    assert seen == [True] and not encoding()  # set for the call's first step only
+    await handler.unary_stream(pb.WatchSessionRequest(), Context())
+    wire = [serialize(m) for m in written]
+    assert seen == [True] and not encoding()  # set for the call only
     assert wire[0] == b"bytes as they are"
     assert pb.WatchSessionResponse.FromString(wire[1]).progress.position == 3
