@@ -41,17 +41,26 @@ def session_id(stub: pb_grpc.VariableStoreStub) -> str:
 #: Test files that share the one local PostgreSQL server: they run in one pytest-xdist
 #: worker, one after another (tests/test_cluster.py restarts that server).
 _POSTGRES_FILES = frozenset({"test_cluster.py", "test_client_cluster.py", "test_postgres.py"})
+#: Test files that run ``npm ci`` in tests/node (the README's Node example among them): one
+#: worker, one after another, so no two installs share node_modules at once.
+_NPM_FILES = frozenset({"test_readme.py", "test_node_client.py", "test_contract_files.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Group the tests for pytest-xdist (``--dist loadgroup``): each file's tests stay in one
     worker (its module fixtures are made once), and every test that touches PostgreSQL,
     in any file, joins the one ``postgresql`` group, so a restart of the server never
-    meets another worker's connection."""
+    meets another worker's connection; the files that install into tests/node share the
+    ``npm`` group."""
     for item in items:
         file_name = item.path.name
         touches_postgres = file_name in _POSTGRES_FILES or any(
             word in item.nodeid for word in ("postgres", "cluster")
         )
-        group = "postgresql" if touches_postgres else file_name
+        if touches_postgres:
+            group = "postgresql"
+        elif file_name in _NPM_FILES:
+            group = "npm"
+        else:
+            group = file_name
         item.add_marker(pytest.mark.xdist_group(group))
