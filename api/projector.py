@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
+from varstore.api.collector import collector_paused
 from varstore.api.idempotency import REQUEST_TTL, RequestIndex, RequestKey, RequestRecord
 from varstore.eventstore import EventReader, RecordedEvent
 from varstore.projections import (
@@ -304,12 +305,14 @@ class Projector:
         built = SessionIndex()
         snapshots = Snapshots(self.snapshot_every)
         state: SessionState | None = None
-        while True:  # in pages: a million events read at once would hold them all
-            first = built.position + 1
-            page = self._reader.read_session(session_id, first, first + CATCH_UP_PAGE * 10 - 1)
-            if not page:
-                break
-            state = _fold_into(built, snapshots, state, page)
+        with collector_paused():  # millions of long-lived objects: see api/collector.py
+            while True:  # in pages: a million events read at once would hold them all
+                first = built.position + 1
+                last = first + CATCH_UP_PAGE * 10 - 1
+                page = self._reader.read_session(session_id, first, last)
+                if not page:
+                    break
+                state = _fold_into(built, snapshots, state, page)
         with self._index_lock:
             index = self._indexes.get(session_id)
             if index is None:
