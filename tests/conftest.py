@@ -57,10 +57,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         touches_postgres = file_name in _POSTGRES_FILES or any(
             word in item.nodeid for word in ("postgres", "cluster")
         )
-        if touches_postgres:
-            group = "postgresql"
-        elif file_name in _NPM_FILES:
+        if file_name in _NPM_FILES:  # first: a README section may name PostgreSQL
             group = "npm"
+        elif touches_postgres:
+            group = "postgresql"
         else:
             group = file_name
         item.add_marker(pytest.mark.xdist_group(group))
