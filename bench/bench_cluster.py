@@ -614,7 +614,12 @@ class Measured:
 
 def measure_all(cluster: ClusterSettings, db: Database) -> Measured:
     """Every part, one after the other, on servers started once."""
-    echo_command = [sys.executable, str(Path(bench_grpc.__file__).resolve()), "--echo-server"]
+    echo_command = [
+        sys.executable,
+        str(Path(bench_grpc.__file__).resolve()),
+        "--echo-server",
+        "sync",
+    ]
     with (
         ProcessPool(handle, cluster.grpc.processes, "bench-cluster") as pool,
         tempfile.TemporaryDirectory(prefix="varstore-cluster-") as tmp,

@@ -8,6 +8,8 @@ Two servers run as child processes on loopback, each with its own GIL:
   with ONE generic unary method ``/bench.Echo/Echo`` whose handler returns its request;
   request and response are ``b""`` with identity (de)serializers. It is the floor: a
   Python gRPC server cannot answer anything faster than this call.
+* **echo on grpc.aio**: the same method on a ``grpc.aio`` server (a coroutine handler on
+  one event loop), the front varstore serves through: the floor of that front.
 * **varstore**: ``python -m varstore.api.cli serve --db <tmp>/bench.db --listen
   127.0.0.1:0`` with the default ``--sync full`` (every acknowledged write is fsynced).
   One session holds 100 integer variables ``v0..v99`` and one float variable ``f``.
@@ -65,6 +67,7 @@ etcd cannot be started (``apt-get install etcd-server``, or ``ETCD=/path/to/etcd
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing.connection
 import os
 import signal
@@ -82,6 +85,7 @@ from pathlib import Path
 
 import etcdlib
 import grpc
+import grpc.aio
 from benchlib import (  # bench/ is sys.path[0] when this file runs
     CALL_TIMEOUT,
     SESSION_ID,
@@ -111,6 +115,7 @@ MAX_WORKERS = 32  # varstore's start_server default
 #: (key, label) of every operation, in table order.
 OPERATIONS: tuple[tuple[str, str], ...] = (
     ("echo", "echo (empty call)"),
+    ("echo_aio", "echo on grpc.aio (empty call)"),
     ("get", "GetVariable"),
     ("set", "SetVariable"),
     ("get10", "GetVariables(10)"),
@@ -152,8 +157,11 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def run_echo_server() -> int:
-    """Serve ``/bench.Echo/Echo`` on a free loopback port until SIGTERM."""
+def run_echo_server(front: str) -> int:
+    """Serve ``/bench.Echo/Echo`` on a free loopback port until SIGTERM, from a grpcio
+    sync server or (``front == "aio"``) a grpc.aio one."""
+    if front == "aio":
+        return asyncio.run(_serve_aio_echo())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="echo-rpc"),
         options=[("grpc.so_reuseport", 0)],
@@ -177,6 +185,35 @@ def run_echo_server() -> int:
     print(f"echo listening on 127.0.0.1:{port}", flush=True)
     stopping.wait()
     server.stop(1.0).wait()
+    return 0
+
+
+async def _serve_aio_echo() -> int:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        echo,
+        request_deserializer=_identity,
+        response_serializer=_identity,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    if port == 0:
+        print("echo: cannot listen", file=sys.stderr)
+        return 2
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    print(f"echo listening on 127.0.0.1:{port}", flush=True)
+    await stopping.wait()
+    await server.stop(1.0)
     return 0
 
 
@@ -225,12 +262,14 @@ def servers(db_dir: Path) -> Iterator[dict[str, Endpoint]]:
     """The echo, varstore and etcd servers by name, stopped (SIGTERM) on the way out."""
     echo_command = [sys.executable, str(Path(__file__).resolve()), "--echo-server"]
     with (
-        child_server("echo", echo_command) as echo,
+        child_server("echo", [*echo_command, "sync"]) as echo,
+        child_server("echo", [*echo_command, "aio"]) as echo_aio,
         varstore_server(db_dir / "bench.db") as varstore,
         etcdlib.EtcdServer() as etcd,
     ):
         yield {
             "echo": Endpoint(echo.address, echo.process.pid),
+            "echo_aio": Endpoint(echo_aio.address, echo_aio.process.pid),
             "varstore": Endpoint(
                 varstore.address, varstore.process.pid, varstore_commits(db_dir / "bench.db")
             ),
@@ -240,8 +279,8 @@ def servers(db_dir: Path) -> Iterator[dict[str, Endpoint]]:
 
 def server_of(operation: str) -> str:
     """The name of the server that answers ``operation``."""
-    if operation == "echo":
-        return "echo"
+    if operation.startswith("echo"):
+        return operation
     return "etcd" if operation.startswith("etcd_") else "varstore"
 
 
@@ -249,7 +288,9 @@ def bench_call(operation: str, channel: grpc.Channel, client: int, session_id: s
     """One call of ``operation``: benchlib's calls, and etcd's Put (``etcd_put``: a ring of
     prebuilt requests to the client's own key, each a new value, like SetVariable's)."""
     if operation != "etcd_put":
-        return make_call(operation, channel, client, session_id)
+        return make_call(
+            "echo" if operation == "echo_aio" else operation, channel, client, session_id
+        )
     put = etcdlib.put_callable(channel)
     ring = [
         etcdlib.PutRequest(key=f"v{client}".encode(), value=str(client * 1_000_000 + i).encode())
@@ -779,10 +820,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=(1, 2, 4, 8, 16),
         help="processes the 16 clients are spread over (default 4)",
     )
-    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-server", choices=("sync", "aio"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
-        return run_echo_server()
+        return run_echo_server(args.echo_server)
     settings = QUICK if args.quick else FULL
     if args.client_processes:
         settings = replace(settings, processes=args.client_processes)

@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -40,6 +41,13 @@ def skip_or_fail(reason: str) -> NoReturn:
     if running_in_ci():
         pytest.fail(f"{reason} (CI=true, so this fails instead of skipping)", pytrace=False)
     pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A loopback port no one listens on now (the kernel's pick; free until someone binds)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def venv_executable(name: str) -> Path:

@@ -10,8 +10,6 @@ A test takes one through its ``cluster`` fixture: ``with Cluster.opened() as mad
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -30,7 +28,6 @@ from varstore.v1 import varstore_pb2_grpc as pb_grpc
 
 __all__ = [
     "Cluster",
-    "postgres_restart_command",
     "require_postgres",
     "restart_postgres",
     "wait_for_postgres",
@@ -40,13 +37,15 @@ __all__ = [
 class Cluster:
     """``varstore serve`` processes sharing one throwaway schema of the test database."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str = PG_DSN) -> None:
+        #: The DSN of the database the schema is made in (the test database by default).
+        self.database = database
         self.schema = f"c_{uuid.uuid4().hex[:12]}"
         #: The application_name of every connection its servers open.
         self.application_name = f"varstore_{self.schema}"
-        joiner = "&" if "?" in PG_DSN else "?"
+        joiner = "&" if "?" in database else "?"
         self.dsn = (
-            f"{PG_DSN}{joiner}options=-csearch_path%3D{self.schema}"
+            f"{database}{joiner}options=-csearch_path%3D{self.schema}"
             f"&application_name={self.application_name}"
         )
         #: Every server started, in order (a restarted one is appended again).
@@ -55,15 +54,15 @@ class Cluster:
 
     @classmethod
     @contextmanager
-    def opened(cls) -> Iterator[Cluster]:
+    def opened(cls, database: str = PG_DSN) -> Iterator[Cluster]:
         """A cluster closed (processes killed, schema dropped) however the block ends; what
         its servers printed last is printed then (pytest shows it when the test failed)."""
-        require_postgres()
-        cluster = cls()
+        require_postgres(database)
+        cluster = cls(database)
         try:
             # Made here, not by the servers starting at once: CREATE SCHEMA IF NOT EXISTS run
             # concurrently can fail (test_cluster tests that race on its own).
-            with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            with psycopg.connect(database, autocommit=True) as conn:
                 conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(cluster.schema)))
             yield cluster
         finally:
@@ -114,7 +113,7 @@ class Cluster:
 
     def _count(self, query: str) -> int:
         """The number ``query`` answers, its ``%s`` being this cluster's application_name."""
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        with psycopg.connect(self.database, autocommit=True) as conn:
             row = conn.execute(query, (self.application_name,)).fetchone()
         return int(row[0]) if row is not None else 0
 
@@ -132,45 +131,36 @@ class Cluster:
                 server.kill()
         for channel in self._channels:
             channel.close()
-        wait_for_postgres(60)
+        wait_for_postgres(60, self.database)
         self.terminate_backends()
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        with psycopg.connect(self.database, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
             )
 
 
-def require_postgres() -> None:
-    """Skip the test (fail it under CI=true) when the test database does not answer."""
+def require_postgres(database: str = PG_DSN) -> None:
+    """Skip the test (fail it under CI=true) when the database does not answer."""
     try:
-        psycopg.connect(PG_DSN, connect_timeout=5).close()
+        psycopg.connect(database, connect_timeout=5).close()
     except psycopg.Error as problem:
-        skip_or_fail(f"PostgreSQL at {PG_DSN} is not reachable: {problem}")
+        skip_or_fail(f"PostgreSQL at {database} is not reachable: {problem}")
 
 
-def postgres_restart_command() -> list[str]:
-    """The command that restarts the local PostgreSQL cluster (skips, or fails under
-    CI=true, when this machine has none to restart)."""
-    tool = shutil.which("pg_ctlcluster")
-    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-    if tool is None or not versions:
-        skip_or_fail("no local PostgreSQL cluster to restart (pg_ctlcluster, /etc/postgresql)")
-    return [tool, "--skip-systemctl-redirect", versions[-1], "main", "restart"]
-
-
-def restart_postgres(command: list[str]) -> None:
-    """Restart PostgreSQL with ``command`` and wait until it accepts connections again."""
+def restart_postgres(command: list[str], database: str = PG_DSN) -> None:
+    """Restart PostgreSQL with ``command`` and wait until ``database`` accepts connections
+    again."""
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, f"{' '.join(command)} failed: {done.stdout}{done.stderr}"
-    wait_for_postgres(60)
+    wait_for_postgres(60, database)
 
 
-def wait_for_postgres(timeout: float) -> None:
-    """Return once the test database accepts a connection; fail after ``timeout`` seconds."""
+def wait_for_postgres(timeout: float, database: str = PG_DSN) -> None:
+    """Return once ``database`` accepts a connection; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            psycopg.connect(PG_DSN, connect_timeout=2).close()
+            psycopg.connect(database, connect_timeout=2).close()
             return
         except psycopg.Error as problem:
             if time.monotonic() > deadline:

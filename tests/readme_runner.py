@@ -18,6 +18,7 @@ import os
 import queue
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +178,20 @@ def start_background_server(command: str, cwd: Path, env: dict[str, str]) -> Bac
     return BackgroundServer(process, lines, found[0])
 
 
+def _link_tests(tests: Path, into: Path) -> None:
+    """``into`` as the repository's tests/ folder: a link to each entry, but a copy of the
+    Node project without its node_modules, so the README's ``npm ci`` installs into a
+    folder of its own (the Node tests install into the repository's, maybe at once)."""
+    into.mkdir()
+    for entry in tests.iterdir():
+        if entry.name == "node":
+            shutil.copytree(
+                entry, into / "node", ignore=shutil.ignore_patterns("node_modules", ".*")
+            )
+        else:
+            (into / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+
+
 class ReadmeRunner:
     """Runs every section of a README, in order, in one scratch directory."""
 
@@ -188,9 +203,9 @@ class ReadmeRunner:
         self.prepare_node = prepare_node
         self.addresses: dict[str, str] = {}  # the README's address -> the real one
         self.servers: list[BackgroundServer] = []
-        venv = Path(sys.prefix)
-        for name, target in ((".venv", venv), ("tests", repo / "tests"), ("proto", repo / "proto")):
+        for name, target in ((".venv", Path(sys.prefix)), ("proto", repo / "proto")):
             (workdir / name).symlink_to(target, target_is_directory=True)
+        _link_tests(repo / "tests", workdir / "tests")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("VARSTORE_")}
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
         self.env.pop("PYTHONPATH", None)
