@@ -56,6 +56,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from varstore.api.commands import Command, ExpireSession, WriteContext, live
+from varstore.api.history import History
 from varstore.api.idempotency import REQUEST_TTL, RequestKey, RequestRecord
 from varstore.api.limits import Limits, LiveSessions
 from varstore.api.projector import Listener, Projector
@@ -73,7 +74,6 @@ from varstore.projections import (
     CheckpointRejected,
     Fold,
     LogMark,
-    SessionHistory,
     SessionState,
     SnapshotEncodings,
     open_checkpoint,
@@ -274,7 +274,7 @@ class Store:
             self.tailer.nudge()
         return self.projector.wait_for(session_id, position, timeout)
 
-    def history(self, session_id: str) -> SessionHistory:
+    def history(self, session_id: str) -> History:
         """The history of a session that exists or existed, or SessionNotFound."""
         self._visible(session_id)
         return self.projector.history(session_id)

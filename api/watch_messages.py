@@ -221,7 +221,7 @@ class Messages:
         changes = [
             change_to_proto(change)
             for variable_id in self._touched(event)
-            for change in history.changes_at(variable_id, event.position)
+            for change in history.changes_at(variable_id, event.position, event)
         ]
         return Encoded.of(event.position, event_to_proto(event), changes)
 

@@ -1,8 +1,8 @@
 """Pure folds from a session's events to its current state."""
 
 from varstore.projections.fold import Fold, ProjectionError, apply_event, replay
-from varstore.projections.history import Change, SessionHistory
-from varstore.projections.index import SessionIndex, Snapshots
+from varstore.projections.history import Change, HistoryIndex, Lifetime, SessionHistory
+from varstore.projections.index import IndexCut, SessionIndex, Snapshots
 from varstore.projections.snapshot import (
     Checkpoint,
     CheckpointRejected,
@@ -24,6 +24,9 @@ __all__ = [
     "Checkpoint",
     "CheckpointRejected",
     "Fold",
+    "HistoryIndex",
+    "IndexCut",
+    "Lifetime",
     "LogMark",
     "ProjectionError",
     "SessionHistory",

@@ -1,5 +1,12 @@
 """The history projection: every version of every variable of a session, derived from
-its events alone (the previous value is the history's own last entry).
+its events alone.
+
+:class:`HistoryIndex` is what the server keeps: per variable lifetime (a
+:class:`Lifetime`, from its registration on), the position and kind of each change in
+two flat arrays, and no object per version. A :class:`Change` is made on demand from the
+events at the wanted positions (:meth:`Lifetime.change`; the caller reads them from the
+log). :class:`SessionHistory` is the plain fold of the same events into every
+:class:`Change` at once: the reference the index is tested against.
 
 What an event type does here is read from the event registry: its history kind, the
 variables it names (with their new values), whether it changes every live variable, and
@@ -7,8 +14,9 @@ whether its changes are one batch. The handlers below are per kind, not per type
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,7 +24,7 @@ from varstore.eventstore.events import RecordedEvent
 from varstore.types import PyValue
 from varstore.types.events import EVENTS, ChangeKind, EventSpec
 
-__all__ = ["Change", "SessionHistory"]
+__all__ = ["KIND_CODES", "Change", "HistoryIndex", "Lifetime", "SessionHistory"]
 
 # Enum members as plain names: reading ``ChangeKind.X`` costs ~200 ns in Python 3.11.
 _REGISTERED, _UPDATED = ChangeKind.REGISTERED, ChangeKind.UPDATED
@@ -189,6 +197,184 @@ _BY_KIND: dict[ChangeKind, _Handler] = {
 #: Event type -> its kind's handler and its entry (a plain dict: one lookup per event).
 _APPLY: dict[str, tuple[_Handler, EventSpec]] = {
     name: (_BY_KIND[spec.history], spec)
+    for name, spec in EVENTS.items()
+    if spec.history is not None
+}
+
+
+# -- the compact index ------------------------------------------------------------------------
+
+#: Each change kind as the one byte a :class:`Lifetime` keeps (its index in this tuple).
+KIND_CODES: tuple[ChangeKind, ...] = (_REGISTERED, _UPDATED, _ROLLED_BACK, _DELETED)
+_REGISTERED_CODE, _UPDATED_CODE, _ROLLED_BACK_CODE, _DELETED_CODE = range(4)
+
+
+class Lifetime:
+    """One variable from its registration on: the position and kind of each of its
+    changes (``positions[i]`` made version ``i``; a deletion, always last, keeps the
+    version before it). Appends only; a reader bounds itself by a length it took."""
+
+    __slots__ = ("kinds", "name", "positions", "type", "variable_id")
+
+    def __init__(self, variable_id: str, name: str, type_name: str) -> None:
+        self.variable_id = variable_id
+        self.name = name
+        self.type = type_name
+        self.positions: array[int] = array("q")
+        #: Indexes into :data:`KIND_CODES`.
+        self.kinds: array[int] = array("B")
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def version(self, index: int) -> int:
+        """The version change ``index`` made (a deletion keeps the one before)."""
+        return index - 1 if self.kinds[index] == _DELETED_CODE else index
+
+    def version_span(self, low: int, high: int | None, count: int) -> tuple[int, int]:
+        """The entries ``start <= i < stop`` among the first ``count`` whose version is in
+        ``[low, high]`` (versions never decrease: two bisections)."""
+        entries = range(count)
+        start = bisect_left(entries, low, key=self.version)
+        stop = count if high is None else bisect_right(entries, high, key=self.version)
+        return start, max(start, stop)
+
+    def position_span(self, after: int, upto: int, count: int) -> tuple[int, int]:
+        """The entries ``start <= i < stop`` among the first ``count`` whose position is in
+        ``(after, upto]``."""
+        return (
+            bisect_right(self.positions, after, 0, count),
+            bisect_right(self.positions, upto, 0, count),
+        )
+
+    def needs(self, index: int) -> tuple[int, ...]:
+        """The positions whose events :meth:`change` reads for entry ``index``."""
+        if index == 0:
+            return (self.positions[0],)
+        return (self.positions[index - 1], self.positions[index])
+
+    def value(self, index: int, events: Mapping[int, RecordedEvent]) -> PyValue | None:
+        """The value entry ``index`` set (None for a deletion), from its event in ``events``
+        (by position)."""
+        if self.kinds[index] == _DELETED_CODE:
+            return None
+        position = self.positions[index]
+        occurrence = 0  # an event naming the variable twice changed it twice
+        while index - occurrence > 0 and self.positions[index - occurrence - 1] == position:
+            occurrence += 1
+        event = events[position]
+        seen = 0
+        for variable_id, value in EVENTS[event.type].changes(event.payload):
+            if variable_id == self.variable_id:
+                if seen == occurrence:
+                    return value  # type: ignore[no-any-return]
+                seen += 1
+        raise ValueError(f"the event at position {position} does not change {self.variable_id}")
+
+    def change(self, index: int, events: Mapping[int, RecordedEvent]) -> Change:
+        """Entry ``index`` as the :class:`Change` :class:`SessionHistory` makes, from the
+        events at the positions :meth:`needs` names."""
+        event = events[self.positions[index]]
+        kind = self.kinds[index]
+        updated = kind in (_UPDATED_CODE, _ROLLED_BACK_CODE)
+        spec = EVENTS[event.type]
+        return Change(
+            self.variable_id,
+            self.name,
+            self.type,
+            self.version(index),
+            self.value(index, events),
+            self.value(index - 1, events) if index else None,
+            event.position,
+            event.recorded_at,
+            event.source,
+            event.metadata,
+            KIND_CODES[kind],
+            spec.in_batch if updated else False,
+            event.payload.get("rollback_to_version") if updated else None,
+        )
+
+    def _add(self, position: int, kind: int) -> None:
+        self.positions.append(position)
+        self.kinds.append(kind)
+
+
+class HistoryIndex:
+    """The changes of every variable of a session as :class:`Lifetime` arrays, the ids
+    each name has had, and the live ids. Appends only, from the single writer."""
+
+    def __init__(self, lifetimes: Iterable[Lifetime] = ()) -> None:
+        #: Every lifetime, in the order of registration.
+        self.lifetimes: list[Lifetime] = []
+        self._current: dict[str, Lifetime] = {}  # variable id -> its latest lifetime
+        self._ids_by_name: dict[str, list[str]] = {}
+        self._live: dict[str, Lifetime] = {}
+        for lifetime in lifetimes:
+            self._register(lifetime)
+            if lifetime.kinds and lifetime.kinds[-1] == _DELETED_CODE:
+                del self._live[lifetime.variable_id]
+
+    def apply(self, event: RecordedEvent) -> None:
+        """Record what ``event`` changed (nothing for a type without a history kind)."""
+        found = _APPLY_COMPACT.get(event.type)
+        if found is not None:
+            handler, spec = found
+            handler(self, spec, event)
+
+    def ids_for(self, identifier: str) -> list[str]:
+        """The variable ids ``identifier`` names: itself if it is an id, else every id the
+        name has had, oldest first."""
+        if identifier in self._current:
+            return [identifier]
+        return list(self._ids_by_name.get(identifier, ()))
+
+    def lifetime(self, variable_id: str) -> Lifetime | None:
+        """The latest lifetime of ``variable_id``, if it ever existed."""
+        return self._current.get(variable_id)
+
+    def _register(self, lifetime: Lifetime) -> None:
+        variable_id = lifetime.variable_id
+        self.lifetimes.append(lifetime)
+        self._current[variable_id] = lifetime
+        self._ids_by_name.setdefault(lifetime.name, []).append(variable_id)
+        self._live[variable_id] = lifetime
+
+    def _registered(self, spec: EventSpec, event: RecordedEvent) -> None:
+        payload = event.payload
+        for variable_id, _ in spec.changes(payload):
+            lifetime = Lifetime(variable_id, payload["name"], payload["type"])
+            lifetime._add(event.position, _REGISTERED_CODE)
+            self._register(lifetime)
+
+    def _updated(self, spec: EventSpec, event: RecordedEvent) -> None:
+        payload = event.payload
+        rolled_back = payload.get("rollback_to_version") is not None
+        kind = _ROLLED_BACK_CODE if rolled_back else _UPDATED_CODE
+        position = event.position
+        current = self._current
+        for variable_id, _ in spec.changes(payload):
+            current[variable_id]._add(position, kind)
+
+    def _deleted(self, spec: EventSpec, event: RecordedEvent) -> None:
+        if spec.every_live_variable:
+            gone = list(self._live)
+        else:
+            gone = [variable_id for variable_id, _ in spec.changes(event.payload)]
+        for variable_id in gone:
+            self._current[variable_id]._add(event.position, _DELETED_CODE)
+            self._live.pop(variable_id, None)
+
+
+_CompactHandler = Callable[[HistoryIndex, EventSpec, RecordedEvent], None]
+
+_COMPACT_BY_KIND: dict[ChangeKind, _CompactHandler] = {
+    ChangeKind.REGISTERED: HistoryIndex._registered,
+    ChangeKind.UPDATED: HistoryIndex._updated,
+    ChangeKind.DELETED: HistoryIndex._deleted,
+}
+
+_APPLY_COMPACT: dict[str, tuple[_CompactHandler, EventSpec]] = {
+    name: (_COMPACT_BY_KIND[spec.history], spec)
     for name, spec in EVENTS.items()
     if spec.history is not None
 }
