@@ -122,7 +122,7 @@ class Projector:
                         sid: Snapshots(self.snapshot_every, states)
                         for sid, states in (snapshots or {}).items()
                     }
-                    self._indexes = dict(indexes or {})
+                    self._indexes = _extending(indexes or {}, checkpoint[1])
                     self._load(checkpoint[0], dict(checkpoint[1]))
                     return
                 except ProjectionError as problem:
@@ -500,6 +500,18 @@ def _fold_into(
             assert folded is not None  # an event was folded in
             snapshots.offer(folded, copy=True)
     return fold.state()
+
+
+def _extending(
+    indexes: Mapping[str, SessionIndex], states: Mapping[str, SessionState]
+) -> dict[str, SessionIndex]:
+    """The ``indexes`` that reach their session's state at least (so the log after the
+    checkpoint extends them); any other is left to be built from the log."""
+    return {
+        sid: index
+        for sid, index in indexes.items()
+        if sid in states and index.position >= states[sid].position
+    }
 
 
 def _distance(base: SessionState | None, position: int) -> int:

@@ -73,6 +73,7 @@ from varstore.projections import (
     Checkpoint,
     CheckpointRejected,
     Fold,
+    IndexEncodings,
     LogMark,
     SessionState,
     SnapshotEncodings,
@@ -195,6 +196,7 @@ class Store:
         self._checkpointed = 0
         # Snapshots encoded by the last checkpoint, reused by the next (under the lock).
         self._snapshot_encodings = SnapshotEncodings()
+        self._index_encodings = IndexEncodings()
         # Whether the log can be written, as the last append or probe found; listeners hear
         # every change (the server's health follows it).
         self._writable = True
@@ -444,9 +446,17 @@ class Store:
         with self._checkpoint_lock:
             global_position, states = self.projector.cut()
             snapshots = self.projector.snapshot_chains(states)
+            indexes = self.projector.index_cuts(states)
             try:
                 mark = self._mark_at(global_position)
-                sealed = seal_checkpoint(mark, states, snapshots, self._snapshot_encodings)
+                sealed = seal_checkpoint(
+                    mark,
+                    states,
+                    snapshots,
+                    self._snapshot_encodings,
+                    indexes,
+                    self._index_encodings,
+                )
                 self.recorder.save_checkpoint(global_position, sealed)
                 self._checkpointed = global_position
             except RecorderError:
@@ -527,6 +537,7 @@ class Store:
         self.projector.start(
             (checkpoint.global_position, checkpoint.sessions) if checkpoint is not None else None,
             checkpoint.snapshots if checkpoint is not None else None,
+            checkpoint.indexes if checkpoint is not None else None,
         )
         self._checkpointed = checkpoint.global_position if checkpoint is not None else 0
         states = self.projector.states()

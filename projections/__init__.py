@@ -3,6 +3,7 @@
 from varstore.projections.fold import Fold, ProjectionError, apply_event, replay
 from varstore.projections.history import Change, HistoryIndex, Lifetime, SessionHistory
 from varstore.projections.index import IndexCut, SessionIndex, Snapshots
+from varstore.projections.index_codec import IndexEncodings
 from varstore.projections.snapshot import (
     Checkpoint,
     CheckpointRejected,
@@ -26,6 +27,7 @@ __all__ = [
     "Fold",
     "HistoryIndex",
     "IndexCut",
+    "IndexEncodings",
     "Lifetime",
     "LogMark",
     "ProjectionError",

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from varstore.api.history import History
 from varstore.eventstore import EventType, MemoryRecorder, NewEvent, RecordedEvent
-from varstore.projections import SessionHistory, SessionIndex, replay
+from varstore.projections import (
+    IndexEncodings,
+    SessionHistory,
+    SessionIndex,
+    open_checkpoint,
+    replay,
+    seal_checkpoint,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAMES = ("a", "b", "c")
@@ -128,3 +135,43 @@ def test_the_index_finds_the_last_position_at_or_before_each_moment(
         for moment in (event.recorded_at, event.recorded_at - timedelta(microseconds=1)):
             expected = max((e.position for e in events if e.recorded_at <= moment), default=0)
             assert index.position_at(moment) == expected
+
+
+def same_index(found: SessionIndex, expected: SessionIndex) -> None:
+    assert found.position == expected.position
+    assert found.times == expected.times
+    got, want = found.history.lifetimes, expected.history.lifetimes
+    assert [(x.variable_id, x.name, x.type, x.positions, x.kinds) for x in got] == [
+        (x.variable_id, x.name, x.type, x.positions, x.kinds) for x in want
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(STEP, max_size=40), segment=st.integers(1, 9), split=st.integers(0, 50))
+def test_an_index_reads_back_from_a_checkpoint_and_goes_on_from_there(
+    steps: list[tuple[Any, ...]], segment: int, split: int
+) -> None:
+    recorder = MemoryRecorder()
+    events = recorder.append("s", 0, build_log(steps))
+    split = min(split, len(events))
+    index, encodings = SessionIndex(), IndexEncodings(segment)
+    for event in events[:split]:
+        index.apply(event)
+    first = seal_checkpoint(None, {}, indexes={"s": index.cut()}, index_encodings=encodings)
+    for event in events[split:]:
+        index.apply(event)
+    cut = index.cut()
+    second = seal_checkpoint(None, {}, indexes={"s": cut}, index_encodings=encodings)
+    fresh = seal_checkpoint(None, {}, indexes={"s": cut}, index_encodings=IndexEncodings(segment))
+    assert second == fresh  # the segments kept from the first checkpoint are still right
+    same_index(open_checkpoint(second).indexes["s"], index)
+    restarted = open_checkpoint(first).indexes["s"]
+    for event in events:  # start-up: what the index has is skipped, the rest folded in
+        restarted.apply(event)
+    same_index(restarted, index)
+    model = SessionHistory()
+    for event in events:
+        model.apply(event)
+    history = History(restarted.history, recorder, "s")
+    for variable_id in {lifetime.variable_id for lifetime in index.history.lifetimes}:
+        assert history.changes(variable_id) == model.changes(variable_id)
