@@ -9,7 +9,7 @@ length of the variable's history.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -84,25 +84,51 @@ class History:
         lifetime = self._index.lifetime(variable_id)
         if lifetime is None:
             return []
-        count = len(lifetime)
-        start, stop = lifetime.position_span(position - 1, position, count)
-        known = [event] if event is not None else []
+        start, stop = lifetime.position_span(position - 1, position, len(lifetime))
+        known = {position: event} if event is not None else {}
         return self.made(lifetime, range(start, stop), known)
 
+    def changes_in(
+        self,
+        event: RecordedEvent,
+        variable_ids: Iterable[str],
+        known: Mapping[int, RecordedEvent] | None = None,
+    ) -> list[Change]:
+        """The changes ``event`` made to each of ``variable_ids``, in that order, from one
+        read of the earlier events they need (``known``: the session's events at hand,
+        by position, which are not read)."""
+        entries: list[tuple[Lifetime, int]] = []
+        for variable_id in variable_ids:
+            lifetime = self._index.lifetime(variable_id)
+            if lifetime is not None:
+                span = lifetime.position_span(event.position - 1, event.position, len(lifetime))
+                entries.extend((lifetime, index) for index in range(*span))
+        if known is None or known.get(event.position) is not event:
+            known = {event.position: event}
+        return self.made_of(entries, known)
+
     def made(
-        self, lifetime: Lifetime, indexes: Iterable[int], known: Sequence[RecordedEvent] = ()
+        self,
+        lifetime: Lifetime,
+        indexes: Iterable[int],
+        known: Mapping[int, RecordedEvent] | None = None,
     ) -> list[Change]:
         """The changes of ``lifetime`` at ``indexes``."""
         return self.made_of([(lifetime, index) for index in indexes], known)
 
     def made_of(
-        self, entries: Sequence[tuple[Lifetime, int]], known: Sequence[RecordedEvent] = ()
+        self,
+        entries: Sequence[tuple[Lifetime, int]],
+        known: Mapping[int, RecordedEvent] | None = None,
     ) -> list[Change]:
         """The changes of ``entries`` (lifetime, index), in their order, from one read of
-        the events they need (``known`` events are not read)."""
-        have = {event.position: event for event in known}
+        the events they need (``known`` events, by position, are not read)."""
+        have = known or {}
         wanted = {p for lifetime, i in entries for p in lifetime.needs(i) if p not in have}
-        events = self._read(wanted) | have
+        events: Mapping[int, RecordedEvent] = have
+        if wanted:
+            events = self._read(wanted)
+            events.update(have)
         return [lifetime.change(index, events) for lifetime, index in entries]
 
     def _read(self, positions: Iterable[int]) -> dict[int, RecordedEvent]:

@@ -303,6 +303,8 @@ class HistoryIndex:
     """The changes of every variable of a session as :class:`Lifetime` arrays, the ids
     each name has had, and the live ids. Appends only, from the single writer."""
 
+    __slots__ = ("_current", "_ids_by_name", "_live", "lifetimes")
+
     def __init__(self, lifetimes: Iterable[Lifetime] = ()) -> None:
         #: Every lifetime, in the order of registration.
         self.lifetimes: list[Lifetime] = []

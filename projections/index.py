@@ -83,6 +83,8 @@ class SessionIndex:
     writer reporting new events may overlap safely.
     """
 
+    __slots__ = ("history", "position", "times")
+
     def __init__(
         self, history: HistoryIndex | None = None, times: array[float] | None = None
     ) -> None:
