@@ -355,7 +355,9 @@ class HistoryIndex:
         position = event.position
         current = self._current
         for variable_id, _ in spec.changes(payload):
-            current[variable_id]._add(position, kind)
+            lifetime = current[variable_id]  # _add inlined: the commonest event
+            lifetime.positions.append(position)
+            lifetime.kinds.append(kind)
 
     def _deleted(self, spec: EventSpec, event: RecordedEvent) -> None:
         if spec.every_live_variable:
