@@ -2,8 +2,8 @@
 its events alone.
 
 :class:`HistoryIndex` is what the server keeps: per variable lifetime (a
-:class:`Lifetime`, from its registration on), the position and kind of each change in
-two flat arrays, and no object per version. A :class:`Change` is made on demand from the
+:class:`Lifetime`, from its registration on), the position and kind of each change as
+one int in a flat array, and no object per version. A :class:`Change` is made on demand from the
 events at the wanted positions (:meth:`Lifetime.change`; the caller reads them from the
 log). :class:`SessionHistory` is the plain fold of the same events into every
 :class:`Change` at once: the reference the index is tested against.
@@ -14,6 +14,7 @@ whether its changes are one batch. The handlers below are per kind, not per type
 
 from __future__ import annotations
 
+import sys
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +25,7 @@ from varstore.eventstore.events import RecordedEvent
 from varstore.types import PyValue
 from varstore.types.events import EVENTS, ChangeKind, EventSpec
 
-__all__ = ["KIND_CODES", "Change", "HistoryIndex", "Lifetime", "SessionHistory"]
+__all__ = ["KIND_BITS", "KIND_CODES", "Change", "HistoryIndex", "Lifetime", "SessionHistory"]
 
 # Enum members as plain names: reading ``ChangeKind.X`` costs ~200 ns in Python 3.11.
 _REGISTERED, _UPDATED = ChangeKind.REGISTERED, ChangeKind.UPDATED
@@ -204,32 +205,43 @@ _APPLY: dict[str, tuple[_Handler, EventSpec]] = {
 
 # -- the compact index ------------------------------------------------------------------------
 
-#: Each change kind as the one byte a :class:`Lifetime` keeps (its index in this tuple).
+#: Each change kind as the code a :class:`Lifetime` keeps (its index in this tuple).
 KIND_CODES: tuple[ChangeKind, ...] = (_REGISTERED, _UPDATED, _ROLLED_BACK, _DELETED)
 _REGISTERED_CODE, _UPDATED_CODE, _ROLLED_BACK_CODE, _DELETED_CODE = range(4)
+#: Bits of an entry that hold the kind; the position is above them.
+KIND_BITS = 2
+_KIND_MASK = (1 << KIND_BITS) - 1
 
 
 class Lifetime:
-    """One variable from its registration on: the position and kind of each of its
-    changes (``positions[i]`` made version ``i``; a deletion, always last, keeps the
-    version before it). Appends only; a reader bounds itself by a length it took."""
+    """One variable from its registration on: one int per change, its position shifted
+    left by :data:`KIND_BITS` with its kind's code below (so entries sort by position,
+    and a bisection finds a position without a key). Entry ``i`` made version ``i``; a
+    deletion, always last, keeps the version before it. Appends only; a reader bounds
+    itself by a length it took."""
 
-    __slots__ = ("kinds", "name", "positions", "type", "variable_id")
+    __slots__ = ("entries", "name", "type", "variable_id")
 
     def __init__(self, variable_id: str, name: str, type_name: str) -> None:
         self.variable_id = variable_id
         self.name = name
-        self.type = type_name
-        self.positions: array[int] = array("q")
-        #: Indexes into :data:`KIND_CODES`.
-        self.kinds: array[int] = array("B")
+        self.type = sys.intern(type_name)  # a handful of types: one string each
+        self.entries: array[int] = array("q")
 
     def __len__(self) -> int:
-        return len(self.kinds)
+        return len(self.entries)
+
+    def position(self, index: int) -> int:
+        """The position of entry ``index``."""
+        return self.entries[index] >> KIND_BITS
+
+    def kind(self, index: int) -> int:
+        """The code (see :data:`KIND_CODES`) of entry ``index``'s kind."""
+        return self.entries[index] & _KIND_MASK
 
     def version(self, index: int) -> int:
         """The version change ``index`` made (a deletion keeps the one before)."""
-        return index - 1 if self.kinds[index] == _DELETED_CODE else index
+        return index - 1 if self.entries[index] & _KIND_MASK == _DELETED_CODE else index
 
     def version_span(self, low: int, high: int | None, count: int) -> tuple[int, int]:
         """The entries ``start <= i < stop`` among the first ``count`` whose version is in
@@ -243,24 +255,24 @@ class Lifetime:
         """The entries ``start <= i < stop`` among the first ``count`` whose position is in
         ``(after, upto]``."""
         return (
-            bisect_right(self.positions, after, 0, count),
-            bisect_right(self.positions, upto, 0, count),
+            bisect_right(self.entries, after << KIND_BITS | _KIND_MASK, 0, count),
+            bisect_right(self.entries, upto << KIND_BITS | _KIND_MASK, 0, count),
         )
 
     def needs(self, index: int) -> tuple[int, ...]:
         """The positions whose events :meth:`change` reads for entry ``index``."""
         if index == 0:
-            return (self.positions[0],)
-        return (self.positions[index - 1], self.positions[index])
+            return (self.position(0),)
+        return (self.position(index - 1), self.position(index))
 
     def value(self, index: int, events: Mapping[int, RecordedEvent]) -> PyValue | None:
         """The value entry ``index`` set (None for a deletion), from its event in ``events``
         (by position)."""
-        if self.kinds[index] == _DELETED_CODE:
+        if self.kind(index) == _DELETED_CODE:
             return None
-        position = self.positions[index]
+        position = self.position(index)
         occurrence = 0  # an event naming the variable twice changed it twice
-        while index - occurrence > 0 and self.positions[index - occurrence - 1] == position:
+        while index - occurrence > 0 and self.position(index - occurrence - 1) == position:
             occurrence += 1
         event = events[position]
         seen = 0
@@ -274,8 +286,8 @@ class Lifetime:
     def change(self, index: int, events: Mapping[int, RecordedEvent]) -> Change:
         """Entry ``index`` as the :class:`Change` :class:`SessionHistory` makes, from the
         events at the positions :meth:`needs` names."""
-        event = events[self.positions[index]]
-        kind = self.kinds[index]
+        event = events[self.position(index)]
+        kind = self.kind(index)
         updated = kind in (_UPDATED_CODE, _ROLLED_BACK_CODE)
         spec = EVENTS[event.type]
         return Change(
@@ -294,27 +306,26 @@ class Lifetime:
             event.payload.get("rollback_to_version") if updated else None,
         )
 
-    def _add(self, position: int, kind: int) -> None:
-        self.positions.append(position)
-        self.kinds.append(kind)
+    @property
+    def live(self) -> bool:
+        """Whether its last change is not a deletion."""
+        return self.entries[-1] & _KIND_MASK != _DELETED_CODE
 
 
 class HistoryIndex:
-    """The changes of every variable of a session as :class:`Lifetime` arrays, the ids
-    each name has had, and the live ids. Appends only, from the single writer."""
+    """The changes of every variable of a session as :class:`Lifetime` arrays, and the
+    ids each name has had. Appends only, from the single writer."""
 
-    __slots__ = ("_current", "_ids_by_name", "_live", "lifetimes")
+    __slots__ = ("_current", "_ids_by_name", "lifetimes")
 
     def __init__(self, lifetimes: Iterable[Lifetime] = ()) -> None:
         #: Every lifetime, in the order of registration.
         self.lifetimes: list[Lifetime] = []
         self._current: dict[str, Lifetime] = {}  # variable id -> its latest lifetime
-        self._ids_by_name: dict[str, list[str]] = {}
-        self._live: dict[str, Lifetime] = {}
+        # Name -> the id it had, or the ids, oldest first, once it had several.
+        self._ids_by_name: dict[str, str | list[str]] = {}
         for lifetime in lifetimes:
             self._register(lifetime)
-            if lifetime.kinds and lifetime.kinds[-1] == _DELETED_CODE:
-                del self._live[lifetime.variable_id]
 
     def apply(self, event: RecordedEvent) -> None:
         """Record what ``event`` changed (nothing for a type without a history kind)."""
@@ -328,45 +339,48 @@ class HistoryIndex:
         name has had, oldest first."""
         if identifier in self._current:
             return [identifier]
-        return list(self._ids_by_name.get(identifier, ()))
+        ids = self._ids_by_name.get(identifier, [])
+        return [ids] if isinstance(ids, str) else list(ids)
 
     def lifetime(self, variable_id: str) -> Lifetime | None:
         """The latest lifetime of ``variable_id``, if it ever existed."""
         return self._current.get(variable_id)
 
     def _register(self, lifetime: Lifetime) -> None:
-        variable_id = lifetime.variable_id
+        variable_id, name = lifetime.variable_id, lifetime.name
         self.lifetimes.append(lifetime)
         self._current[variable_id] = lifetime
-        self._ids_by_name.setdefault(lifetime.name, []).append(variable_id)
-        self._live[variable_id] = lifetime
+        had = self._ids_by_name.get(name)
+        if had is None:
+            self._ids_by_name[name] = variable_id
+        elif isinstance(had, str):
+            self._ids_by_name[name] = [had, variable_id]
+        else:
+            had.append(variable_id)
 
     def _registered(self, spec: EventSpec, event: RecordedEvent) -> None:
         payload = event.payload
         for variable_id, _ in spec.changes(payload):
             lifetime = Lifetime(variable_id, payload["name"], payload["type"])
-            lifetime._add(event.position, _REGISTERED_CODE)
+            lifetime.entries.append(event.position << KIND_BITS | _REGISTERED_CODE)
             self._register(lifetime)
 
     def _updated(self, spec: EventSpec, event: RecordedEvent) -> None:
         payload = event.payload
         rolled_back = payload.get("rollback_to_version") is not None
-        kind = _ROLLED_BACK_CODE if rolled_back else _UPDATED_CODE
-        position = event.position
+        entry = event.position << KIND_BITS | (_ROLLED_BACK_CODE if rolled_back else _UPDATED_CODE)
         current = self._current
         for variable_id, _ in spec.changes(payload):
-            lifetime = current[variable_id]  # _add inlined: the commonest event
-            lifetime.positions.append(position)
-            lifetime.kinds.append(kind)
+            current[variable_id].entries.append(entry)
 
     def _deleted(self, spec: EventSpec, event: RecordedEvent) -> None:
         if spec.every_live_variable:
-            gone = list(self._live)
+            gone = [lifetime for lifetime in self._current.values() if lifetime.live]
         else:
-            gone = [variable_id for variable_id, _ in spec.changes(event.payload)]
-        for variable_id in gone:
-            self._current[variable_id]._add(event.position, _DELETED_CODE)
-            self._live.pop(variable_id, None)
+            gone = [self._current[variable_id] for variable_id, _ in spec.changes(event.payload)]
+        entry = event.position << KIND_BITS | _DELETED_CODE
+        for lifetime in gone:
+            lifetime.entries.append(entry)
 
 
 _CompactHandler = Callable[[HistoryIndex, EventSpec, RecordedEvent], None]

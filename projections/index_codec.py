@@ -19,10 +19,10 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Mapping
 from itertools import accumulate, repeat
-from operator import sub, truediv
+from operator import add, mul, sub, truediv
 from typing import Any
 
-from varstore.projections.history import HistoryIndex, Lifetime
+from varstore.projections.history import KIND_BITS, HistoryIndex, Lifetime
 from varstore.projections.index import IndexCut, SessionIndex
 
 __all__ = ["SEGMENT", "IndexEncodings", "decode_index"]
@@ -32,6 +32,8 @@ SEGMENT = 1 << 16
 #: Kind codes (0 to 3) as the digits a segment writes them as, and back.
 _TO_DIGITS = bytes(range(48, 52)).ljust(256, b"?")
 _FROM_DIGITS = bytes(range(256)).replace(b"0123", bytes(range(4)))
+_KIND_MASK = (1 << KIND_BITS) - 1
+_CODES = bytes(range(4))
 
 
 class IndexEncodings:
@@ -74,17 +76,18 @@ def _segment(cut: IndexCut, base: int, end: int) -> bytes:
     first_new = bisect_right(lifetimes, base, key=_registered_at)
     last_new = bisect_right(lifetimes, end, key=_registered_at)
     changes = []
+    above_base, above_end = base << KIND_BITS | _KIND_MASK, end << KIND_BITS | _KIND_MASK
     for ordinal in range(last_new):
-        lifetime = lifetimes[ordinal]
-        positions = lifetime.positions
-        if not positions or positions[-1] <= base:
+        entries = lifetimes[ordinal].entries
+        if not entries or entries[-1] <= above_base:
             continue
-        start = bisect_right(positions, base)
-        stop = bisect_right(positions, end, start)
+        start = bisect_right(entries, above_base)
+        stop = bisect_right(entries, above_end, start)
         if start < stop:
-            changes.append(
-                [ordinal, _deltas(positions[start:stop], base), _kinds(lifetime, start, stop)]
-            )
+            taken = entries[start:stop]
+            positions = [entry >> KIND_BITS for entry in taken]
+            kinds = bytes(entry & _KIND_MASK for entry in taken).translate(_TO_DIGITS)
+            changes.append([ordinal, _deltas(positions, base), kinds.decode()])
     document = {
         "times": _deltas(micros, 0),
         "new": [[lt.variable_id, lt.name, lt.type] for lt in lifetimes[first_new:last_new]],
@@ -95,7 +98,7 @@ def _segment(cut: IndexCut, base: int, end: int) -> bytes:
 
 
 def _registered_at(lifetime: Lifetime) -> int:
-    return lifetime.positions[0]
+    return lifetime.position(0)
 
 
 def _deltas(values: Any, start: int) -> list[int]:
@@ -103,10 +106,6 @@ def _deltas(values: Any, start: int) -> list[int]:
     if not len(values):
         return []
     return [values[0] - start, *map(sub, values[1:], values[:-1])]
-
-
-def _kinds(lifetime: Lifetime, start: int, stop: int) -> str:
-    return lifetime.kinds[start:stop].tobytes().translate(_TO_DIGITS).decode()
 
 
 def decode_index(raw: Mapping[str, Any]) -> SessionIndex:
@@ -124,13 +123,15 @@ def decode_index(raw: Mapping[str, Any]) -> SessionIndex:
         times.extend(map(truediv, accumulate(segment["times"]), repeat(1e6)))
         lifetimes.extend(Lifetime(str(v), str(n), str(t)) for v, n, t in segment["new"])
         for ordinal, deltas, kinds in segment["changes"]:
-            lifetime = lifetimes[ordinal]
+            if len(deltas) != len(kinds):
+                raise ValueError(f"lifetime {ordinal}: {len(deltas)} positions, {len(kinds)} kinds")
             if deltas:
                 deltas[0] += base
-            lifetime.positions.extend(accumulate(deltas))
-            lifetime.kinds.frombytes(kinds.encode().translate(_FROM_DIGITS))
-            if len(lifetime.positions) != len(lifetime.kinds):
-                raise ValueError(f"lifetime {ordinal} has positions and kinds that differ")
+            shifted = map(mul, accumulate(deltas), repeat(1 << KIND_BITS))
+            codes = kinds.encode().translate(_FROM_DIGITS)
+            if codes.translate(None, _CODES):
+                raise ValueError(f"lifetime {ordinal}: kinds {kinds!r}")
+            lifetimes[ordinal].entries.extend(map(add, shifted, codes))
     if len(times) != raw["position"]:
         raise ValueError(f"{len(times)} event times for position {raw['position']}")
     return SessionIndex(HistoryIndex(lifetimes), times)

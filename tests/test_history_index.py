@@ -141,8 +141,8 @@ def same_index(found: SessionIndex, expected: SessionIndex) -> None:
     assert found.position == expected.position
     assert found.times == expected.times
     got, want = found.history.lifetimes, expected.history.lifetimes
-    assert [(x.variable_id, x.name, x.type, x.positions, x.kinds) for x in got] == [
-        (x.variable_id, x.name, x.type, x.positions, x.kinds) for x in want
+    assert [(x.variable_id, x.name, x.type, x.entries) for x in got] == [
+        (x.variable_id, x.name, x.type, x.entries) for x in want
     ]
 
 
