@@ -540,6 +540,8 @@ class Store:
             checkpoint.indexes if checkpoint is not None else None,
         )
         self._checkpointed = checkpoint.global_position if checkpoint is not None else 0
+        if checkpoint is not None:
+            self._index_encodings = checkpoint.index_encodings
         states = self.projector.states()
         self._touches = {
             sid: moment for sid, moment in self.recorder.load_touches().items() if sid in states

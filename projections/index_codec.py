@@ -27,8 +27,9 @@ from varstore.projections.index import IndexCut, SessionIndex
 
 __all__ = ["SEGMENT", "IndexEncodings", "decode_index"]
 
-#: Positions per saved segment of a session's index.
-SEGMENT = 1 << 16
+#: Positions per saved segment of a session's index (the most a checkpoint encodes for
+#: a session, beside the segments it reuses).
+SEGMENT = 1 << 13
 #: Kind codes (0 to 3) as the digits a segment writes them as, and back.
 _TO_DIGITS = bytes(range(48, 52)).ljust(256, b"?")
 _FROM_DIGITS = bytes(range(256)).replace(b"0123", bytes(range(4)))
@@ -66,6 +67,18 @@ class IndexEncodings:
     def sealed(self) -> None:
         """Forget the encodings the checkpoint just sealed did not use."""
         self._known, self._used = self._used, {}
+
+    def keep(self, session_id: str, raw: Mapping[str, Any]) -> None:
+        """Reuse the segments of a session's index as a checkpoint held them (``raw``: the
+        parsed JSON :meth:`session` wrote), so the next checkpoint after start-up does
+        not encode them again."""
+        size, position = int(raw["segment"]), int(raw["position"])
+        if size != self.segment:
+            return
+        for number, packed in enumerate(raw["segments"]):
+            base = number * size
+            key = (session_id, base, min(position, base + size))
+            self._known[key] = b'"' + str(packed).encode() + b'"'
 
 
 def _segment(cut: IndexCut, base: int, end: int) -> bytes:

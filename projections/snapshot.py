@@ -104,6 +104,8 @@ class Checkpoint:
     sessions: dict[str, SessionState]
     snapshots: dict[str, list[SessionState]] = field(default_factory=dict)
     indexes: dict[str, SessionIndex] = field(default_factory=dict)
+    #: The encodings of those indexes, for the next checkpoint to reuse.
+    index_encodings: IndexEncodings = field(default_factory=IndexEncodings)
 
     @property
     def global_position(self) -> int:
@@ -228,14 +230,19 @@ def open_checkpoint(data: bytes) -> Checkpoint:
         packed = document.get("snapshots", "")
         chains = json.loads(zlib.decompress(base64.b64decode(packed))) if packed else {}
         snapshots = {str(sid): _snapshots_from(chain) for sid, chain in chains.items()}
-        indexes = {str(sid): decode_index(raw) for sid, raw in document.get("indexes", {}).items()}
+        raw_indexes = document.get("indexes", {})
+        indexes = {str(sid): decode_index(raw) for sid, raw in raw_indexes.items()}
+        sizes = {int(raw["segment"]) for raw in raw_indexes.values()}
+        index_encodings = IndexEncodings(*sizes) if len(sizes) == 1 else IndexEncodings()
+        for sid, raw in raw_indexes.items():
+            index_encodings.keep(str(sid), raw)
     except CheckpointRejected:
         raise
     except Exception as problem:  # derived data: any shape the checksum let through
         raise CheckpointRejected(
             f"it does not decode ({type(problem).__name__}: {problem})"
         ) from problem
-    return Checkpoint(mark, sessions, snapshots, indexes)
+    return Checkpoint(mark, sessions, snapshots, indexes, index_encodings)
 
 
 def _snapshot_delta(previous: SessionState | None, state: SessionState) -> dict[str, Any]:

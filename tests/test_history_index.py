@@ -164,6 +164,8 @@ def test_an_index_reads_back_from_a_checkpoint_and_goes_on_from_there(
     second = seal_checkpoint(None, {}, indexes={"s": cut}, index_encodings=encodings)
     fresh = seal_checkpoint(None, {}, indexes={"s": cut}, index_encodings=IndexEncodings(segment))
     assert second == fresh  # the segments kept from the first checkpoint are still right
+    loaded = open_checkpoint(first).index_encodings  # what a restarted server reuses
+    assert seal_checkpoint(None, {}, indexes={"s": cut}, index_encodings=loaded) == fresh
     same_index(open_checkpoint(second).indexes["s"], index)
     restarted = open_checkpoint(first).indexes["s"]
     for event in events:  # start-up: what the index has is skipped, the rest folded in
