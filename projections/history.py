@@ -57,9 +57,9 @@ class Change:
 
 
 class SessionHistory:
-    """Changes per variable id, and the ids each name has had, in order.
-
-    Appends only, from the single writer; readers copy the lists they page through.
+    """Changes per variable id, and the ids each name has had, in order: every
+    :class:`Change` in memory (about 400 bytes a version). The server keeps a
+    :class:`HistoryIndex` instead; this plain fold is what it is tested against.
     """
 
     def __init__(self) -> None:
