@@ -37,12 +37,13 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from varstore.api.collector import collector_paused
+from varstore.api.history import History
 from varstore.api.idempotency import REQUEST_TTL, RequestIndex, RequestKey, RequestRecord
 from varstore.eventstore import EventReader, RecordedEvent
 from varstore.projections import (
     Fold,
+    IndexCut,
     ProjectionError,
-    SessionHistory,
     SessionIndex,
     SessionState,
     Snapshots,
@@ -89,8 +90,9 @@ class Projector:
         self._publish = threading.Condition(threading.Lock())
         # Snapshots of every session every `snapshot_every` events (saved with checkpoints,
         # so a read of the past folds at most that many events, after a restart too), and
-        # the history indexes, built per session from its log on first use or in the
-        # background after start-up (see build_indexes).
+        # the history indexes: kept for every session from its first event on, saved with
+        # checkpoints; a session without one (a checkpoint of an older format, or indexes
+        # dropped) has it built from its whole log on first use.
         self._snapshots: dict[str, Snapshots] = {}
         self._indexes: dict[str, SessionIndex] = {}
         self._index_lock = threading.Lock()
@@ -105,9 +107,10 @@ class Projector:
         self,
         checkpoint: tuple[int, Mapping[str, SessionState]] | None,
         snapshots: Mapping[str, Sequence[SessionState]] | None = None,
+        indexes: Mapping[str, SessionIndex] | None = None,
     ) -> None:
-        """Publish the checkpoint's states (if any), keep its ``snapshots`` and fold the
-        log after its position.
+        """Publish the checkpoint's states (if any), keep its ``snapshots`` and history
+        ``indexes`` and fold the log after its position into them all.
 
         A checkpoint whose states the log does not extend cleanly (a ProjectionError while
         folding the events after it) is ignored with a warning, and the whole log folded.
@@ -119,11 +122,12 @@ class Projector:
                         sid: Snapshots(self.snapshot_every, states)
                         for sid, states in (snapshots or {}).items()
                     }
+                    self._indexes = _extending(indexes or {}, checkpoint[1])
                     self._load(checkpoint[0], dict(checkpoint[1]))
                     return
                 except ProjectionError as problem:
                     log.warning("ignoring the checkpoint (%s); folding the whole log", problem)
-            self._snapshots = {}
+            self._snapshots, self._indexes = {}, {}
             self._load(0, {})
 
     def remember_requests(self) -> int:
@@ -148,6 +152,7 @@ class Projector:
                 fold = folds[sid] = Fold(sessions.get(sid))
             if event.position > fold.position:
                 fold.apply(event)
+                self._index_event(event)
                 if event.position % every == 0:  # cheap test first: one event in `every`
                     snapshots = self._snapshots_of(sid)
                     if snapshots.due(event.position):
@@ -220,9 +225,20 @@ class Projector:
         """
         return self.requests.match(key, self._clock())
 
-    def history(self, session_id: str) -> SessionHistory:
+    def history(self, session_id: str) -> History:
         """The history of a session that exists or existed, or SessionNotFound."""
-        return self._index(session_id).history
+        return History(self._index(session_id).history, self._reader, session_id)
+
+    def index_cuts(self, states: Mapping[str, SessionState]) -> dict[str, IndexCut]:
+        """The history index of each session of ``states`` (a :meth:`cut`) that has one,
+        as it stands now: what a checkpoint saves. An index may be ahead of the state
+        (start-up skips what it already has)."""
+        with self._index_lock:
+            return {
+                sid: index.cut()
+                for sid, index in self._indexes.items()
+                if sid in states and index.position >= states[sid].position
+            }
 
     def position_at_time(self, session_id: str, moment: datetime) -> int:
         """The position of the session's last event recorded at or before ``moment``: from
@@ -416,9 +432,7 @@ class Projector:
         self._index_requests(fresh)
         with self._index_lock:
             for event in fresh:
-                index = self._indexes.get(event.session_id)
-                if index is not None:
-                    index.apply(event)
+                self._index_event(event)
             for sid, state in states.items():
                 self._snapshots_of(sid).offer(state, copy=False)
         with self._publish:
@@ -426,6 +440,16 @@ class Projector:
             self._advance(events, complete)
             self._publish.notify_all()
         return fresh
+
+    def _index_event(self, event: RecordedEvent) -> None:
+        """Fold ``event`` into its session's history index: a session's first event starts
+        one; a session without one (see __init__) gets it built on first use."""
+        index = self._indexes.get(event.session_id)
+        if index is None:
+            if event.position != 1:
+                return
+            index = self._indexes[event.session_id] = SessionIndex()
+        index.apply(event)
 
     def _index_requests(self, fresh: Sequence[RecordedEvent]) -> None:
         """Remember the request ids of newly applied events, as recorded now (an import's
@@ -476,6 +500,18 @@ def _fold_into(
             assert folded is not None  # an event was folded in
             snapshots.offer(folded, copy=True)
     return fold.state()
+
+
+def _extending(
+    indexes: Mapping[str, SessionIndex], states: Mapping[str, SessionState]
+) -> dict[str, SessionIndex]:
+    """The ``indexes`` that reach their session's state at least (so the log after the
+    checkpoint extends them); any other is left to be built from the log."""
+    return {
+        sid: index
+        for sid, index in indexes.items()
+        if sid in states and index.position >= states[sid].position
+    }
 
 
 def _distance(base: SessionState | None, position: int) -> int:

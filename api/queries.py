@@ -22,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -30,9 +30,10 @@ from typing import Generic, Protocol, TypeVar
 
 from varstore.api import paging
 from varstore.api.commands import check_range, find_variable
+from varstore.api.history import History, Lived
 from varstore.api.limits import Limits, exceeded
 from varstore.eventstore import RecordedEvent
-from varstore.projections import Change, SessionHistory, SessionState, VariableState
+from varstore.projections import Change, Lifetime, SessionState, VariableState
 from varstore.types import (
     PyValue,
     SessionNotFound,
@@ -96,7 +97,7 @@ class ReadableStore(Protocol):
 
     def expires_in(self, state: SessionState) -> float | None: ...
 
-    def history(self, session_id: str) -> SessionHistory: ...
+    def history(self, session_id: str) -> History: ...
 
     def position_at_time(self, session_id: str, moment: datetime) -> int: ...
 
@@ -367,28 +368,20 @@ def variable_history(
     # Read after the published position: the store applies an event to the history
     # before it publishes a state that includes it, so nothing up to `end` is missing.
     history = store.history(session_id)
-    ids = history.ids_for(identifier)
-    if not ids:
+    lifetimes = history.lifetimes(identifier)
+    if not lifetimes:
         raise VariableNotFound(
             f"variable {describe(identifier)} never existed in session {describe(session_id)}",
             info={"session_id": session_id[:200], "variable": identifier[:200]},
         )
-    lifetimes = [history.changes(variable_id) for variable_id in ids]
+    versions = (from_version, to_version)
     if newest_first:
         upto = end if cursor is None else min(end, cursor.last - 1)
-        candidates = _descending(lifetimes, upto)
+        chosen = _descending(lifetimes, upto, versions, size + 1)
     else:
         after = 0 if cursor is None else cursor.last
-        candidates = _ascending(lifetimes, after, end)
-    chosen = _take(
-        (
-            c
-            for c in candidates
-            if c.version >= from_version and (to_version is None or c.version <= to_version)
-        ),
-        size + 1,
-    )
-    page = chosen[:size]
+        chosen = _ascending(lifetimes, after, end, versions, size + 1)
+    page = history.made_of(chosen[:size])
     more = len(chosen) > size
     token = (
         paging.encode_position_token(request, paging.PositionCursor(page[-1].position, end))
@@ -469,33 +462,45 @@ def _pinned_end(store: ReadableStore, session_id: str, cursor: paging.PositionCu
     return cursor.end
 
 
-def _ascending(lifetimes: list[list[Change]], after: int, upto: int) -> Iterator[Change]:
-    """Changes with ``after < position <= upto``, oldest first."""
-    for changes in lifetimes:
-        start = bisect_right(changes, after, key=_position)
-        stop = bisect_right(changes, upto, key=_position)
-        yield from changes[start:stop]
+#: (from_version, to_version): the versions a history read wants (no upper bound: None).
+Versions = tuple[int, int | None]
 
 
-def _descending(lifetimes: list[list[Change]], upto: int) -> Iterator[Change]:
-    """Changes with ``position <= upto``, newest first."""
-    for changes in reversed(lifetimes):
-        stop = bisect_right(changes, upto, key=_position)
-        for index in range(stop - 1, -1, -1):
-            yield changes[index]
-
-
-def _position(change: Change) -> int:
-    return change.position
-
-
-def _take(items: Iterator[T], count: int) -> list[T]:
-    taken: list[T] = []
-    for item in items:
-        taken.append(item)
-        if len(taken) == count:
+def _ascending(
+    lifetimes: list[Lived], after: int, upto: int, versions: Versions, count: int
+) -> list[tuple[Lifetime, int]]:
+    """Up to ``count`` entries with ``after < position <= upto`` and a wanted version,
+    oldest first (bisections: the cost does not grow with the history's length)."""
+    chosen: list[tuple[Lifetime, int]] = []
+    for lived in lifetimes:
+        start, stop = _span(lived, after, upto, versions)
+        stop = min(stop, start + count - len(chosen))
+        chosen.extend((lived.lifetime, index) for index in range(start, stop))
+        if len(chosen) == count:
             break
-    return taken
+    return chosen
+
+
+def _descending(
+    lifetimes: list[Lived], upto: int, versions: Versions, count: int
+) -> list[tuple[Lifetime, int]]:
+    """Up to ``count`` entries with ``position <= upto`` and a wanted version, newest
+    first."""
+    chosen: list[tuple[Lifetime, int]] = []
+    for lived in reversed(lifetimes):
+        start, stop = _span(lived, 0, upto, versions)
+        start = max(start, stop - (count - len(chosen)))
+        chosen.extend((lived.lifetime, index) for index in range(stop - 1, start - 1, -1))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _span(lived: Lived, after: int, upto: int, versions: Versions) -> tuple[int, int]:
+    """The entries of ``lived`` with ``after < position <= upto`` and a wanted version."""
+    first, last = lived.lifetime.position_span(after, upto, lived.count)
+    low, high = lived.lifetime.version_span(*versions, lived.count)
+    return max(first, low), max(max(first, low), min(last, high))
 
 
 # -- consistency --------------------------------------------------------------------------

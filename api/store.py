@@ -56,6 +56,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from varstore.api.commands import Command, ExpireSession, WriteContext, live
+from varstore.api.history import History
 from varstore.api.idempotency import REQUEST_TTL, RequestKey, RequestRecord
 from varstore.api.limits import Limits, LiveSessions
 from varstore.api.projector import Listener, Projector
@@ -72,8 +73,8 @@ from varstore.projections import (
     Checkpoint,
     CheckpointRejected,
     Fold,
+    IndexEncodings,
     LogMark,
-    SessionHistory,
     SessionState,
     SnapshotEncodings,
     open_checkpoint,
@@ -195,6 +196,7 @@ class Store:
         self._checkpointed = 0
         # Snapshots encoded by the last checkpoint, reused by the next (under the lock).
         self._snapshot_encodings = SnapshotEncodings()
+        self._index_encodings = IndexEncodings()
         # Whether the log can be written, as the last append or probe found; listeners hear
         # every change (the server's health follows it).
         self._writable = True
@@ -274,7 +276,7 @@ class Store:
             self.tailer.nudge()
         return self.projector.wait_for(session_id, position, timeout)
 
-    def history(self, session_id: str) -> SessionHistory:
+    def history(self, session_id: str) -> History:
         """The history of a session that exists or existed, or SessionNotFound."""
         self._visible(session_id)
         return self.projector.history(session_id)
@@ -444,9 +446,17 @@ class Store:
         with self._checkpoint_lock:
             global_position, states = self.projector.cut()
             snapshots = self.projector.snapshot_chains(states)
+            indexes = self.projector.index_cuts(states)
             try:
                 mark = self._mark_at(global_position)
-                sealed = seal_checkpoint(mark, states, snapshots, self._snapshot_encodings)
+                sealed = seal_checkpoint(
+                    mark,
+                    states,
+                    snapshots,
+                    self._snapshot_encodings,
+                    indexes,
+                    self._index_encodings,
+                )
                 self.recorder.save_checkpoint(global_position, sealed)
                 self._checkpointed = global_position
             except RecorderError:
@@ -527,8 +537,11 @@ class Store:
         self.projector.start(
             (checkpoint.global_position, checkpoint.sessions) if checkpoint is not None else None,
             checkpoint.snapshots if checkpoint is not None else None,
+            checkpoint.indexes if checkpoint is not None else None,
         )
         self._checkpointed = checkpoint.global_position if checkpoint is not None else 0
+        if checkpoint is not None:
+            self._index_encodings = checkpoint.index_encodings
         states = self.projector.states()
         self._touches = {
             sid: moment for sid, moment in self.recorder.load_touches().items() if sid in states

@@ -24,7 +24,7 @@ watcher, and several events packed into one message for the watches that allow i
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
@@ -165,8 +165,9 @@ class Messages:
         the store: safe on the event loop)."""
         out: list[tuple[int, Outgoing | None]] = []
         group: list[Encoded] = []
+        known = _by_position(events)
         for event in events:
-            encoded = self.encoded(event, view.wanted, cached_only=cached_only)
+            encoded = self.encoded(event, view.wanted, cached_only=cached_only, known=known)
             if encoded is _MISSING:
                 return None
             if encoded is None:
@@ -184,15 +185,26 @@ class Messages:
 
     def prepare(self, events: Sequence[RecordedEvent]) -> None:
         """Encode ``events`` for unfiltered watches (kept for every watcher)."""
+        sessions: dict[str, list[RecordedEvent]] = {}
         for event in events:
-            self.encoded(event, frozenset())
+            sessions.setdefault(event.session_id, []).append(event)
+        for its_events in sessions.values():
+            known = _by_position(its_events)
+            for event in its_events:
+                self.encoded(event, frozenset(), known=known)
 
     def encoded(
-        self, event: RecordedEvent, wanted: frozenset[str], *, cached_only: bool = False
+        self,
+        event: RecordedEvent,
+        wanted: frozenset[str],
+        *,
+        cached_only: bool = False,
+        known: Mapping[int, RecordedEvent] | None = None,
     ) -> Encoded | str | None:
         """``event`` as watchers of ``wanted`` (empty: every variable) see it; None when
         the filter leaves it out; with ``cached_only``, ``_MISSING`` if building it would
-        read the store."""
+        read the store. ``known``: events of its session at hand, by position (the
+        history need not read them)."""
         key = (event.session_id, event.position, event.global_position, wanted)
         with self._lock:
             found = self._cache.get(key)
@@ -203,15 +215,20 @@ class Messages:
                 every = self.encoded(event, frozenset(), cached_only=True)
                 if every is _MISSING:
                     return _MISSING
-            found = self._build(event, wanted)
+            found = self._build(event, wanted, known)
             if not isinstance(found, Encoded) or found.size <= self._cache_bytes // 8:
                 with self._lock:  # a huge one would evict all the rest
                     self._cache[key] = found
         return found if isinstance(found, Encoded) else None
 
-    def _build(self, event: RecordedEvent, wanted: frozenset[str]) -> Encoded | str:
+    def _build(
+        self,
+        event: RecordedEvent,
+        wanted: frozenset[str],
+        known: Mapping[int, RecordedEvent] | None,
+    ) -> Encoded | str:
         if wanted:
-            every = self.encoded(event, frozenset())
+            every = self.encoded(event, frozenset(), known=known)
             assert isinstance(every, Encoded)  # an unfiltered watch leaves nothing out
             changes = [c for c in every.changes if c.variable_id in wanted or c.name in wanted]
             if not changes and not is_session_event(event.type):
@@ -220,8 +237,7 @@ class Messages:
         history = self._store.history(event.session_id)
         changes = [
             change_to_proto(change)
-            for variable_id in self._touched(event)
-            for change in history.changes_at(variable_id, event.position)
+            for change in history.changes_in(event, self._touched(event), known)
         ]
         return Encoded.of(event.position, event_to_proto(event), changes)
 
@@ -234,6 +250,11 @@ class Messages:
             return [variable.id for variable in before.by_name()] if before is not None else []
 
         return touched_variable_ids(event.type, event.payload, live)
+
+
+def _by_position(events: Sequence[RecordedEvent]) -> dict[int, RecordedEvent]:
+    """One session's ``events`` by position."""
+    return {event.position: event for event in events}
 
 
 # -- serving the bytes ---------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Pure folds from a session's events to its current state."""
 
 from varstore.projections.fold import Fold, ProjectionError, apply_event, replay
-from varstore.projections.history import Change, SessionHistory
-from varstore.projections.index import SessionIndex, Snapshots
+from varstore.projections.history import Change, HistoryIndex, Lifetime, SessionHistory
+from varstore.projections.index import IndexCut, SessionIndex, Snapshots
+from varstore.projections.index_codec import IndexEncodings
 from varstore.projections.snapshot import (
     Checkpoint,
     CheckpointRejected,
@@ -24,6 +25,10 @@ __all__ = [
     "Checkpoint",
     "CheckpointRejected",
     "Fold",
+    "HistoryIndex",
+    "IndexCut",
+    "IndexEncodings",
+    "Lifetime",
     "LogMark",
     "ProjectionError",
     "SessionHistory",

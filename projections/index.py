@@ -1,22 +1,24 @@
 """What reads of a session's past need, derived from its log: snapshots of its state
 every N events (:class:`Snapshots`, kept for every session and saved with checkpoints, so
 a read of the past folds at most N events, after a restart too), and the history of every
-variable with the time of every event (:class:`SessionIndex`, built from the log)."""
+variable with the time of every event (:class:`SessionIndex`: compact arrays, kept for
+every session from its first event on and saved with checkpoints too)."""
 
 from __future__ import annotations
 
 import bisect
 from array import array
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sortedcontainers import SortedDict
 
 from varstore.eventstore.events import RecordedEvent
-from varstore.projections.history import SessionHistory
+from varstore.projections.history import HistoryIndex
 from varstore.projections.state import SessionState
 
-__all__ = ["SessionIndex", "Snapshots"]
+__all__ = ["IndexCut", "SessionIndex", "Snapshots"]
 
 
 class Snapshots:
@@ -64,6 +66,16 @@ class Snapshots:
         return len(self._by_position)
 
 
+@dataclass(frozen=True, slots=True)
+class IndexCut:
+    """A :class:`SessionIndex` up to ``position``: its first ``lifetimes`` lifetimes and
+    their entries up to there (the arrays may have grown since)."""
+
+    index: SessionIndex
+    position: int
+    lifetimes: int
+
+
 class SessionIndex:
     """One session's history and event times, kept up to ``position``.
 
@@ -71,11 +83,15 @@ class SessionIndex:
     writer reporting new events may overlap safely.
     """
 
-    def __init__(self) -> None:
-        self.history = SessionHistory()
+    __slots__ = ("history", "position", "times")
+
+    def __init__(
+        self, history: HistoryIndex | None = None, times: array[float] | None = None
+    ) -> None:
+        self.history = history if history is not None else HistoryIndex()
         #: Event times in seconds since the epoch; index i is position i + 1.
-        self.times: array[float] = array("d")
-        self.position = 0
+        self.times: array[float] = times if times is not None else array("d")
+        self.position = len(self.times)
 
     def apply(self, event: RecordedEvent) -> bool:
         """Take one event in; False if it was already in."""
@@ -85,6 +101,11 @@ class SessionIndex:
         self.times.append(event.recorded_at.timestamp())
         self.position = event.position
         return True
+
+    def cut(self) -> IndexCut:
+        """The index as it stands now, for a reader on another thread while appends go on
+        (take it under the lock appends take)."""
+        return IndexCut(self, self.position, len(self.history.lifetimes))
 
     def position_at(self, moment: datetime) -> int:
         """The position of the last event recorded at or before ``moment`` (0 if none)."""

@@ -4,7 +4,8 @@ log position it folds, so that start-up can trust it or ignore it, never misread
 Layout (one header line, then the body)::
 
     varstore-checkpoint sha256=<hex digest of the body>\\n
-    {"format": 3, "mark": {...} | null, "sessions": [...], "snapshots": "<base64>"}
+    {"format": 4, "mark": {...} | null, "sessions": [...], "snapshots": "<base64>",
+     "indexes": {"<session id>": {"position": ..., "segments": [...]}, ...}}
 
 ``snapshots`` is a JSON object compressed with zlib (base64 in the body): snapshots are
 most of a big session's checkpoint, and the whole row is written while writers wait for
@@ -17,6 +18,10 @@ restarted server reads the past as fast as before, without folding a session's l
 the snapshots cost about what the events they summarise changed. A snapshot never
 changes once taken, so :class:`SnapshotEncodings` keeps each one's encoding from one
 checkpoint to the next: a checkpoint encodes only the snapshots taken since the last.
+
+``indexes`` holds the sessions' history indexes (see :mod:`.index_codec`), in segments
+reused from one checkpoint to the next the same way. Format 3 (no indexes) still loads:
+its sessions then have no index until one is built from the log.
 
 The mark names the last event folded in: its global position, session, position and
 recording time. A checkpoint is used only if the checksum matches its body (a changed
@@ -40,6 +45,8 @@ from typing import Any
 from immutables import Map
 
 from varstore.eventstore import RecordedEvent
+from varstore.projections.index import IndexCut, SessionIndex
+from varstore.projections.index_codec import IndexEncodings, decode_index
 from varstore.projections.state import SessionState, VariableState
 from varstore.types import Constraints
 
@@ -54,9 +61,9 @@ __all__ = [
 ]
 
 #: Bumped whenever the encoding changes; other formats are rejected, not misread.
-CHECKPOINT_FORMAT = 3
-#: Formats read: 2 is 3 without snapshots.
-_READABLE = (2, 3)
+CHECKPOINT_FORMAT = 4
+#: Formats read: 3 is 4 without indexes, 2 is 3 without snapshots.
+_READABLE = (2, 3, 4)
 _HEADER = b"varstore-checkpoint sha256="
 
 
@@ -90,11 +97,15 @@ class LogMark:
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Every session's state (deleted ones included) as of ``mark`` (None: the empty log),
-    and the sessions' snapshots (oldest first) up to it."""
+    the sessions' snapshots (oldest first) up to it, and their history indexes (each up
+    to its session's state at least)."""
 
     mark: LogMark | None
     sessions: dict[str, SessionState]
     snapshots: dict[str, list[SessionState]] = field(default_factory=dict)
+    indexes: dict[str, SessionIndex] = field(default_factory=dict)
+    #: The encodings of those indexes, for the next checkpoint to reuse.
+    index_encodings: IndexEncodings = field(default_factory=IndexEncodings)
 
     @property
     def global_position(self) -> int:
@@ -139,15 +150,19 @@ def seal_checkpoint(
     sessions: Mapping[str, SessionState],
     snapshots: Mapping[str, Sequence[SessionState]] | None = None,
     encodings: SnapshotEncodings | None = None,
+    indexes: Mapping[str, IndexCut] | None = None,
+    index_encodings: IndexEncodings | None = None,
 ) -> bytes:
     """The sealed bytes of a checkpoint of ``sessions`` folded up to ``mark``, with each
-    session's ``snapshots`` (oldest first).
+    session's ``snapshots`` (oldest first) and history index (``indexes``).
 
     The JSON is written piece by piece (a session, a snapshot at a time) rather than by one
     ``json.dumps`` of the whole: the C encoder holds the GIL for a whole call, and this
     runs on a background thread beside the writers. ``encodings`` (kept from one
-    checkpoint to the next) saves encoding the same snapshots again."""
+    checkpoint to the next) saves encoding the same snapshots again, and
+    ``index_encodings`` the same index segments."""
     encodings = encodings or SnapshotEncodings()
+    index_encodings = index_encodings or IndexEncodings()
     mark_json = _dumps(mark._to_json() if mark is not None else None)
     chains = (snapshots or {}).items()
     pieces = [
@@ -166,9 +181,15 @@ def seal_checkpoint(
                 1,
             )
         ),
-        b'"}',
+        b'","indexes":{',
+        b",".join(
+            _dumps(sid) + b":" + index_encodings.session(sid, cut)
+            for sid, cut in (indexes or {}).items()
+        ),
+        b"}}",
     ]
     encodings.sealed()
+    index_encodings.sealed()
     body = b"".join(pieces)
     return _HEADER + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
@@ -209,13 +230,19 @@ def open_checkpoint(data: bytes) -> Checkpoint:
         packed = document.get("snapshots", "")
         chains = json.loads(zlib.decompress(base64.b64decode(packed))) if packed else {}
         snapshots = {str(sid): _snapshots_from(chain) for sid, chain in chains.items()}
+        raw_indexes = document.get("indexes", {})
+        indexes = {str(sid): decode_index(raw) for sid, raw in raw_indexes.items()}
+        sizes = {int(raw["segment"]) for raw in raw_indexes.values()}
+        index_encodings = IndexEncodings(*sizes) if len(sizes) == 1 else IndexEncodings()
+        for sid, raw in raw_indexes.items():
+            index_encodings.keep(str(sid), raw)
     except CheckpointRejected:
         raise
     except Exception as problem:  # derived data: any shape the checksum let through
         raise CheckpointRejected(
             f"it does not decode ({type(problem).__name__}: {problem})"
         ) from problem
-    return Checkpoint(mark, sessions, snapshots)
+    return Checkpoint(mark, sessions, snapshots, indexes, index_encodings)
 
 
 def _snapshot_delta(previous: SessionState | None, state: SessionState) -> dict[str, Any]:

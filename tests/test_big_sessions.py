@@ -4,6 +4,8 @@ written in chunks that other writers interleave with, the session appearing whol
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import threading
 import time
@@ -378,3 +380,96 @@ def test_the_reserved_metadata_key_never_hides_a_session_written_by_a_live_call(
         assert stub.GetSession(pb.GetSessionRequest(session_id="plain")).session.id == "plain"
         log = stub.ReadEvents(pb.ReadEventsRequest(session_id="plain")).events
         assert all(STAGED_EVENTS_KEY not in event.metadata for event in log)
+
+
+# -- history indexes across a restart ----------------------------------------------------------
+
+
+def write_a_history(store: Store, sets: int) -> None:
+    """Two variables set in turn, a batch every tenth write, and x deleted halfway."""
+    store.execute("s", commands.CreateSession("s"))
+    store.execute("s", commands.RegisterVariable("s", "n", "integer", 0))
+    store.execute("s", commands.RegisterVariable("s", "x", "integer", 0))
+    for value in range(sets):
+        if value == sets // 2:
+            store.execute("s", commands.DeleteVariable("s", "x"))
+        elif value % 10 == 0:
+            store.execute("s", commands.SetVariables("s", {"n": value}, atomic=True))
+        else:
+            store.execute("s", commands.SetVariable("s", "n", value))
+
+
+def history_answers(store: Store) -> list[str]:
+    """Pages of GetVariableHistory (both ways, by a token, by versions) and a watch from
+    position 0 up to its first progress message, over gRPC."""
+    requests = [
+        pb.GetVariableHistoryRequest(session_id="s", variable_identifier="n", page_size=7),
+        pb.GetVariableHistoryRequest(
+            session_id="s", variable_identifier="n", page_size=5, newest_first=True
+        ),
+        pb.GetVariableHistoryRequest(
+            session_id="s", variable_identifier="x", from_version=1, to_version=3
+        ),
+    ]
+    with in_process_server(store) as server, stub_for(server.address) as stub:
+        answers = []
+        for request in requests:
+            page = stub.GetVariableHistory(request)
+            answers.append(str(page.changes))
+            request.page_token = page.next_page_token
+            answers.append(str(stub.GetVariableHistory(request).changes))
+        call = stub.WatchSession(pb.WatchSessionRequest(session_id="s"), timeout=30)
+        try:
+            for message in call:
+                if message.HasField("progress"):
+                    break
+                answers.append(str(message))
+        finally:
+            call.cancel()
+        return answers
+
+
+def test_history_reads_and_watches_after_a_restart_use_the_checkpoint_s_index(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "log.db"
+    store = Store(SQLiteRecorder(db), snapshot_every=50, checkpoint_every=10**9)
+    write_a_history(store, 300)
+    store.checkpoint()
+    for value in range(20):  # after the checkpoint: start-up folds them into its index
+        store.execute("s", commands.SetVariable("s", "n", 1000 + value))
+    before = history_answers(store)  # stopping the server closes the store
+    assert len(before) == 6 + 323 and "position: 323" in before[-1]  # every event watched
+    restarted = Store(SQLiteRecorder(db), snapshot_every=50)
+    try:
+        assert history_answers(restarted) == before
+        assert restarted.projector.index_builds == 0  # no read folded the whole log
+    finally:
+        restarted.close()
+
+
+def test_a_checkpoint_without_indexes_still_loads_and_builds_them_on_first_use(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "log.db"
+    store = Store(SQLiteRecorder(db), snapshot_every=50, checkpoint_every=10**9)
+    write_a_history(store, 120)
+    store.checkpoint()
+    before = history_answers(store)
+    recorder = SQLiteRecorder(db)
+    saved = recorder.load_checkpoint()
+    assert saved is not None
+    body = json.loads(saved[1].partition(b"\n")[2])
+    assert body.pop("indexes")
+    body["format"] = 3
+    old = json.dumps(body).encode()
+    recorder.save_checkpoint(
+        saved[0],
+        b"varstore-checkpoint sha256=%s\n%s" % (hashlib.sha256(old).hexdigest().encode(), old),
+    )
+    restarted = Store(recorder, snapshot_every=50)
+    try:
+        assert history_answers(restarted) == before
+        assert restarted.projector.index_builds == 1  # built from the log, once
+    finally:
+        restarted.close()

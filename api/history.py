@@ -1,0 +1,151 @@
+"""A session's history as readers see it: the compact index
+(:class:`~varstore.projections.history.HistoryIndex`) and the log it points into.
+
+The index holds where each variable changed and how; a :class:`Change` is made from the
+events at those positions, read here (the projections stay pure). Positions close to
+each other are read as one run: a page of changes costs a few queries, whatever the
+length of the variable's history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from varstore.eventstore import RecordedEvent
+from varstore.projections import Change, HistoryIndex, Lifetime
+from varstore.types import PyValue
+
+__all__ = ["RUN_GAP", "EventLog", "History", "Lived"]
+
+#: Positions at most this far apart are read with one query (the events between come
+#: along): a query costs about what reading a few events does.
+RUN_GAP = 4
+
+
+class EventLog(Protocol):
+    """The part of the recorder the history reads: one session's events by position."""
+
+    def read_session(
+        self, session_id: str, from_position: int = 1, to_position: int | None = None
+    ) -> Sequence[RecordedEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Lived:
+    """One lifetime as a reader sees it: its entries below ``count`` (taken once, so the
+    writer's appends do not move the reader)."""
+
+    lifetime: Lifetime
+    count: int
+
+
+class History:
+    """The history of one session: which ids a name has had, and their changes, made from
+    the log on demand."""
+
+    def __init__(self, index: HistoryIndex, log: EventLog, session_id: str) -> None:
+        self._index = index
+        self._log = log
+        self._session_id = session_id
+
+    def ids_for(self, identifier: str) -> list[str]:
+        """The variable ids ``identifier`` names: itself if it is an id, else every id the
+        name has had, oldest first."""
+        return self._index.ids_for(identifier)
+
+    def lifetimes(self, identifier: str) -> list[Lived]:
+        """The lifetimes ``identifier`` names (see :meth:`ids_for`), oldest first."""
+        found = [self._index.lifetime(variable_id) for variable_id in self.ids_for(identifier)]
+        return [Lived(lifetime, len(lifetime)) for lifetime in found if lifetime is not None]
+
+    def changes(self, variable_id: str) -> list[Change]:
+        """Every change of one variable, oldest first."""
+        lifetime = self._index.lifetime(variable_id)
+        if lifetime is None:
+            return []
+        return self.made(lifetime, range(len(lifetime)))
+
+    def value_at_version(self, variable_id: str, version: int) -> PyValue | None:
+        """The value a variable had at ``version`` (None if it never had that version)."""
+        lifetime = self._index.lifetime(variable_id)
+        if lifetime is None or not 0 <= version < len(lifetime):
+            return None
+        if lifetime.version(version) != version:  # the deletion: no value
+            return None
+        return lifetime.value(version, self._read(lifetime.needs(version)[-1:]))
+
+    def changes_at(
+        self, variable_id: str, position: int, event: RecordedEvent | None = None
+    ) -> list[Change]:
+        """The changes one variable had at ``position`` (oldest first; usually one or
+        none); ``event``, if given, is the event there (not read again)."""
+        lifetime = self._index.lifetime(variable_id)
+        if lifetime is None:
+            return []
+        start, stop = lifetime.position_span(position - 1, position, len(lifetime))
+        known = {position: event} if event is not None else {}
+        return self.made(lifetime, range(start, stop), known)
+
+    def changes_in(
+        self,
+        event: RecordedEvent,
+        variable_ids: Iterable[str],
+        known: Mapping[int, RecordedEvent] | None = None,
+    ) -> list[Change]:
+        """The changes ``event`` made to each of ``variable_ids``, in that order, from one
+        read of the earlier events they need (``known``: the session's events at hand,
+        by position, which are not read)."""
+        entries: list[tuple[Lifetime, int]] = []
+        for variable_id in variable_ids:
+            lifetime = self._index.lifetime(variable_id)
+            if lifetime is not None:
+                span = lifetime.position_span(event.position - 1, event.position, len(lifetime))
+                entries.extend((lifetime, index) for index in range(*span))
+        if known is None or known.get(event.position) is not event:
+            known = {event.position: event}
+        return self.made_of(entries, known)
+
+    def made(
+        self,
+        lifetime: Lifetime,
+        indexes: Iterable[int],
+        known: Mapping[int, RecordedEvent] | None = None,
+    ) -> list[Change]:
+        """The changes of ``lifetime`` at ``indexes``."""
+        return self.made_of([(lifetime, index) for index in indexes], known)
+
+    def made_of(
+        self,
+        entries: Sequence[tuple[Lifetime, int]],
+        known: Mapping[int, RecordedEvent] | None = None,
+    ) -> list[Change]:
+        """The changes of ``entries`` (lifetime, index), in their order, from one read of
+        the events they need (``known`` events, by position, are not read)."""
+        have = known or {}
+        wanted = {p for lifetime, i in entries for p in lifetime.needs(i) if p not in have}
+        events: Mapping[int, RecordedEvent] = have
+        if wanted:
+            events = self._read(wanted)
+            events.update(have)
+        return [lifetime.change(index, events) for lifetime, index in entries]
+
+    def _read(self, positions: Iterable[int]) -> dict[int, RecordedEvent]:
+        """The session's events at ``positions``, by position, read in runs."""
+        events: dict[int, RecordedEvent] = {}
+        for first, last in _runs(sorted(set(positions))):
+            for event in self._log.read_session(self._session_id, first, last):
+                events[event.position] = event
+        return events
+
+
+def _runs(positions: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted ``positions`` as (first, last) ranges, joining those at most RUN_GAP apart."""
+    runs: list[tuple[int, int]] = []
+    for position in positions:
+        if runs and position - runs[-1][1] <= RUN_GAP:
+            runs[-1] = (runs[-1][0], position)
+        else:
+            runs.append((position, position))
+    return runs
