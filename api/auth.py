@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import grpc
 
-from varstore.api.calls import Finish, WrappingInterceptor
+from varstore.api.calls import Finish, Handler, WrappingInterceptor
 from varstore.types import PermissionDenied, Unauthenticated
 
 __all__ = [
@@ -179,10 +179,21 @@ class AuthInterceptor(WrappingInterceptor):
     GetServerInfo's. With neither tokens nor client certificates everything is allowed and
     no identity is set."""
 
-    def __init__(self, tokens: Tokens | None, creation_of: CreationOf) -> None:
+    def __init__(
+        self, tokens: Tokens | None, creation_of: CreationOf, *, certificates: bool = True
+    ) -> None:
         super().__init__(self._admit, self._amend)
         self._tokens = tokens
         self._creation_of = creation_of
+        #: Whether callers may present client certificates (mTLS): False lets a server
+        #: with no tokens skip this interceptor altogether.
+        self._certificates = certificates
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """``handler`` admitted first; as it is where nobody can be identified."""
+        if self._tokens is None and not self._certificates:
+            return handler
+        return super().wrap(handler, method)
 
     def _admit(self, method: str, request: Any, context: grpc.ServicerContext) -> Finish | None:
         _CALLER.set(None)  # a refused call must not inherit this thread's last caller

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -32,6 +32,7 @@ __all__ = [
     "Amend",
     "Around",
     "Behaviour",
+    "Chain",
     "Finish",
     "HandlerCache",
     "WrappingInterceptor",
@@ -83,6 +84,23 @@ class HandlerCache(grpc.aio.ServerInterceptor):
         with self._lock:
             self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class Chain(HandlerCache):
+    """Several :class:`HandlerCache` interceptors served as one, the first listed
+    outermost: each method's handler is wrapped by every link once, and a call pays one
+    interceptor step instead of one per link (grpc.aio awaits each interceptor of a call
+    in turn, with a continuation of its own)."""
+
+    def __init__(self, links: Sequence[HandlerCache]) -> None:
+        super().__init__()
+        self._links = tuple(links)
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """``handler`` as every link serves it, the last link innermost."""
+        for link in reversed(self._links):
+            handler = link.wrap(handler, method)
+        return handler
 
 
 class WrappingInterceptor(HandlerCache):

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from varstore.api.calls import Finish, WrappingInterceptor
+from varstore.api.calls import Finish, HandlerCache, WrappingInterceptor
 from varstore.api.store import Store
 from varstore.api.watch import WatchHub
 
@@ -73,7 +73,7 @@ class Metrics:
         store.observe_commits(self._commit)
         self._http: WSGIServer | None = None
 
-    def interceptor(self) -> grpc.aio.ServerInterceptor:
+    def interceptor(self) -> HandlerCache:
         """The server interceptor that counts and times every call."""
         return WrappingInterceptor(self._around)
 

@@ -34,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from varstore.api.auth import AuthInterceptor, current_identity
 from varstore.api.bridge import SyncBridge
+from varstore.api.calls import Chain, HandlerCache
 from varstore.api.config import (
     ConfigError,
     Security,
@@ -188,20 +189,24 @@ def start_server(
     # The error interceptor comes first, so that what the others raise is mapped too (and a
     # bug in any of them is INTERNAL); metrics and the request log see every call's code,
     # refusals of the auth and rate limit included.
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    interceptors: list[HandlerCache] = [ErrorInterceptor()]
     if observed is not None:
         interceptors.append(observed.interceptor())
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="varstore-rpc")
     interceptors += [
         RequestLogInterceptor(request_log_level),
-        AuthInterceptor(security.tokens(), lambda sid: _creation_of(store, sid)),
+        AuthInterceptor(
+            security.tokens(),
+            lambda sid: _creation_of(store, sid),
+            certificates=security.tls is not None and security.tls.client_ca is not None,
+        ),
         RateLimitInterceptor(limits.max_requests_per_second, identity=_rate_identity),
         encoded_watches(),  # WatchSession streams send their cached encodings as they are
         SyncBridge(pool, _reads_now),  # innermost: the sync servicers run in the pool
     ]
     front = LoopThread("varstore-grpc", pool)
     try:
-        server, health_servicer = front.run(_assemble(store, hub, interceptors, limits))
+        server, health_servicer = front.run(_assemble(store, hub, [Chain(interceptors)], limits))
         bind_host = f"[{host}]" if ":" in host else host
         _check_port_free(host, port, listen)
         try:

@@ -265,7 +265,7 @@ def encoding() -> bool:
     return _ENCODING.get()
 
 
-def encoded_watches() -> grpc.aio.ServerInterceptor:
+def encoded_watches() -> HandlerCache:
     """A server interceptor that serves WatchSession with a response serializer that passes
     bytes through, and tells the watch it serves so (:func:`encoding`): the streams then
     write their messages' cached encodings. Every other method is left as it is."""

@@ -2,16 +2,18 @@
 
 What it measures
 ----------------
-Two servers run as child processes on loopback, each with its own GIL:
+Four servers run as child processes on loopback, each with its own GIL:
 
-* **echo**: a grpcio sync server (``ThreadPoolExecutor(max_workers=32)``, as varstore's)
+* **echo**: a grpcio sync server (``ThreadPoolExecutor(max_workers=32)``, varstore's pool)
   with ONE generic unary method ``/bench.Echo/Echo`` whose handler returns its request;
   request and response are ``b""`` with identity (de)serializers. It is the floor: a
   Python gRPC server cannot answer anything faster than this call.
 * **echo on grpc.aio**: the same method on a ``grpc.aio`` server (a coroutine handler on
   one event loop), the front varstore serves through: the floor of that front.
 * **varstore**: ``python -m varstore.api.cli serve --db <tmp>/bench.db --listen
-  127.0.0.1:0`` with the default ``--sync full`` (every acknowledged write is fsynced).
+  127.0.0.1:0`` with the default ``--sync full`` (every acknowledged write is fsynced): a
+  ``grpc.aio`` server, its sync handlers in a pool of 32 threads, its reads of the current
+  state on the event loop.
   One session holds 100 integer variables ``v0..v99`` and one float variable ``f``.
 * **etcd** (3.4, Debian's ``etcd-server``; :mod:`etcdlib`): one member on free loopback
   ports with a data directory in the run's temporary directory, its default durability
@@ -573,8 +575,9 @@ def method_text(settings: Settings) -> str:
         f"windows / window; etcd's Put also with 8 clients ({settings.processes} x "
         f"{8 // settings.processes}). Server CPU = user+system time of the server process (all "
         f"threads, /proc/PID/stat) over the timed calls, per call. Servers are separate "
-        f"processes on 127.0.0.1 (echo and varstore: grpcio sync, ThreadPoolExecutor "
-        f"max_workers={MAX_WORKERS}; etcd 3.4, one member), sharing the machine's cores with "
+        f"processes on 127.0.0.1 (echo: grpcio sync, ThreadPoolExecutor "
+        f"max_workers={MAX_WORKERS}; echo on grpc.aio: a coroutine handler; varstore: grpc.aio, "
+        f"its sync handlers in a pool of {MAX_WORKERS} threads; etcd 3.4, one member), sharing the machine's cores with "
         f"the client processes; varstore runs --sync full (fsync per write, shared by group "
         f"commit), etcd its default (fsynced WAL). Reads go through the generated stubs "
         f"(uncached)."
