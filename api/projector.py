@@ -46,6 +46,7 @@ from varstore.projections import (
     ProjectionError,
     SessionIndex,
     SessionState,
+    SnapshotChain,
     Snapshots,
     replay,
 )
@@ -106,11 +107,12 @@ class Projector:
     def start(
         self,
         checkpoint: tuple[int, Mapping[str, SessionState]] | None,
-        snapshots: Mapping[str, Sequence[SessionState]] | None = None,
+        snapshots: Mapping[str, SnapshotChain] | None = None,
         indexes: Mapping[str, SessionIndex] | None = None,
     ) -> None:
-        """Publish the checkpoint's states (if any), keep its ``snapshots`` and history
-        ``indexes`` and fold the log after its position into them all.
+        """Publish the checkpoint's states (if any), keep its ``snapshots`` (decoded on
+        first use, or by :meth:`settle_snapshots`) and history ``indexes`` and fold the
+        log after its position into them all.
 
         A checkpoint whose states the log does not extend cleanly (a ProjectionError while
         folding the events after it) is ignored with a warning, and the whole log folded.
@@ -119,8 +121,12 @@ class Projector:
             if checkpoint is not None:
                 try:
                     self._snapshots = {
-                        sid: Snapshots(self.snapshot_every, states)
-                        for sid, states in (snapshots or {}).items()
+                        sid: Snapshots(
+                            self.snapshot_every,
+                            pending=_decoder(sid, chain),
+                            last=chain.last_position,
+                        )
+                        for sid, chain in (snapshots or {}).items()
                     }
                     self._indexes = _extending(indexes or {}, checkpoint[1])
                     self._load(checkpoint[0], dict(checkpoint[1]))
@@ -129,6 +135,15 @@ class Projector:
                     log.warning("ignoring the checkpoint (%s); folding the whole log", problem)
             self._snapshots, self._indexes = {}, {}
             self._load(0, {})
+
+    def settle_snapshots(self) -> None:
+        """Decode every session's snapshots the checkpoint held that no read has needed
+        yet (run on a thread of its own after start-up: a read that needs a session's
+        snapshots meanwhile decodes them, or waits for this)."""
+        with self._index_lock:
+            every = list(self._snapshots.values())
+        for snapshots in every:
+            snapshots.settle()
 
     def remember_requests(self) -> int:
         """Index the request ids the log recorded within the request TTL (start-up: the
@@ -517,3 +532,23 @@ def _extending(
 def _distance(base: SessionState | None, position: int) -> int:
     """Events a read at ``position`` folds from ``base``."""
     return position - (base.position if base is not None else 0)
+
+
+def _decoder(session_id: str, chain: SnapshotChain) -> Callable[[], list[SessionState]]:
+    """``chain``'s states when called; none (the log is folded instead: snapshots are
+    derived data) if it does not decode, with a warning."""
+
+    def decode() -> list[SessionState]:
+        try:
+            return chain.states()
+        except Exception as problem:  # noqa: BLE001 - any failure: read the log instead
+            log.warning(
+                "session %r: the checkpoint's snapshots do not decode (%s: %s); reads of its "
+                "past fold the log",
+                session_id,
+                type(problem).__name__,
+                problem,
+            )
+            return []
+
+    return decode

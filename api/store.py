@@ -539,6 +539,10 @@ class Store:
             checkpoint.snapshots if checkpoint is not None else None,
             checkpoint.indexes if checkpoint is not None else None,
         )
+        if checkpoint is not None and checkpoint.snapshots:
+            threading.Thread(
+                target=self.projector.settle_snapshots, name="varstore-snapshots", daemon=True
+            ).start()
         self._checkpointed = checkpoint.global_position if checkpoint is not None else 0
         if checkpoint is not None:
             self._index_encodings = checkpoint.index_encodings

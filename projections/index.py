@@ -7,8 +7,9 @@ every session from its first event on and saved with checkpoints too)."""
 from __future__ import annotations
 
 import bisect
+import threading
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,13 +25,36 @@ __all__ = ["IndexCut", "SessionIndex", "Snapshots"]
 class Snapshots:
     """One session's states every ``every`` events (never mutated once kept; a reader
     gets a copy). A snapshot holds persistent maps, so keeping one costs O(1) memory
-    beyond what the changes since the previous one made."""
+    beyond what the changes since the previous one made.
 
-    def __init__(self, every: int, states: Iterable[SessionState] = ()) -> None:
+    ``pending`` (with the position of its last state, ``last``) gives states to decode on
+    first use instead of now: a checkpoint's chains, so start-up does not wait for them."""
+
+    def __init__(
+        self,
+        every: int,
+        states: Iterable[SessionState] = (),
+        *,
+        pending: Callable[[], Iterable[SessionState]] | None = None,
+        last: int = 0,
+    ) -> None:
         self.every = every
         self._by_position: SortedDict = SortedDict((state.position, state) for state in states)
+        self._pending = pending
+        self._pending_lock = threading.Lock()
         #: Position of the last snapshot (0: none); asked once per event folded.
-        self._last = self._by_position.keys()[-1] if self._by_position else 0
+        self._last = max(last, self._by_position.keys()[-1] if self._by_position else 0)
+
+    def settle(self) -> SortedDict:
+        """Decode the pending states, if any (once, whoever asks first); the snapshots by
+        position."""
+        if self._pending is not None:
+            with self._pending_lock:
+                pending, self._pending = self._pending, None
+                if pending is not None:
+                    for state in pending():
+                        self._by_position.setdefault(state.position, state)
+        return self._by_position
 
     def due(self, position: int) -> bool:
         """Whether a state at ``position`` would be kept: the last snapshot is ``every``
@@ -40,30 +64,32 @@ class Snapshots:
     def offer(self, state: SessionState, copy: bool) -> None:
         """Keep ``state`` (or, with ``copy``, a copy: O(1)) if a snapshot is due."""
         if self.due(state.position):
-            self._by_position[state.position] = state.copy() if copy else state
+            self.settle()[state.position] = state.copy() if copy else state
             self._last = state.position
 
     def before(self, position: int) -> SessionState | None:
         """A private copy of the latest snapshot at or before ``position``, if any."""
-        index = self._by_position.bisect_right(position)
+        by_position = self.settle()
+        index = by_position.bisect_right(position)
         if not index:
             return None
-        state: SessionState = self._by_position.values()[index - 1]
+        state: SessionState = by_position.values()[index - 1]
         return state.copy()
 
     def merge(self, other: Snapshots) -> None:
         """Keep ``other``'s snapshots too, where this one has none at their position."""
-        for position, state in other._by_position.items():
-            self._by_position.setdefault(position, state)
-        if self._by_position:
-            self._last = self._by_position.keys()[-1]
+        by_position = self.settle()
+        for position, state in other.settle().items():
+            by_position.setdefault(position, state)
+        if by_position:
+            self._last = max(self._last, by_position.keys()[-1])
 
     def states(self) -> list[SessionState]:
         """Every snapshot, oldest first (shared: never mutate them)."""
-        return list(self._by_position.values())
+        return list(self.settle().values())
 
     def __len__(self) -> int:
-        return len(self._by_position)
+        return len(self.settle())
 
 
 @dataclass(frozen=True, slots=True)

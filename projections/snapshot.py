@@ -55,6 +55,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointRejected",
     "LogMark",
+    "SnapshotChain",
     "SnapshotEncodings",
     "open_checkpoint",
     "seal_checkpoint",
@@ -95,6 +96,24 @@ class LogMark:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotChain:
+    """One session's snapshots as a checkpoint holds them, decoded when :meth:`states` is
+    called (a million-event session's chain takes about a second), not at start-up."""
+
+    #: The position of the last snapshot (0: none).
+    last_position: int
+    raw: list[dict[str, Any]]
+
+    def states(self) -> list[SessionState]:
+        """The snapshots, oldest first.
+
+        Raises:
+            ValueError, KeyError, ...: a chain this module did not write.
+        """
+        return _snapshots_from(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Every session's state (deleted ones included) as of ``mark`` (None: the empty log),
     the sessions' snapshots (oldest first) up to it, and their history indexes (each up
@@ -102,7 +121,7 @@ class Checkpoint:
 
     mark: LogMark | None
     sessions: dict[str, SessionState]
-    snapshots: dict[str, list[SessionState]] = field(default_factory=dict)
+    snapshots: dict[str, SnapshotChain] = field(default_factory=dict)
     indexes: dict[str, SessionIndex] = field(default_factory=dict)
     #: The encodings of those indexes, for the next checkpoint to reuse.
     index_encodings: IndexEncodings = field(default_factory=IndexEncodings)
@@ -229,7 +248,10 @@ def open_checkpoint(data: bytes) -> Checkpoint:
         sessions = {raw["session_id"]: _state(raw) for raw in document["sessions"]}
         packed = document.get("snapshots", "")
         chains = json.loads(zlib.decompress(base64.b64decode(packed))) if packed else {}
-        snapshots = {str(sid): _snapshots_from(chain) for sid, chain in chains.items()}
+        snapshots = {
+            str(sid): SnapshotChain(int(chain[-1]["position"]) if chain else 0, chain)
+            for sid, chain in chains.items()
+        }
         raw_indexes = document.get("indexes", {})
         indexes = {str(sid): decode_index(raw) for sid, raw in raw_indexes.items()}
         sizes = {int(raw["segment"]) for raw in raw_indexes.values()}

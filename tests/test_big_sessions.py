@@ -115,8 +115,12 @@ def test_snapshots_round_trip_through_a_checkpoint_as_changes_from_the_one_befor
     opened = open_checkpoint(sealed)
     assert opened.global_position == global_position
     assert opened.sessions == states
-    assert opened.snapshots == chains
-    for snapshot in opened.snapshots.get("s", []):  # names are rebuilt with variables
+    decoded = {sid: chain.states() for sid, chain in opened.snapshots.items()}
+    assert decoded == chains
+    assert {sid: c.last_position for sid, c in opened.snapshots.items()} == {
+        sid: chain[-1].position for sid, chain in chains.items()
+    }
+    for snapshot in decoded.get("s", []):  # names are rebuilt with variables
         assert dict(snapshot.names) == {v.name: v.id for v in snapshot.variables.values()}
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from varstore.api.projector import Projector
 from varstore.eventstore import EventType, MemoryRecorder, NewEvent, RecordedEvent
-from varstore.projections import SessionState, replay
+from varstore.projections import SessionState, SnapshotChain, replay
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -124,3 +126,24 @@ def test_any_interleaving_of_commits_and_catch_ups_ends_as_the_fold_of_the_log(
     assert [c.value for c in history.changes("var_n_2")] == [0, *values]
     for position in range(1, 3 + len(values)):
         assert projector.state_at("s", position) == replay(recorder.read_session("s", 1, position))
+
+
+def test_a_checkpoint_s_snapshots_decode_on_first_use_and_a_chain_that_does_not_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    recorder = MemoryRecorder()
+    seeded(recorder)
+    for value in range(1, 40):
+        recorder.append("s", value + 1, [updated("var_n_2", value)])
+    state = fold_of_log(recorder, "s")
+    assert state is not None
+    chain = SnapshotChain(30, [{"not": "a snapshot"}])  # a chain this code never wrote
+    projector = Projector(recorder, snapshot_every=10)
+    with caplog.at_level(logging.WARNING, logger="varstore.api.projector"):
+        projector.start((recorder.last_global_position(), {"s": state}), {"s": chain})
+        assert "do not decode" not in caplog.text  # not decoded at start-up
+        for position in range(1, 42):
+            assert projector.state_at("s", position) == replay(
+                recorder.read_session("s", 1, position)
+            )
+    assert "the checkpoint's snapshots do not decode" in caplog.text
