@@ -2,9 +2,9 @@
 (:class:`~varstore.projections.history.HistoryIndex`) and the log it points into.
 
 The index holds where each variable changed and how; a :class:`Change` is made from the
-events at those positions, read here (the projections stay pure). Positions close to
-each other are read as one run: a page of changes costs a few queries, whatever the
-length of the variable's history.
+events at those positions, read here (the projections stay pure) with the recorder's
+``read_positions``: a page of changes costs one query, whatever the length of the
+variable's history.
 """
 
 from __future__ import annotations
@@ -17,18 +17,14 @@ from varstore.eventstore import RecordedEvent
 from varstore.projections import Change, HistoryIndex, Lifetime
 from varstore.types import PyValue
 
-__all__ = ["RUN_GAP", "EventLog", "History", "Lived"]
-
-#: Positions at most this far apart are read with one query (the events between come
-#: along): a query costs about what reading a few events does.
-RUN_GAP = 4
+__all__ = ["EventLog", "History", "Lived"]
 
 
 class EventLog(Protocol):
     """The part of the recorder the history reads: one session's events by position."""
 
-    def read_session(
-        self, session_id: str, from_position: int = 1, to_position: int | None = None
+    def read_positions(
+        self, session_id: str, positions: Sequence[int]
     ) -> Sequence[RecordedEvent]: ...
 
 
@@ -132,20 +128,7 @@ class History:
         return [lifetime.change(index, events) for lifetime, index in entries]
 
     def _read(self, positions: Iterable[int]) -> dict[int, RecordedEvent]:
-        """The session's events at ``positions``, by position, read in runs."""
-        events: dict[int, RecordedEvent] = {}
-        for first, last in _runs(sorted(set(positions))):
-            for event in self._log.read_session(self._session_id, first, last):
-                events[event.position] = event
-        return events
-
-
-def _runs(positions: Sequence[int]) -> list[tuple[int, int]]:
-    """Sorted ``positions`` as (first, last) ranges, joining those at most RUN_GAP apart."""
-    runs: list[tuple[int, int]] = []
-    for position in positions:
-        if runs and position - runs[-1][1] <= RUN_GAP:
-            runs[-1] = (runs[-1][0], position)
-        else:
-            runs.append((position, position))
-    return runs
+        """The session's events at ``positions``, by position (one query per few hundred
+        positions: only the events wanted are read and decoded)."""
+        found = self._log.read_positions(self._session_id, list(positions))
+        return {event.position: event for event in found}

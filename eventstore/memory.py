@@ -87,6 +87,13 @@ class MemoryRecorder(Recorder):
             stop = len(events) if to_position is None else max(min(to_position, len(events)), 0)
             return events[start:stop]
 
+    def read_positions(self, session_id: str, positions: Sequence[int]) -> list[RecordedEvent]:
+        """A session's events at ``positions`` (see :meth:`Recorder.read_positions`)."""
+        with self._lock:
+            self._check_open()
+            events = self._sessions.get(session_id, [])
+            return [events[p - 1] for p in sorted(set(positions)) if 1 <= p <= len(events)]
+
     def read_all(
         self, after_global_position: int = 0, limit: int | None = None
     ) -> Iterator[RecordedEvent]:

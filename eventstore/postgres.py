@@ -280,6 +280,19 @@ class PostgresRecorder(Recorder):
         )
         return [decode(row) for row in rows]
 
+    def read_positions(self, session_id: str, positions: Sequence[int]) -> list[RecordedEvent]:
+        """A session's events at ``positions`` (see :meth:`Recorder.read_positions`), in
+        one query."""
+        wanted = sorted({clamp(p) for p in positions})
+        if not wanted:
+            return []
+        rows = self._fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE session_id = %s "
+            "AND position = ANY(%s::bigint[]) ORDER BY position",
+            (session_id, wanted),
+        )
+        return [decode(row) for row in rows]
+
     def read_all(
         self, after_global_position: int = 0, limit: int | None = None
     ) -> Iterator[RecordedEvent]:

@@ -140,6 +140,18 @@ class EventReader(ABC):
         """A session's events with ``from_position <= position <= to_position``, in order
         (an unknown session has none)."""
 
+    def read_positions(self, session_id: str, positions: Sequence[int]) -> list[RecordedEvent]:
+        """A session's events at ``positions`` (any order, repeats allowed), in position
+        order, each once; positions it does not hold are left out.
+
+        This default reads each position on its own; a database overrides it with one
+        query per chunk of positions.
+        """
+        found: list[RecordedEvent] = []
+        for position in sorted(set(positions)):
+            found += self.read_session(session_id, position, position)
+        return found
+
     @abstractmethod
     def read_all(
         self, after_global_position: int = 0, limit: int | None = None

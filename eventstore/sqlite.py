@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS touches (
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _SELECT = f"SELECT {_COLUMNS} FROM events"
 
+#: Positions one ``read_positions`` query asks for (SQLite allows 32,766 parameters).
+POSITIONS_PER_QUERY = 500
 #: A row of ``events``, columns in ``_COLUMNS`` order.
 _Row = tuple[int, str, int, str, int, int, str, str, str, str, str]
 
@@ -207,6 +209,20 @@ class SQLiteRecorder(Recorder):
                 f"{_SELECT} WHERE session_id = ? AND position BETWEEN ? AND ? ORDER BY position",
                 (session_id, clamp(from_position), upper),
             ).fetchall()
+        return [decode(row) for row in rows]
+
+    def read_positions(self, session_id: str, positions: Sequence[int]) -> list[RecordedEvent]:
+        """A session's events at ``positions`` (see :meth:`Recorder.read_positions`), one
+        query per :data:`POSITIONS_PER_QUERY` of them."""
+        wanted = sorted({clamp(p) for p in positions})
+        rows: list[Any] = []
+        for start in range(0, len(wanted), POSITIONS_PER_QUERY):
+            chunk = wanted[start : start + POSITIONS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            rows += self._fetch(
+                f"{_SELECT} WHERE session_id = ? AND position IN ({marks}) ORDER BY position",
+                (session_id, *chunk),
+            )
         return [decode(row) for row in rows]
 
     def read_all(

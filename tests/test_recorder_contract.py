@@ -283,6 +283,21 @@ def test_read_session_returns_the_events_within_its_bounds(
     assert {e.session_id for e in events} <= {"s"}
 
 
+@given(wanted=st.lists(st.integers(min_value=-3, max_value=1_300), max_size=1_200))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_read_positions_returns_the_events_at_those_positions_in_order_once_each(
+    recorder: Recorder, wanted: list[int]
+) -> None:
+    if not recorder.read_session("s", 1, 1):  # one log for every example of this backend
+        recorder.append_many([Append("s", 0, news(1_000)), Append("other", 0, news(3))])
+    every = recorder.read_session("s")
+    expected = [every[p - 1] for p in sorted(set(wanted)) if 1 <= p <= len(every)]
+    assert recorder.read_positions("s", wanted) == expected
+    assert recorder.read_positions("nobody", wanted) == []
+
+
 @pytest.mark.parametrize(
     ("after", "expected"), [(0, [1, 2, 3, 4]), (2, [3, 4]), (4, []), (9, []), (-3, [1, 2, 3, 4])]
 )
