@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +203,7 @@ def start_server(
         ),
         RateLimitInterceptor(limits.max_requests_per_second, identity=_rate_identity),
         encoded_watches(),  # WatchSession streams send their cached encodings as they are
-        SyncBridge(pool, _reads_now),  # innermost: the sync servicers run in the pool
+        SyncBridge(pool, _reads_now(store)),  # innermost: the sync servicers run in the pool
     ]
     front = LoopThread("varstore-grpc", pool)
     try:
@@ -322,13 +323,25 @@ _NOW_READS = frozenset(
 )
 
 
-def _reads_now(method: str, request: Any) -> bool:
+def _reads_now(store: Store) -> Callable[[str, Any], bool]:
     """Whether a call only reads the current state in memory (never waits, never reads the
-    log): no ``min_position``, ``at_position`` or ``as_of``."""
-    if method not in _NOW_READS or getattr(request, "min_position", False):
-        return False
-    fields = request.DESCRIPTOR.fields_by_name
-    return not any(name in fields and request.HasField(name) for name in ("at_position", "as_of"))
+    log): no ``at_position`` or ``as_of``, and a ``min_position`` (read-your-writes) the
+    session has already reached."""
+
+    def reads_now(method: str, request: Any) -> bool:
+        if method not in _NOW_READS:
+            return False
+        wanted = getattr(request, "min_position", 0)
+        if wanted:
+            published = store.published(getattr(request, "session_id", ""))
+            if published is None or not 0 < wanted <= published.position:
+                return False
+        fields = request.DESCRIPTOR.fields_by_name
+        return not any(
+            name in fields and request.HasField(name) for name in ("at_position", "as_of")
+        )
+
+    return reads_now
 
 
 def _limit_options(limits: Limits) -> list[tuple[str, int]]:
