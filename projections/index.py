@@ -50,10 +50,10 @@ class Snapshots:
         position."""
         if self._pending is not None:
             with self._pending_lock:
-                pending, self._pending = self._pending, None
-                if pending is not None:
-                    for state in pending():
+                if self._pending is not None:  # cleared once decoded: others wait till then
+                    for state in self._pending():
                         self._by_position.setdefault(state.position, state)
+                    self._pending = None
         return self._by_position
 
     def due(self, position: int) -> bool:

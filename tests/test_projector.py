@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from varstore.api.projector import Projector
 from varstore.eventstore import EventType, MemoryRecorder, NewEvent, RecordedEvent
-from varstore.projections import SessionState, SnapshotChain, replay
+from varstore.projections import SessionState, SnapshotChain, Snapshots, replay
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -147,3 +148,33 @@ def test_a_checkpoint_s_snapshots_decode_on_first_use_and_a_chain_that_does_not_
                 recorder.read_session("s", 1, position)
             )
     assert "the checkpoint's snapshots do not decode" in caplog.text
+
+
+def test_a_reader_waits_for_snapshots_another_thread_is_decoding_instead_of_seeing_none() -> None:
+    recorder = MemoryRecorder()
+    seeded(recorder)
+    for value in range(1, 20):
+        recorder.append("s", value + 1, [updated("var_n_2", value)])
+    events = recorder.read_session("s")
+    snapshot = replay(events[:10])
+    assert snapshot is not None
+    decoding, release = threading.Event(), threading.Event()
+
+    def slow_decode() -> list[SessionState]:
+        decoding.set()
+        release.wait(5)
+        return [snapshot]
+
+    snapshots = Snapshots(10, pending=slow_decode, last=10)
+    settler = threading.Thread(target=snapshots.settle)
+    settler.start()
+    assert decoding.wait(5)
+    found: list[SessionState | None] = []
+    reader = threading.Thread(target=lambda: found.append(snapshots.before(15)))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive()  # waiting for the decode, not answering "no snapshot"
+    release.set()
+    reader.join(5)
+    settler.join(5)
+    assert found == [snapshot]
