@@ -84,6 +84,7 @@ from concurrent import futures
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import etcdlib
 import grpc
@@ -168,17 +169,8 @@ def run_echo_server(front: str) -> int:
         futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="echo-rpc"),
         options=[("grpc.so_reuseport", 0)],
     )
-    handler = grpc.unary_unary_rpc_method_handler(
-        lambda request, context: request,
-        request_deserializer=_identity,
-        response_serializer=_identity,
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = _echo_port(server, lambda request, context: request)
     if port == 0:
-        print("echo: cannot listen", file=sys.stderr)
         return 2
     server.start()
     stopping = threading.Event()
@@ -190,16 +182,11 @@ def run_echo_server(front: str) -> int:
     return 0
 
 
-async def _serve_aio_echo() -> int:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-
-    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return request
-
+def _echo_port(server: grpc.Server | grpc.aio.Server, behaviour: Any) -> int:
+    """Register ``/bench.Echo/Echo`` with ``behaviour`` on ``server`` and listen on a free
+    loopback port; the port, or 0 (said on stderr) when it cannot listen."""
     handler = grpc.unary_unary_rpc_method_handler(
-        echo,
-        request_deserializer=_identity,
-        response_serializer=_identity,
+        behaviour, request_deserializer=_identity, response_serializer=_identity
     )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
@@ -207,6 +194,17 @@ async def _serve_aio_echo() -> int:
     port = server.add_insecure_port("127.0.0.1:0")
     if port == 0:
         print("echo: cannot listen", file=sys.stderr)
+    return port
+
+
+async def _serve_aio_echo() -> int:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    port = _echo_port(server, echo)
+    if port == 0:
         return 2
     await server.start()
     stopping = asyncio.Event()
