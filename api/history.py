@@ -4,20 +4,28 @@
 The index holds where each variable changed and how; a :class:`Change` is made from the
 events at those positions, read here (the projections stay pure) with the recorder's
 ``read_positions``: a page of changes costs one query, whatever the length of the
-variable's history.
+variable's history. The events read lately are kept (:class:`EventCache`, bounded): an
+event never changes once recorded, and a reader going back to a variable's history (the
+audit page's chart of its newest 5,000 versions) finds them there.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
+
+from cachetools import LRUCache
 
 from varstore.eventstore import RecordedEvent
 from varstore.projections import Change, HistoryIndex, Lifetime
 from varstore.types import PyValue
 
-__all__ = ["EventLog", "History", "Lived"]
+__all__ = ["EVENT_CACHE_SIZE", "EventCache", "EventLog", "History", "Lived"]
+
+#: Events an :class:`EventCache` keeps (about 10 MB of decoded events).
+EVENT_CACHE_SIZE: Final = 10_000
 
 
 class EventLog(Protocol):
@@ -26,6 +34,37 @@ class EventLog(Protocol):
     def read_positions(
         self, session_id: str, positions: Sequence[int]
     ) -> Sequence[RecordedEvent]: ...
+
+
+class EventCache:
+    """The events read lately, by session and position, the least recently used dropped
+    first (a recorded event never changes, and a position is never used twice)."""
+
+    def __init__(self, size: int = EVENT_CACHE_SIZE) -> None:
+        self._events: LRUCache[tuple[str, int], RecordedEvent] = LRUCache(maxsize=size)
+        self._lock = threading.Lock()
+
+    def read(
+        self, log: EventLog, session_id: str, positions: Iterable[int]
+    ) -> dict[int, RecordedEvent]:
+        """The session's events at ``positions``, by position: kept ones, and the others
+        read from ``log`` in one ``read_positions``."""
+        found: dict[int, RecordedEvent] = {}
+        missing: list[int] = []
+        with self._lock:
+            for position in positions:
+                event = self._events.get((session_id, position))
+                if event is None:
+                    missing.append(position)
+                else:
+                    found[position] = event
+        if missing:
+            read = log.read_positions(session_id, missing)
+            with self._lock:
+                for event in read:
+                    self._events[session_id, event.position] = event
+            found.update((event.position, event) for event in read)
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +80,13 @@ class History:
     """The history of one session: which ids a name has had, and their changes, made from
     the log on demand."""
 
-    def __init__(self, index: HistoryIndex, log: EventLog, session_id: str) -> None:
+    def __init__(
+        self, index: HistoryIndex, log: EventLog, session_id: str, cache: EventCache | None = None
+    ) -> None:
         self._index = index
         self._log = log
         self._session_id = session_id
+        self._cache = cache if cache is not None else EventCache()
 
     def ids_for(self, identifier: str) -> list[str]:
         """The variable ids ``identifier`` names: itself if it is an id, else every id the
@@ -128,7 +170,6 @@ class History:
         return [lifetime.change(index, events) for lifetime, index in entries]
 
     def _read(self, positions: Iterable[int]) -> dict[int, RecordedEvent]:
-        """The session's events at ``positions``, by position (one query per few hundred
-        positions: only the events wanted are read and decoded)."""
-        found = self._log.read_positions(self._session_id, list(positions))
-        return {event.position: event for event in found}
+        """The session's events at ``positions``, by position (those not kept read in one
+        ``read_positions``: only the events wanted are read and decoded)."""
+        return self._cache.read(self._log, self._session_id, positions)

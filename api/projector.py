@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from varstore.api.collector import collector_paused
-from varstore.api.history import History
+from varstore.api.history import EventCache, History
 from varstore.api.idempotency import REQUEST_TTL, RequestIndex, RequestKey, RequestRecord
 from varstore.eventstore import EventReader, RecordedEvent
 from varstore.projections import (
@@ -97,6 +97,8 @@ class Projector:
         self._snapshots: dict[str, Snapshots] = {}
         self._indexes: dict[str, SessionIndex] = {}
         self._index_lock = threading.Lock()
+        #: The events history reads lately (see api/history.py).
+        self._events = EventCache()
         #: Sessions whose whole log was folded to build an index (start-up's fold and
         #: folds of at most snapshot_every events for a read of the past are not counted).
         self.index_builds = 0
@@ -242,7 +244,7 @@ class Projector:
 
     def history(self, session_id: str) -> History:
         """The history of a session that exists or existed, or SessionNotFound."""
-        return History(self._index(session_id).history, self._reader, session_id)
+        return History(self._index(session_id).history, self._reader, session_id, self._events)
 
     def index_cuts(self, states: Mapping[str, SessionState]) -> dict[str, IndexCut]:
         """The history index of each session of ``states`` (a :meth:`cut`) that has one,

@@ -3,13 +3,14 @@ the plain fold (SessionHistory, every Change in memory) makes, for any valid log
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from varstore.api.history import History
+from varstore.api.history import EventCache, History
 from varstore.eventstore import EventType, MemoryRecorder, NewEvent, RecordedEvent
 from varstore.projections import (
     IndexEncodings,
@@ -177,3 +178,29 @@ def test_an_index_reads_back_from_a_checkpoint_and_goes_on_from_there(
     history = History(restarted.history, recorder, "s")
     for variable_id in {lifetime.variable_id for lifetime in index.history.lifetimes}:
         assert history.changes(variable_id) == model.changes(variable_id)
+
+
+class CountingLog:
+    """A recorder's ``read_positions`` that counts the positions it was asked for."""
+
+    def __init__(self, recorder: MemoryRecorder) -> None:
+        self.recorder = recorder
+        self.asked: list[list[int]] = []
+
+    def read_positions(self, session_id: str, positions: Sequence[int]) -> list[RecordedEvent]:
+        self.asked.append(sorted(positions))
+        return self.recorder.read_positions(session_id, positions)
+
+
+def test_the_event_cache_reads_each_event_once_and_drops_the_least_recently_used() -> None:
+    recorder = MemoryRecorder()
+    recorder.append("s", 0, build_log([("register", "a"), ("register", "b")]))
+    log = CountingLog(recorder)
+    cache = EventCache(size=2)
+    assert sorted(cache.read(log, "s", [1, 2])) == [1, 2]
+    assert cache.read(log, "s", [1, 2]) == {e.position: e for e in recorder.read_session("s", 1, 2)}
+    assert log.asked == [[1, 2]]  # the second read came from the cache
+    cache.read(log, "s", [3])  # evicts position 1, the least recently used
+    cache.read(log, "s", [1, 3])
+    assert log.asked == [[1, 2], [3], [1]]
+    assert cache.read(log, "other", [1]) == {}  # another session's position 1 is not s's
