@@ -103,7 +103,7 @@ class History:
         lifetime = self._index.lifetime(variable_id)
         if lifetime is None:
             return []
-        return self.made(lifetime, range(len(lifetime)))
+        return self.made_of([(lifetime, index) for index in range(len(lifetime))])
 
     def value_at_version(self, variable_id: str, version: int) -> PyValue | None:
         """The value a variable had at ``version`` (None if it never had that version)."""
@@ -119,12 +119,8 @@ class History:
     ) -> list[Change]:
         """The changes one variable had at ``position`` (oldest first; usually one or
         none); ``event``, if given, is the event there (not read again)."""
-        lifetime = self._index.lifetime(variable_id)
-        if lifetime is None:
-            return []
-        start, stop = lifetime.position_span(position - 1, position, len(lifetime))
         known = {position: event} if event is not None else {}
-        return self.made(lifetime, range(start, stop), known)
+        return self.made_of(self._entries_at([variable_id], position), known)
 
     def changes_in(
         self,
@@ -135,24 +131,19 @@ class History:
         """The changes ``event`` made to each of ``variable_ids``, in that order, from one
         read of the earlier events they need (``known``: the session's events at hand,
         by position, which are not read)."""
+        if known is None or known.get(event.position) is not event:
+            known = {event.position: event}
+        return self.made_of(self._entries_at(variable_ids, event.position), known)
+
+    def _entries_at(self, variable_ids: Iterable[str], position: int) -> list[tuple[Lifetime, int]]:
+        """The (lifetime, index) of every change of ``variable_ids`` at ``position``."""
         entries: list[tuple[Lifetime, int]] = []
         for variable_id in variable_ids:
             lifetime = self._index.lifetime(variable_id)
             if lifetime is not None:
-                span = lifetime.position_span(event.position - 1, event.position, len(lifetime))
+                span = lifetime.position_span(position - 1, position, len(lifetime))
                 entries.extend((lifetime, index) for index in range(*span))
-        if known is None or known.get(event.position) is not event:
-            known = {event.position: event}
-        return self.made_of(entries, known)
-
-    def made(
-        self,
-        lifetime: Lifetime,
-        indexes: Iterable[int],
-        known: Mapping[int, RecordedEvent] | None = None,
-    ) -> list[Change]:
-        """The changes of ``lifetime`` at ``indexes``."""
-        return self.made_of([(lifetime, index) for index in indexes], known)
+        return entries
 
     def made_of(
         self,

@@ -1,7 +1,7 @@
 """Pure folds from a session's events to its current state."""
 
 from varstore.projections.fold import Fold, ProjectionError, apply_event, replay
-from varstore.projections.history import Change, HistoryIndex, Lifetime, SessionHistory
+from varstore.projections.history import Change, HistoryIndex, Lifetime
 from varstore.projections.index import IndexCut, SessionIndex, Snapshots
 from varstore.projections.index_codec import IndexEncodings
 from varstore.projections.snapshot import (
@@ -32,7 +32,6 @@ __all__ = [
     "Lifetime",
     "LogMark",
     "ProjectionError",
-    "SessionHistory",
     "SessionIndex",
     "SessionState",
     "SnapshotChain",

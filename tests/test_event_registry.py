@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from history_model import SessionHistory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,6 @@ from varstore.client.transfer import event_from_json, event_to_json
 from varstore.eventstore import schema
 from varstore.eventstore.events import RecordedEvent
 from varstore.projections import ProjectionError, SessionState, apply_event, replay
-from varstore.projections.history import SessionHistory
 from varstore.types import Constraints, RuleViolation, ValidationError
 from varstore.types.events import (
     EVENTS,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from history_model import SessionHistory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,6 @@ from varstore.api.history import EventCache, History
 from varstore.eventstore import EventType, MemoryRecorder, NewEvent, RecordedEvent
 from varstore.projections import (
     IndexEncodings,
-    SessionHistory,
     SessionIndex,
     open_checkpoint,
     replay,
